@@ -1,0 +1,132 @@
+"""The Python API: compile a .dl program, run, train, inspect it.
+
+    prog = dlc.compile("examples/moons.dl")
+    prog.params["fc1.weight"]              # live numpy view of runtime memory
+    prog.run("moons", x=X)                 # {output name: array}
+    prog.train("fit", x=X, t=T)            # one step; the loss before it
+    prog.grads("fit", x=X, t=T)            # {param name: gradient}, no update
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import driver
+from .codegen import compiler
+from .errors import DlcError, NotFoundError
+from .ir.graph import Program as GraphProgram
+from .runtime import load_program
+
+
+class CompiledProgram:
+    """A compiled program and one runtime session holding its parameters."""
+
+    def __init__(self, graph: GraphProgram, library: Path, seed: int, num_threads: int):
+        self.graph, self.library = graph, library
+        self._runtime = load_program(str(library))
+        self._session = self._runtime.session(seed=seed, num_threads=num_threads)
+
+    @property
+    def params(self):
+        """name -> writable numpy view of the runtime's parameter memory."""
+        return self._session.params
+
+    @property
+    def entries(self) -> list[str]:
+        return list(self._runtime.entries)
+
+    def _entry(self, name: str, kinds: tuple[str, ...], what: str):
+        e = self._runtime.entries.get(name)
+        if e is None or e.kind not in kinds:
+            have = [n for n, x in self._runtime.entries.items() if x.kind in kinds]
+            raise NotFoundError(f"no {what} named '{name}'; this program has: {', '.join(have) or 'none'}")
+        return e
+
+    def run(self, model: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a model's inference entry: {output name: array}."""
+        self._entry(model, ("infer",), "model")
+        return self._session.run(model, inputs)
+
+    def train(self, block: str, **inputs: np.ndarray) -> float:
+        """One optimizer step of a train block; returns the loss before it."""
+        self._entry(block, ("train",), "train block")
+        return float(self._session.run(block, inputs)["loss"])
+
+    def grads(self, block: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Gradients of a train block's loss for each parameter it trains."""
+        self._entry(block, ("train",), "train block")
+        out = self._session.run(f"{block}.grads", inputs)
+        out.pop("loss")
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        self._session.save(str(path))
+
+    def load(self, path: str | os.PathLike) -> None:
+        self._session.load(str(path))
+
+    def init_params(self, seed: int) -> None:
+        self._session.init_params(seed)
+
+    def summary(self) -> str:
+        return summary(self.graph)
+
+
+def summary(g: GraphProgram) -> str:
+    """Layers with output shapes and parameter counts, per model; totals."""
+    def count(t) -> int:
+        return int(np.prod(t.shape, dtype=np.int64))
+
+    rows = [("layer", "op", "output", "params")]
+    per_layer: dict[str, int] = {}
+    for p in g.params.values():
+        per_layer[p.layer] = per_layer.get(p.layer, 0) + count(p.type)
+    lines = []
+    for fn in g.functions.values():
+        if fn.kind != "model":
+            continue
+        ins = ", ".join(f"{v.name}: {v.type}" for v in fn.inputs)
+        lines.append(f"model {fn.name}({ins})")
+        table = rows + [(ly.name, ly.op, str(ly.out), f"{per_layer.get(ly.name, 0):,}")
+                        for ly in g.layers.values() if ly.model == fn.name]
+        widths = [max(len(r[i]) for r in table) for i in range(4)]
+        for r in table:
+            lines.append("  " + "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                                          for i, (c, w) in enumerate(zip(r, widths))))
+        for name, v in fn.outputs.items():
+            lines.append(f"  output {name}: {v.type}")
+        n = sum(count(g.params[p].type) for p in fn.params)
+        lines.append(f"  parameters: {n:,}")
+    for fn in g.functions.values():
+        if fn.kind == "train" and fn.optimizer:
+            opt = fn.optimizer
+            hp = ", ".join(f"{k}={v:g}" for k, v in opt.hparams.items())
+            on = f" on {', '.join(opt.on)}" if opt.on else ""
+            lines.append(f"train {fn.name}: {opt.kind}({hp}){on}")
+    total = sum(count(p.type) for p in g.params.values())
+    lines.append(f"total parameters: {total:,} in {len(g.params)} tensors "
+                 f"({sum(count(p.type) * (8 if p.type.dtype == 'f64' else 4) for p in g.params.values()):,} bytes)")
+    return "\n".join(lines)
+
+
+def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
+            num_threads: int = 0) -> CompiledProgram:
+    """Compile a .dl file (a path) or source text; returns a program with
+    parameters initialised from `seed`."""
+    if target != "cpu":
+        raise DlcError(f"target '{target}' is not available; targets: cpu")
+    text, file = read(source)
+    art = driver.build(text, file)
+    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), seed, num_threads)
+
+
+def read(source: str | os.PathLike) -> tuple[str, str]:
+    try:
+        return driver.read_source(source)
+    except OSError as e:
+        raise DlcError(f"cannot read '{source}': {e.strerror}") from None
+
+
+__all__ = ["compile", "CompiledProgram", "summary"]

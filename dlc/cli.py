@@ -1,0 +1,92 @@
+"""The `dlc` command: compile a .dl file, stop at any stage, summarise it.
+
+Errors in the user's program print `file:line:col: error: ...` with the
+source line and a caret, and exit 1; no traceback reaches the user.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from . import __version__, driver
+from .api import read, summary
+from .codegen import compiler
+from .errors import CompileError, DlcError
+
+EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dlc", description="Compile neural networks written in .dl to native code.")
+    ap.add_argument("--version", action="version", version=f"dlc {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compile", help="compile a .dl file", description="Compile a .dl file to a "
+                       "shared library (default), or stop at an earlier stage with --emit.")
+    c.add_argument("file", help="the .dl source file")
+    c.add_argument("-o", "--output", help="output path (default: FILE with the --emit suffix; "
+                   "'-' for standard output)")
+    c.add_argument("--emit", choices=EMITS, default="so",
+                   help="what to write: ast, graph (after autodiff+fusion), loops (loop IR), "
+                        "ll (optimized LLVM IR), asm, obj, so (default)")
+    c.add_argument("--target", default="cpu", choices=["cpu"], help="code generation target")
+    c.add_argument("--cpu", help="LLVM CPU name for a portable build (default: this machine's)")
+    c.add_argument("--dump-ir-after", metavar="PASS", choices=driver.PASS_NAMES + ["all"],
+                   help=f"print the IR after a pass to stderr: {', '.join(driver.PASS_NAMES)}, all")
+    c.add_argument("--time-passes", action="store_true", help="print each pass's time to stderr")
+    s = sub.add_parser("summary", help="print layers, shapes and parameter counts",
+                       description="Print a program's layers, output shapes and parameter counts.")
+    s.add_argument("file", help="the .dl source file")
+    args = ap.parse_args(argv)
+    source = None
+    try:
+        source, file = read(args.file)
+        if args.command == "summary":
+            print(summary(driver.build(source, file).graph))
+            return 0
+        return compile_command(args, source, file)
+    except CompileError as e:
+        print(e.render(), file=sys.stderr)
+        n = len(e.diagnostics)
+        if n > 1:
+            print(f"{n} errors", file=sys.stderr)
+        return 1
+    except DlcError as e:
+        print(f"dlc: error: {e}", file=sys.stderr)
+        return 1
+
+
+def compile_command(args, source: str, file: str) -> int:
+    if args.emit == "ast":
+        from . import frontend
+        return write(args, (frontend.unparse(frontend.parse(source, file)) + "\n").encode())
+    art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes)
+    if args.emit == "graph":
+        from .ir.graph import print_program
+        return write(args, print_program(art.graph).encode())
+    if args.emit == "loops":
+        from .ir.loops import print_program
+        return write(args, print_program(art.loops).encode())
+    if args.emit == "so":
+        lib = compiler.shared_library(art.llvm_ir, args.cpu)
+        out = Path(args.output or Path(file).with_suffix(".so"))
+        shutil.copyfile(lib, out)
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    return write(args, compiler.emit(art.llvm_ir, args.emit, args.cpu))
+
+
+def write(args, data: bytes) -> int:
+    suffix = {"ast": ".ast", "graph": ".graph", "loops": ".loops", "ll": ".ll", "asm": ".s", "obj": ".o"}
+    out = args.output or str(Path(args.file).with_suffix(suffix[args.emit]))
+    if out == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        Path(out).write_bytes(data)
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

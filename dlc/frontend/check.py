@@ -1,0 +1,533 @@
+"""AST to graph IR: names, types, shapes and parameters, with every user
+error reported at its source span.
+
+Each `model` becomes a Function of kind 'model' and each `train` block one of
+kind 'train' (outputs {'loss': ...} and an OptimizerSpec). Ops come from
+`dlc.ops.REGISTRY`; each call binds its arguments with `bind` and asks the op
+to build itself, so shape rules live with the ops and this module only turns
+their `OpError`s into located diagnostics.
+
+Model calls are inlined: the callee's body is evaluated again in a fresh
+environment whose inputs are the call's arguments (checked against the
+declared types, a symbol binding to one dim per call). Each model is also
+compiled on its own first; when that fails its calls fail silently, so one
+mistake is reported once. Recursion is reported at the call that closes the
+cycle.
+
+Automatic layer names: a layer (an op with `owns_params`, e.g. dense) called
+without `name=` is named `<block>.<op><k>`, where k counts that op's unnamed
+calls in the block's body in source order from 0: the second unnamed dense of
+model `moons` is `moons.dense1`, its parameters `moons.dense1.weight` and
+`moons.dense1.bias`. The name depends only on where the call is written, so a
+model called twice, or from two train blocks, shares its parameters.
+
+Error recovery: a failed statement binds its target to a poison value, and
+uses of poison fail without a new message, so independent errors are all
+reported (up to MAX_ERRORS) and dependent ones are not.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CompileError, Diagnostic, Span
+from ..ir.graph import DTYPES, Builder, Function, OptimizerSpec, Program, TensorType, Value
+from ..ops import OPTIMIZERS, REGISTRY
+from ..ops.base import Arg, OpError, bind, describe, suggest
+from . import ast
+
+MAX_ERRORS = 20
+
+BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+# Valid optimizer hyperparameters, as torch.optim checks them.
+HPARAM_RULES = {
+    "lr": (lambda v: v > 0, "positive"),
+    "eps": (lambda v: v > 0, "positive"),
+    "momentum": (lambda v: v >= 0, "at least 0"),
+    "weight_decay": (lambda v: v >= 0, "at least 0"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+class _Poison:
+    """The value of a name whose statement failed."""
+
+    def __repr__(self) -> str:
+        return "<poison>"
+
+
+POISON = _Poison()
+
+
+class _Abort(Exception):
+    """Unwinds the current statement; its error is already recorded."""
+
+
+class _TooMany(Exception):
+    """MAX_ERRORS diagnostics are recorded; stop checking."""
+
+
+@dataclass
+class _Scope:
+    """One evaluation of a block's body: standalone (inputs declared on the
+    function) or inlined into a caller (inputs bound to `args`)."""
+    block: ast.Block
+    builder: Builder
+    outputs: dict[str, Value]
+    used: set[str]                            # models called, transitively
+    args: dict[str, Value] | None = None      # inlined: the call's arguments
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+def check(module: ast.Module, source: str) -> Program:
+    """The graph IR of `module`; raises CompileError listing every error."""
+    return _Checker(module, source).run()
+
+
+class _Checker:
+    def __init__(self, module: ast.Module, source: str):
+        self.module, self.source = module, source
+        self.program = Program(file=module.file, source=source)
+        self.diagnostics: list[Diagnostic] = []
+        self.seen: set[tuple[Span | None, str]] = set()
+        self.entries: dict[str, ast.Block] = {}
+        self.models: dict[str, ast.Block] = {}    # callable models
+        self.ok: dict[str, bool] = {}             # model -> compiled without error
+        self.active: list[str] = []               # models being evaluated, outermost first
+        self.auto_names: dict[ast.Call, str] = {}
+
+    # ------------------------------------------------------------ reporting
+
+    def report(self, span: Span | None, message: str) -> None:
+        if (span, message) in self.seen:
+            return
+        self.seen.add((span, message))
+        self.diagnostics.append(Diagnostic(span, message))
+        if len(self.diagnostics) >= MAX_ERRORS:
+            raise _TooMany
+
+    def fail(self, span: Span | None, message: str):
+        self.report(span, message)
+        raise _Abort
+
+    # -------------------------------------------------------------- program
+
+    def run(self) -> Program:
+        try:
+            blocks = self.declare()
+            for block in blocks:
+                if block.kind == "train":
+                    self.compile_train(block)
+                elif block.name not in self.ok:
+                    self.compile_model(block)
+        except _TooMany:
+            pass
+        if self.diagnostics:
+            raise CompileError(self.diagnostics, self.source)
+        return self.program
+
+    def declare(self) -> list[ast.Block]:
+        """Register every entry; returns the blocks to compile."""
+        blocks = []
+        for block in self.module.blocks:
+            first = self.entries.get(block.name)
+            if first is not None:
+                self.report(block.span, f"'{block.name}' is already defined "
+                                        f"(a {first.kind} at line {first.span.line})")
+                continue
+            self.entries[block.name] = block
+            self.program.functions[block.name] = Function(block.name, block.kind, span=block.span)
+            if block.kind == "model":
+                if _op(block.name) is not None:
+                    self.report(block.span, f"model name '{block.name}' is taken by an op; "
+                                            f"pick another name")
+                else:
+                    self.models[block.name] = block
+            self.auto_names.update(_auto_names(block))
+            blocks.append(block)
+        return blocks
+
+    def compile_model(self, block: ast.Block) -> None:
+        fn = self.program.functions[block.name]
+        scope = _Scope(block, Builder(self.program, fn, block.span), fn.outputs, set())
+        self.active.append(block.name)
+        try:
+            ok = self.body(scope)
+        finally:
+            self.active.pop()
+        if not any(isinstance(s, ast.Output) for s in block.body):
+            self.report(block.span, f"model '{block.name}' has no output; "
+                                    f"add one such as 'output y = ...'")
+            ok = False
+        self.ok[block.name] = ok
+
+    def compile_train(self, block: ast.Block) -> None:
+        fn = self.program.functions[block.name]
+        scope = _Scope(block, Builder(self.program, fn, block.span), fn.outputs, set())
+        opt = next((s for s in block.body if isinstance(s, ast.Optimizer)), None)
+        if self.body(scope) and opt is not None:
+            for n in opt.on:
+                if n.id not in scope.used:
+                    self.report(n.span, f"the loss of '{block.name}' does not use model "
+                                        f"'{n.id}', so 'on {n.id}' would train nothing")
+        kinds = {type(s) for s in block.body}
+        if ast.Loss not in kinds:
+            self.report(block.span, f"train block '{block.name}' has no loss; add 'loss = ...'")
+        if ast.Optimizer not in kinds:
+            self.report(block.span, f"train block '{block.name}' has no optimizer; "
+                                    f"add one such as 'optimizer = sgd(lr=0.01)'")
+
+    # ------------------------------------------------------------ statements
+
+    def body(self, s: _Scope) -> bool:
+        """Evaluate a block's statements; False if any failed. Inlined, a
+        failure aborts the call instead."""
+        ok = True
+        for stmt in s.block.body:
+            try:
+                self.statement(stmt, s)
+            except _Abort:
+                if s.args is not None:
+                    raise
+                ok = False
+                if isinstance(stmt, (ast.Input, ast.Let, ast.Output)):
+                    s.env[stmt.name] = POISON
+        return ok
+
+    def statement(self, stmt, s: _Scope) -> None:
+        kind = s.block.kind
+        match stmt:
+            case ast.Input():
+                s.env[stmt.name] = s.args[stmt.name] if s.args is not None else self.input(stmt, s)
+            case ast.Let():
+                s.env[stmt.name] = self.eval(stmt.value, s)
+            case ast.Output():
+                if kind == "train":
+                    self.fail(stmt.span, "a train block has no outputs; it computes 'loss = ...' "
+                                         "(outputs belong in a model)")
+                if stmt.name in s.outputs:
+                    self.fail(stmt.span, f"duplicate output '{stmt.name}'")
+                s.env[stmt.name] = s.outputs[stmt.name] = self.tensor(stmt.value, s, "an output")
+            case ast.Loss():
+                self.loss(stmt, s)
+            case ast.Optimizer():
+                self.optimizer(stmt, s)
+
+    def input(self, stmt: ast.Input, s: _Scope) -> Value:
+        t = stmt.type
+        if t.dtype not in DTYPES:
+            self.fail(t.span, f"unknown dtype '{t.dtype}'{suggest(t.dtype, DTYPES)}; "
+                              f"dtypes are {', '.join(DTYPES)}")
+        for d in t.dims:
+            if isinstance(d.value, int) and d.value < 1:
+                self.fail(d.span, f"a dim must be at least 1, got {d.value}")
+        fn = s.builder.fn
+        if any(v.name == stmt.name for v in fn.inputs):
+            self.fail(stmt.span, f"duplicate input '{stmt.name}'")
+        return s.builder.input(stmt.name, TensorType(t.dtype, tuple(d.value for d in t.dims)))
+
+    def loss(self, stmt: ast.Loss, s: _Scope) -> None:
+        if s.block.kind == "model":
+            self.fail(stmt.span, "'loss' belongs in a train block; a model declares "
+                                 "its results with 'output y = ...'")
+        if "loss" in s.outputs:
+            self.fail(stmt.span, f"train block '{s.block.name}' has more than one loss")
+        v = self.tensor(stmt.value, s, "the loss")
+        if not v.type.is_float or v.type.shape != ():
+            self.fail(_expr_span(stmt.value), f"the loss must be a floating-point scalar "
+                                              f"(f32[] or f64[]), got {v.type}")
+        s.outputs["loss"] = v
+
+    def optimizer(self, stmt: ast.Optimizer, s: _Scope) -> None:
+        fn = s.builder.fn
+        if s.block.kind == "model":
+            self.fail(stmt.span, "'optimizer' belongs in a train block")
+        if fn.optimizer is not None:
+            self.fail(stmt.span, f"train block '{s.block.name}' has more than one optimizer")
+        call = stmt.call
+        if call.func not in OPTIMIZERS:
+            self.fail(call.span, f"unknown optimizer '{call.func}'{suggest(call.func, OPTIMIZERS)}; "
+                                 f"dlc has {', '.join(OPTIMIZERS)}")
+        hparams = self.bind(call, call.func, OPTIMIZERS[call.func], s)
+        for name, v in hparams.items():
+            valid, words = HPARAM_RULES.get(name, (lambda v: True, ""))
+            if not valid(v):
+                self.fail(_arg_span(call, OPTIMIZERS[call.func], name),
+                          f"'{name}' of '{call.func}' must be {words}, got {v:g}")
+        on: list[str] = []
+        for n in stmt.on:
+            if n.id not in self.models:
+                self.report(n.span, f"unknown model '{n.id}' after 'on'{suggest(n.id, self.models)}")
+            elif n.id in on:
+                self.report(n.span, f"model '{n.id}' is listed twice after 'on'")
+            else:
+                on.append(n.id)
+        if len(on) != len(stmt.on):
+            raise _Abort
+        fn.optimizer = OptimizerSpec(call.func, hparams, tuple(on), stmt.span)
+
+    # ----------------------------------------------------------- expressions
+
+    def tensor(self, e: ast.Expr, s: _Scope, what: str) -> Value:
+        v = self.eval(e, s)
+        if not isinstance(v, Value):
+            self.fail(_expr_span(e), f"{what} must be a tensor, got {describe(v)}")
+        return v
+
+    def eval(self, e: ast.Expr, s: _Scope) -> Any:
+        match e:
+            case ast.Number() | ast.String() | ast.Bool():
+                return e.value
+            case ast.Tuple():
+                return tuple(self.eval(i, s) for i in e.items)
+            case ast.Name():
+                return self.lookup(e, s)
+            case ast.Neg():
+                return self.neg(e, s)
+            case ast.BinOp():
+                return self.binop(e, s)
+            case ast.Call() if e.func in self.models:
+                return self.single_output(e, self.call_model(e, s))
+            case ast.Call():
+                return self.call_op(e, s)
+            case ast.Field():
+                return self.field(e, s)
+        raise TypeError(f"not an expression: {e!r}")
+
+    def lookup(self, e: ast.Name, s: _Scope) -> Any:
+        if e.id in s.env:
+            v = s.env[e.id]
+            if v is POISON:
+                raise _Abort
+            return v
+        if e.id in self.models or _op(e.id) is not None:
+            what = "a model" if e.id in self.models else "an op"
+            self.fail(e.span, f"'{e.id}' is {what}; call it, as in {e.id}(x)")
+        self.fail(e.span, f"undefined name '{e.id}'{suggest(e.id, s.env)}")
+
+    def neg(self, e: ast.Neg, s: _Scope) -> Any:
+        v = self.eval(e.operand, s)
+        if _is_number(v):
+            return -v
+        if not isinstance(v, Value):
+            self.fail(e.span, f"can't negate {describe(v)}")
+        s.builder.span = e.span
+        # `neg` is an internal op (no signature), so it is built as a node.
+        return self.build(e.span, lambda: s.builder.node(REGISTRY["neg"], [v]))
+
+    def binop(self, e: ast.BinOp, s: _Scope) -> Any:
+        a, b = self.eval(e.left, s), self.eval(e.right, s)
+        if _is_number(a) and _is_number(b):
+            return self.fold(e, a, b)
+        if not all(isinstance(v, Value) or _is_number(v) for v in (a, b)):
+            self.fail(e.span, f"can't apply '{e.op}' to {describe(a)} and {describe(b)}")
+        s.builder.span = e.span
+        a = self.constant(a, b, e.left, s)
+        b = self.constant(b, a, e.right, s)
+        op = REGISTRY[BINARY_OPS[e.op]]
+        return self.build(e.span, lambda: op.build(s.builder, {"a": a, "b": b}))
+
+    def fold(self, e: ast.BinOp, a, b):
+        """Arithmetic on two numbers is done now, as in `lr = 1 / 3`."""
+        match e.op:
+            case "+":
+                return a + b
+            case "-":
+                return a - b
+            case "*":
+                return a * b
+        if b == 0:
+            self.fail(e.span, "division by zero")
+        return a / b
+
+    def constant(self, v, other: Value, e: ast.Expr, s: _Scope) -> Value:
+        """A number operand becomes a scalar constant of the tensor's dtype."""
+        if isinstance(v, Value):
+            return v
+        if isinstance(v, float) and not other.type.is_float:
+            self.fail(_expr_span(e), f"the number {v:g} can't be combined with the "
+                                     f"integer tensor {other.type}")
+        return REGISTRY["constant"].build(s.builder, {"value": float(v), "dtype": other.type.dtype})
+
+    def call_op(self, e: ast.Call, s: _Scope) -> Value:
+        op = _op(e.func)
+        if op is None:
+            if e.func in self.entries:
+                self.fail(e.span, f"'{e.func}' is a train block; only ops and models can be called")
+            if e.func in s.env:
+                v = s.env[e.func]
+                if v is POISON:
+                    raise _Abort
+                self.fail(e.span, f"'{e.func}' is {describe(v)}, not an op or model")
+            callable_ = [n for n in REGISTRY if _op(n)] + list(self.models)
+            self.fail(e.span, f"unknown op '{e.func}'{suggest(e.func, callable_)}")
+        args = self.bind(e, op.name, op.signature, s)
+        if op.owns_params and args.get("name") is None:
+            args["name"] = self.auto_names[e]
+        s.builder.span = e.span
+        return self.build(e.span, lambda: op.build(s.builder, args), e, op.signature)
+
+    def bind(self, e: ast.Call, name: str, signature: tuple[Arg, ...], s: _Scope) -> dict[str, Any]:
+        """Evaluate a call's arguments and match them to `signature`."""
+        if e.kwargs:
+            first = e.kwargs[0].span
+            for a in e.args:
+                if (_expr_span(a).line, _expr_span(a).col) > (first.line, first.col):
+                    self.fail(_expr_span(a), "positional argument after keyword argument")
+        names: set[str] = set()
+        for k in e.kwargs:
+            if k.name in names:
+                self.fail(k.span, f"argument '{k.name}' is given twice")
+            names.add(k.name)
+        pos = [self.eval(a, s) for a in e.args]
+        kw = {k.name: self.eval(k.value, s) for k in e.kwargs}
+        try:
+            return bind(name, signature, pos, kw)
+        except OpError as err:
+            self.fail(_arg_span(e, signature, err.arg), err.message)
+
+    def build(self, span: Span, make, call: ast.Call | None = None,
+              signature: tuple[Arg, ...] | None = None) -> Value:
+        """Run an op's build; its OpErrors become diagnostics at the argument
+        they name. Any other exception is a bug in the op and propagates."""
+        try:
+            return make()
+        except OpError as err:
+            if call is not None:
+                span = _arg_span(call, signature, err.arg)
+            self.fail(span, err.message)
+
+    # ---------------------------------------------------------- model calls
+
+    def call_model(self, e: ast.Call, s: _Scope) -> dict[str, Value]:
+        """Inline model `e.func` into the caller; returns its outputs."""
+        callee = self.models[e.func]
+        if e.func in self.active:
+            cycle = self.active[self.active.index(e.func):] + [e.func]
+            self.fail(e.span, f"recursive model call: {' -> '.join(cycle)}")
+        if e.func not in self.ok:
+            self.compile_model(callee)
+        if not self.ok[e.func]:
+            raise _Abort
+        declared = self.program.functions[e.func].inputs
+        signature = tuple(Arg(v.name, "tensor") for v in declared)
+        args = self.bind(e, e.func, signature, s)
+        self.check_arguments(e, declared, args, signature)
+        s.used.add(e.func)
+        inner = _Scope(callee, s.builder, {}, s.used, args)
+        self.active.append(e.func)
+        try:
+            self.body(inner)
+        finally:
+            self.active.pop()
+        return inner.outputs
+
+    def check_arguments(self, e: ast.Call, declared: list[Value], args: dict[str, Value],
+                        signature: tuple[Arg, ...]) -> None:
+        """Each argument has its input's type; a symbol is one dim per call."""
+        bound: dict[str, tuple[Any, str]] = {}   # symbol -> (dim, argument that bound it)
+        for decl in declared:
+            want, got = decl.type, args[decl.name].type
+            span = _arg_span(e, signature, decl.name)
+            msg = f"argument '{decl.name}' of model '{e.func}' must be {want}, got {got}"
+            if want.dtype != got.dtype or want.rank != got.rank:
+                self.fail(span, msg)
+            for d, g in zip(want.shape, got.shape):
+                if isinstance(d, int):
+                    if d != g:
+                        self.fail(span, msg)
+                elif d in bound and bound[d][0] != g:
+                    self.fail(span, f"{msg}: '{d}' is {bound[d][0]} in argument '{bound[d][1]}'")
+                else:
+                    bound.setdefault(d, (g, decl.name))
+
+    def single_output(self, e: ast.Call, outputs: dict[str, Value]) -> Value:
+        if len(outputs) != 1:
+            names = ", ".join(outputs)
+            self.fail(e.span, f"model '{e.func}' has {len(outputs)} outputs ({names}); "
+                              f"pick one, as in {e.func}(...).{next(iter(outputs))}")
+        return next(iter(outputs.values()))
+
+    def field(self, e: ast.Field, s: _Scope) -> Value:
+        if isinstance(e.value, ast.Call) and e.value.func in self.models:
+            outputs = self.call_model(e.value, s)
+            if e.name not in outputs:
+                self.fail(e.span, f"model '{e.value.func}' has no output '{e.name}'"
+                                  f"{suggest(e.name, outputs)}; its outputs are {', '.join(outputs)}")
+            return outputs[e.name]
+        v = self.eval(e.value, s)
+        self.fail(e.span, f"'.{e.name}' selects an output of a model call, as in "
+                          f"net(x).{e.name}; here it is applied to {describe(v)}")
+
+
+# ------------------------------------------------------------------ helpers
+
+def _op(name: str):
+    """The language-level op called `name`, or None (internal ops have no signature)."""
+    op = REGISTRY.get(name)
+    return op if op is not None and op.signature is not None else None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _expr_span(e: ast.Expr) -> Span:
+    """Where an expression starts (a binary operation: its left operand)."""
+    while isinstance(e, (ast.BinOp, ast.Field)):
+        e = e.left if isinstance(e, ast.BinOp) else e.value
+    return e.span
+
+
+def _arg_span(call: ast.Call, signature: tuple[Arg, ...] | None, arg: str | None) -> Span:
+    """The span of argument `arg` of `call`, or the call's if not written."""
+    for k in call.kwargs:
+        if k.name == arg:
+            return k.span
+    names = [a.name for a in signature or ()]
+    if arg in names and names.index(arg) < len(call.args):
+        return _expr_span(call.args[names.index(arg)])
+    return call.span
+
+
+def _calls(e: ast.Expr) -> Iterator[ast.Call]:
+    match e:
+        case ast.Call():
+            yield e
+            for a in (*e.args, *(k.value for k in e.kwargs)):
+                yield from _calls(a)
+        case ast.BinOp():
+            yield from _calls(e.left)
+            yield from _calls(e.right)
+        case ast.Neg():
+            yield from _calls(e.operand)
+        case ast.Field():
+            yield from _calls(e.value)
+        case ast.Tuple():
+            for i in e.items:
+                yield from _calls(i)
+
+
+def _auto_names(block: ast.Block) -> dict[ast.Call, str]:
+    """Names for the block's unnamed layer calls (see the module docstring)."""
+    unnamed = []
+    for stmt in block.body:
+        if isinstance(stmt, (ast.Let, ast.Output, ast.Loss)):
+            for c in _calls(stmt.value):
+                op = _op(c.func)
+                if op is None or not op.owns_params:
+                    continue
+                index = [a.name for a in op.signature].index("name")
+                if len(c.args) <= index and all(k.name != "name" for k in c.kwargs):
+                    unnamed.append(c)
+    unnamed.sort(key=lambda c: (c.span.line, c.span.col))
+    counts: dict[str, int] = {}
+    names = {}
+    for c in unnamed:
+        k = counts.get(c.func, 0)
+        counts[c.func] = k + 1
+        names[c] = f"{block.name}.{c.func}{k}"
+    return names

@@ -1,0 +1,1 @@
+"""dlc's intermediate representations: the graph IR and the loop IR."""

@@ -1,0 +1,394 @@
+"""Loop IR: kernels over flat buffers, as in Halide and TVM.
+
+Expressions are scalars: constants, variables (loop indices and symbolic
+sizes, all i64), loads, arithmetic, intrinsics, selects, casts, and `Reduce`
+(only before `lower_reductions`, which turns each into an accumulator loop).
+Statements: `For` (serial, parallel, vectorized, unrolled), `Store`,
+`Allocate` (a scoped local buffer), `If`, `Seq`.
+
+A `Kernel` is one loop nest over buffers; a `LoopProgram` is, per entry, the
+kernels in run order plus the buffers they use.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..errors import InternalError
+
+INDEX = "i64"
+_uid = itertools.count()
+
+
+# --------------------------------------------------------------- expressions
+
+class Expr:
+    dtype: str
+
+    # Arithmetic sugar keeps the ops' lowering rules readable.
+    def __add__(self, o): return binop("+", self, o)
+    def __radd__(self, o): return binop("+", o, self)
+    def __sub__(self, o): return binop("-", self, o)
+    def __rsub__(self, o): return binop("-", o, self)
+    def __mul__(self, o): return binop("*", self, o)
+    def __rmul__(self, o): return binop("*", o, self)
+    def __truediv__(self, o): return binop("/", self, o)
+    def __rtruediv__(self, o): return binop("/", o, self)
+    def __neg__(self): return Call("neg", (self,), self.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    value: float | int
+    dtype: str
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Expr):
+    """A loop index or a symbolic size; identity matters, not the name."""
+    name: str
+    dtype: str = INDEX
+    uid: int = field(default_factory=lambda: next(_uid))
+
+
+@dataclass(frozen=True, eq=False)
+class Buffer:
+    """A flat array. kind: 'tensor' (slot `index` in the entry's tensor
+    table), 'workspace' (slot `index` of the workspace plan), 'local'."""
+    name: str
+    dtype: str
+    kind: str
+    index: int
+    size: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Load(Expr):
+    buf: Buffer
+    index: Expr
+
+    @property
+    def dtype(self) -> str:
+        return self.buf.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Bin(Expr):
+    """Arithmetic (+ - * / min max) and comparisons (< <= > >= == !=, dtype 'bool')."""
+    op: str
+    a: Expr
+    b: Expr
+    dtype: str
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    """An intrinsic: neg exp log tanh sqrt abs pow."""
+    fn: str
+    args: tuple[Expr, ...]
+    dtype: str
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> str:
+        return self.a.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Cast(Expr):
+    value: Expr
+    dtype: str
+
+
+@dataclass(frozen=True, eq=False)
+class Reduce(Expr):
+    """`kind` (sum | max) of `body` over vars in [0, extent)."""
+    kind: str
+    vars: tuple[Var, ...]
+    extents: tuple[Expr, ...]
+    body: Expr
+
+    @property
+    def dtype(self) -> str:
+        return self.body.dtype
+
+
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+
+
+def const_like(v, dtype: str) -> Const:
+    return Const(int(v) if dtype in ("i32", INDEX) else float(v), dtype)
+
+
+def binop(op: str, a, b) -> Expr:
+    if not isinstance(a, Expr):
+        a = const_like(a, b.dtype)
+    if not isinstance(b, Expr):
+        b = const_like(b, a.dtype)
+    if a.dtype != b.dtype:
+        raise InternalError("loop IR", f"{op} of {a.dtype} and {b.dtype}")
+    # Fold index arithmetic with constants so flat indices stay small.
+    if isinstance(a, Const) and isinstance(b, Const) and a.dtype == INDEX and op in "+-*":
+        return Const({"+": a.value + b.value, "-": a.value - b.value,
+                      "*": a.value * b.value}[op], INDEX)
+    if a.dtype == INDEX and op in "+-" and isinstance(b, Const) and b.value == 0:
+        return a
+    if a.dtype == INDEX and op == "+" and isinstance(a, Const) and a.value == 0:
+        return b
+    if a.dtype == INDEX and op == "*":
+        if isinstance(b, Const) and b.value == 1:
+            return a
+        if isinstance(a, Const) and a.value == 1:
+            return b
+        if (isinstance(a, Const) and a.value == 0) or (isinstance(b, Const) and b.value == 0):
+            return Const(0, INDEX)
+    return Bin(op, a, b, "bool" if op in COMPARISONS else a.dtype)
+
+
+def call(fn: str, *args: Expr) -> Call:
+    return Call(fn, tuple(args), args[0].dtype)
+
+
+def maximum(a: Expr, b) -> Expr:
+    return binop("max", a, b)
+
+
+def minimum(a: Expr, b) -> Expr:
+    return binop("min", a, b)
+
+
+def cmp(op: str, a, b) -> Expr:
+    return binop(op, a, b)
+
+
+# ---------------------------------------------------------------- statements
+
+class Stmt:
+    pass
+
+
+@dataclass(eq=False)
+class For(Stmt):
+    var: Var
+    extent: Expr
+    body: Stmt
+    kind: str = "serial"   # serial | parallel | vectorized | unrolled
+
+
+@dataclass(eq=False)
+class Store(Stmt):
+    buf: Buffer
+    index: Expr
+    value: Expr
+    accumulate: bool = False  # buf[index] += value
+
+
+@dataclass(eq=False)
+class Allocate(Stmt):
+    buf: Buffer  # kind 'local', lives for `body`
+    body: Stmt
+
+
+@dataclass(eq=False)
+class If(Stmt):
+    cond: Expr
+    then: Stmt
+
+
+@dataclass(eq=False)
+class Seq(Stmt):
+    body: list[Stmt]
+
+
+@dataclass(eq=False)
+class Kernel:
+    name: str
+    body: Stmt
+
+
+DTYPE_BYTES = {"f32": 4, "f64": 8, "i32": 4, INDEX: 8}
+
+
+@dataclass
+class LoopEntry:
+    """An entry's kernels in run order. `workspace` lists its intermediate
+    buffers (buffer i has index i); `slot_of[i]` is the workspace region it
+    lives in (memory planning lets buffers with disjoint lifetimes share)."""
+    name: str
+    kernels: list[Kernel]
+    workspace: list[Buffer]
+    slot_of: list[int]
+
+    def slots(self) -> list[list[Buffer]]:
+        out: list[list[Buffer]] = [[] for _ in range(max(self.slot_of, default=-1) + 1)]
+        for buf in self.workspace:
+            out[self.slot_of[buf.index]].append(buf)
+        return out
+
+
+@dataclass
+class LoopProgram:
+    """Per entry: kernels in run order. `syms` are the symbolic sizes, in the
+    order of the runtime's `syms` array; `tensors` describes the tensor table."""
+    syms: list[Var]
+    tensors: list  # dlc.lower.TensorSlot
+    entries: list[LoopEntry]
+
+
+# ------------------------------------------------------------------- walking
+
+def exprs_of(s: Stmt) -> Iterator[Expr]:
+    if isinstance(s, For):
+        yield s.extent
+        yield from exprs_of(s.body)
+    elif isinstance(s, Store):
+        yield s.index
+        yield s.value
+    elif isinstance(s, Allocate):
+        yield s.buf.size
+        yield from exprs_of(s.body)
+    elif isinstance(s, If):
+        yield s.cond
+        yield from exprs_of(s.then)
+    elif isinstance(s, Seq):
+        for b in s.body:
+            yield from exprs_of(b)
+
+
+def subexprs(e: Expr) -> Iterator[Expr]:
+    yield e
+    if isinstance(e, Load):
+        yield from subexprs(e.index)
+    elif isinstance(e, Bin):
+        yield from subexprs(e.a)
+        yield from subexprs(e.b)
+    elif isinstance(e, Call):
+        for a in e.args:
+            yield from subexprs(a)
+    elif isinstance(e, Select):
+        yield from subexprs(e.cond)
+        yield from subexprs(e.a)
+        yield from subexprs(e.b)
+    elif isinstance(e, Cast):
+        yield from subexprs(e.value)
+    elif isinstance(e, Reduce):
+        for x in e.extents:
+            yield from subexprs(x)
+        yield from subexprs(e.body)
+
+
+# ------------------------------------------------------------------ verifier
+
+def verify(prog: LoopProgram, where: str = "loops", allow_reduce: bool = False) -> None:
+    """Every variable is bound (a symbol, or an enclosing loop), types agree,
+    local buffers are used inside their Allocate, no Reduce after lowering."""
+    syms = set(prog.syms)
+    for entry in prog.entries:
+        for k in entry.kernels:
+            _verify_stmt(k.body, syms, set(), where, f"{entry.name}/{k.name}", allow_reduce)
+
+
+def _verify_expr(e: Expr, bound: set, locals_: set, where: str, ctx: str, allow_reduce: bool) -> None:
+    for x in subexprs(e):
+        if isinstance(x, Var) and x not in bound:
+            raise InternalError(where, f"{ctx}: variable {x.name} is not bound")
+        if isinstance(x, Load) and x.buf.kind == "local" and x.buf not in locals_:
+            raise InternalError(where, f"{ctx}: local {x.buf.name} used outside its Allocate")
+        if isinstance(x, Load) and x.index.dtype != INDEX:
+            raise InternalError(where, f"{ctx}: index of {x.buf.name} is {x.index.dtype}")
+        if isinstance(x, Reduce):
+            if not allow_reduce:
+                raise InternalError(where, f"{ctx}: Reduce survived reduction lowering")
+            _verify_expr(x.body, bound | set(x.vars), locals_, where, ctx, allow_reduce)
+            break
+        if isinstance(x, Bin) and x.a.dtype != x.b.dtype:
+            raise InternalError(where, f"{ctx}: {x.op} mixes {x.a.dtype} and {x.b.dtype}")
+
+
+def _verify_stmt(s: Stmt, bound: set, locals_: set, where: str, ctx: str, allow_reduce: bool) -> None:
+    if isinstance(s, For):
+        _verify_expr(s.extent, bound, locals_, where, ctx, allow_reduce)
+        if s.var in bound:
+            raise InternalError(where, f"{ctx}: loop variable {s.var.name} bound twice")
+        _verify_stmt(s.body, bound | {s.var}, locals_, where, ctx, allow_reduce)
+    elif isinstance(s, Store):
+        if s.buf.kind == "local" and s.buf not in locals_:
+            raise InternalError(where, f"{ctx}: store to {s.buf.name} outside its Allocate")
+        _verify_expr(s.index, bound, locals_, where, ctx, allow_reduce)
+        _verify_expr(s.value, bound, locals_, where, ctx, allow_reduce)
+        if s.value.dtype != s.buf.dtype:
+            raise InternalError(where, f"{ctx}: stores {s.value.dtype} into {s.buf.dtype} {s.buf.name}")
+    elif isinstance(s, Allocate):
+        _verify_stmt(s.body, bound, locals_ | {s.buf}, where, ctx, allow_reduce)
+    elif isinstance(s, If):
+        _verify_expr(s.cond, bound, locals_, where, ctx, allow_reduce)
+        _verify_stmt(s.then, bound, locals_, where, ctx, allow_reduce)
+    elif isinstance(s, Seq):
+        for b in s.body:
+            _verify_stmt(b, bound, locals_, where, ctx, allow_reduce)
+    else:
+        raise InternalError(where, f"{ctx}: unknown statement {s!r}")
+
+
+# ------------------------------------------------------------------- printer
+
+def print_expr(e: Expr) -> str:
+    if isinstance(e, Const):
+        return repr(e.value)
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Load):
+        return f"{e.buf.name}[{print_expr(e.index)}]"
+    if isinstance(e, Bin):
+        if e.op in ("min", "max"):
+            return f"{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
+        return f"({print_expr(e.a)} {e.op} {print_expr(e.b)})"
+    if isinstance(e, Call):
+        return f"{e.fn}({', '.join(map(print_expr, e.args))})"
+    if isinstance(e, Select):
+        return f"select({print_expr(e.cond)}, {print_expr(e.a)}, {print_expr(e.b)})"
+    if isinstance(e, Cast):
+        return f"{e.dtype}({print_expr(e.value)})"
+    if isinstance(e, Reduce):
+        rng = ", ".join(f"{v.name} < {print_expr(x)}" for v, x in zip(e.vars, e.extents))
+        return f"{e.kind}({rng}: {print_expr(e.body)})"
+    raise TypeError(e)
+
+
+def print_stmt(s: Stmt, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(s, For):
+        kind = "" if s.kind == "serial" else f" {s.kind}"
+        return (f"{pad}for{kind} {s.var.name} in 0..{print_expr(s.extent)}:\n"
+                + print_stmt(s.body, indent + 1))
+    if isinstance(s, Store):
+        op = "+=" if s.accumulate else "="
+        return f"{pad}{s.buf.name}[{print_expr(s.index)}] {op} {print_expr(s.value)}\n"
+    if isinstance(s, Allocate):
+        return (f"{pad}allocate {s.buf.name}: {s.buf.dtype}[{print_expr(s.buf.size)}]\n"
+                + print_stmt(s.body, indent))
+    if isinstance(s, If):
+        return f"{pad}if {print_expr(s.cond)}:\n" + print_stmt(s.then, indent + 1)
+    if isinstance(s, Seq):
+        return "".join(print_stmt(b, indent) for b in s.body)
+    raise TypeError(s)
+
+
+def print_program(prog: LoopProgram) -> str:
+    out = []
+    for e in prog.entries:
+        for i, slot in enumerate(e.slots()):
+            sizes = ", ".join(f"{b.name}: {b.dtype}[{print_expr(b.size)}]" for b in slot)
+            out.append(f"# {e.name}: workspace slot {i}: {sizes}")
+        out.append(f"entry {e.name}:")
+        for k in e.kernels:
+            out.append(f"  kernel {k.name}:")
+            out.append(print_stmt(k.body, 2).rstrip("\n"))
+    return "\n".join(out) + "\n"

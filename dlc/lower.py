@@ -1,0 +1,212 @@
+"""Lowering: graph IR (differentiated, fused) -> loop IR.
+
+Every node that is not inlined gets a kernel: a loop nest over its output
+shape storing the op's lowering expression, in which inlined producers are
+expanded in place. After this pass no graph op survives; `Reduce`
+expressions remain until `lower_reductions`.
+
+The tensor table (what the runtime sees) is laid out here: parameters,
+optimizer states, then each entry's inputs and outputs.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import InternalError
+from .ir import loops as L
+from .ir.graph import Dim, Function, Init, Node, Program, Value
+
+Accessor = Callable[[list[L.Expr]], L.Expr]
+ENTRY_KIND = {"model": "infer", "train": "train", "grads": "grads"}
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """One row of the runtime's tensor table."""
+    name: str
+    role: str                  # param | state | input | output
+    dtype: str
+    dims: tuple[Dim, ...]
+    init: Init | None = None
+    entry: str = ""            # for inputs and outputs
+
+
+@dataclass
+class EntrySlots:
+    name: str
+    kind: str
+    inputs: list[int]
+    outputs: list[int]
+
+
+class LowerCtx:
+    """What an op's lowering rule may ask for: dims as expressions, fresh
+    loop variables."""
+
+    def __init__(self, syms: dict[str, L.Var]):
+        self.syms = syms
+
+    def dim(self, d: Dim) -> L.Expr:
+        if isinstance(d, int):
+            return L.Const(d, L.INDEX)
+        if d not in self.syms:
+            raise InternalError("lower", f"symbol '{d}' is not bound by any input")
+        return self.syms[d]
+
+    def var(self, name: str) -> L.Var:
+        return L.Var(name)
+
+
+def flat_index(ctx: LowerCtx, idx: list[L.Expr], shape: tuple[Dim, ...]) -> L.Expr:
+    """Row-major offset of idx in shape."""
+    out: L.Expr = L.Const(0, L.INDEX)
+    for i, d in zip(idx, shape):
+        out = out * ctx.dim(d) + i
+    return out
+
+
+def size_of(ctx: LowerCtx, shape: tuple[Dim, ...]) -> L.Expr:
+    n: L.Expr = L.Const(1, L.INDEX)
+    for d in shape:
+        n = n * ctx.dim(d)
+    return n
+
+
+def lower(program: Program) -> tuple[L.LoopProgram, list[EntrySlots]]:
+    """Graph IR -> loop IR, and the tensor table with each entry's slots."""
+    syms = {s: L.Var(s) for s in program.symbols}
+    ctx = LowerCtx(syms)
+    tensors: list[TensorSlot] = []
+    global_index: dict[str, int] = {}
+    for p in program.params.values():
+        global_index[p.name] = len(tensors)
+        tensors.append(TensorSlot(p.name, "param", p.type.dtype, p.type.shape, p.init))
+    for s in program.states.values():
+        global_index[s.name] = len(tensors)
+        tensors.append(TensorSlot(s.name, "state", s.type.dtype, s.type.shape, Init("zeros")))
+    entries, slots = [], []
+    for fn in program.functions.values():
+        entry, es = FunctionLowering(ctx, fn, tensors, global_index).run()
+        entries.append(entry)
+        slots.append(es)
+    return L.LoopProgram(list(syms.values()), tensors, entries), slots
+
+
+class FunctionLowering:
+    def __init__(self, ctx: LowerCtx, fn: Function, tensors: list[TensorSlot],
+                 global_index: dict[str, int]):
+        self.ctx, self.fn, self.tensors = ctx, fn, tensors
+        self.buffers: dict[int, L.Buffer] = {}
+        self.workspace: list[L.Buffer] = []
+        self.kernels: list[L.Kernel] = []
+        for name, v in {**fn.params, **fn.states}.items():
+            self.buffers[id(v)] = self.tensor_buffer(global_index[name], v)
+
+    def tensor_buffer(self, index: int, v: Value) -> L.Buffer:
+        return L.Buffer(self.tensors[index].name, v.type.dtype, "tensor", index,
+                        size_of(self.ctx, v.type.shape))
+
+    def new_tensor(self, name: str, role: str, v: Value) -> int:
+        self.tensors.append(TensorSlot(name, role, v.type.dtype, v.type.shape, entry=self.fn.name))
+        return len(self.tensors) - 1
+
+    def run(self) -> tuple[L.LoopEntry, EntrySlots]:
+        fn = self.fn
+        inputs = []
+        for v in fn.inputs:
+            i = self.new_tensor(v.name, "input", v)
+            inputs.append(i)
+            self.buffers[id(v)] = self.tensor_buffer(i, v)
+        outputs = [self.new_tensor(name, "output", v) for name, v in fn.outputs.items()]
+        # An output computed by a node is written in place; others are copied.
+        copies = []
+        for slot, v in zip(outputs, fn.outputs.values()):
+            if v.kind == "node" and id(v) not in self.buffers:
+                self.buffers[id(v)] = self.tensor_buffer(slot, v)
+            else:
+                copies.append((slot, v))
+        for n in fn.nodes:
+            if id(n.out) in fn.inlined:
+                continue
+            buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
+            self.kernels.append(self.store_kernel(f"{n.op.name}_{len(self.kernels)}",
+                                                  n.out.type.shape, [(buf, self.define(n))]))
+        for slot, v in copies:
+            self.kernels.append(self.store_kernel(f"copy_{len(self.kernels)}", v.type.shape,
+                                                  [(self.tensor_buffer(slot, v), self.access(v))]))
+        self.kernels += self.assign_kernels()
+        entry = L.LoopEntry(fn.name, self.kernels, self.workspace,
+                            list(range(len(self.workspace))))
+        return entry, EntrySlots(fn.name, ENTRY_KIND[fn.kind], inputs, outputs)
+
+    def workspace_buffer(self, v: Value) -> L.Buffer:
+        buf = L.Buffer(f"t{len(self.workspace)}", v.type.dtype, "workspace",
+                       len(self.workspace), size_of(self.ctx, v.type.shape))
+        self.workspace.append(buf)
+        self.buffers[id(v)] = buf
+        return buf
+
+    def define(self, node: Node) -> Accessor:
+        """node's output element as an expression of its inputs' elements."""
+        ins = [self.access(i) for i in node.inputs]
+        return lambda idx: node.op.lower(self.ctx, idx, ins, node)
+
+    def access(self, v: Value) -> Accessor:
+        """How a consumer reads v at an index: a load, or v's expression."""
+        if id(v) in self.fn.inlined:
+            return self.define(v.node)
+        buf = self.buffers.get(id(v))
+        if buf is None:
+            raise InternalError("lower", f"{self.fn.name}: {v!r} has no storage")
+        return lambda idx: L.Load(buf, flat_index(self.ctx, idx, v.type.shape))
+
+    def store_kernel(self, name: str, shape: tuple[Dim, ...],
+                     stores: list[tuple[L.Buffer, Accessor]]) -> L.Kernel:
+        """Loops over `shape` storing each value into its buffer. With several
+        stores, every value is computed before any is written, so an update
+        may read the old value of a buffer it overwrites."""
+        idx = [L.Var(f"i{k}") for k in range(len(shape))]
+        flat = flat_index(self.ctx, idx, shape)
+        values = [f(idx) for _, f in stores]
+        if len(stores) == 1:
+            body: L.Stmt = L.Store(stores[0][0], flat, values[0])
+        else:
+            temps = [L.Buffer(f"new{k}", v.dtype, "local", -1, L.Const(1, L.INDEX))
+                     for k, v in enumerate(values)]
+            zero = L.Const(0, L.INDEX)
+            body = L.Seq([L.Store(t, zero, e) for t, e in zip(temps, values)]
+                         + [L.Store(buf, flat, L.Load(t, zero)) for t, (buf, _) in zip(temps, stores)])
+            for t in temps:
+                body = L.Allocate(t, body)
+        for var, d in reversed(list(zip(idx, shape))):
+            body = L.For(var, self.ctx.dim(d), body)
+        return L.Kernel(name, body)
+
+    def assign_kernels(self) -> list[L.Kernel]:
+        """One kernel per target shape; a kernel that overwrites a value other
+        kernels read runs after them."""
+        groups: dict[tuple, list[tuple[L.Buffer, Accessor]]] = defaultdict(list)
+        for target, v in self.fn.assigns:
+            groups[target.type.shape].append((self.buffers[id(target)], self.access(v)))
+        kernels = {shape: self.store_kernel(f"update_{len(self.kernels) + i}", shape, stores)
+                   for i, (shape, stores) in enumerate(groups.items())}
+        reads = {shape: {x.buf for x in _loads(k.body)} for shape, k in kernels.items()}
+        writes = {shape: {buf for buf, _ in stores} for shape, stores in groups.items()}
+        ordered, pending = [], list(kernels)
+        while pending:
+            ready = [s for s in pending
+                     if not any(writes[s] & reads[o] for o in pending if o != s)]
+            if not ready:
+                raise InternalError("lower", f"{self.fn.name}: updates read each other's targets")
+            ordered.append(ready[0])
+            pending.remove(ready[0])
+        return [kernels[s] for s in ordered]
+
+
+def _loads(s: L.Stmt):
+    for e in L.exprs_of(s):
+        for x in L.subexprs(e):
+            if isinstance(x, L.Load):
+                yield x

@@ -1,0 +1,174 @@
+"""What an op is: its signature in the language, shape rule, gradient rule,
+lowering and NumPy reference, all on one class.
+
+Ops are instances of `Op` subclasses registered in `REGISTRY` by the module
+that defines them (`dlc/ops/*.py`). Language-level ops have a `signature`;
+primitives used only inside other ops' expansions and gradients have none.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import DlcError
+from ..ir.graph import Builder, TensorType, Value, format_shape
+
+if TYPE_CHECKING:
+    from ..ir.graph import Node
+
+
+class OpError(DlcError):
+    """A user error found by an op's rules; the frontend adds the source span.
+    `arg` names the argument at fault, so the caret can point at it."""
+
+    def __init__(self, message: str, arg: str | None = None):
+        super().__init__(message)
+        self.message, self.arg = message, arg
+
+
+REQUIRED = object()
+
+# Kinds of non-tensor arguments and the Python types they accept.
+ARG_KINDS: dict[str, tuple[type, ...]] = {
+    "tensor": (Value,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "pair": (int, tuple),   # an int or a (h, w) tuple of ints
+}
+ARG_KIND_WORDS = {"tensor": "a tensor", "int": "an integer", "float": "a number",
+                  "bool": "true or false", "str": "a string", "pair": "an integer or a pair (h, w)"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str
+    default: Any = REQUIRED
+
+
+class Op:
+    """Base of all ops. Subclasses override what applies to them."""
+    name: str = ""
+    signature: tuple[Arg, ...] | None = None   # None: not callable from the language
+    owns_params: bool = False                  # a layer: gets an automatic `name`
+
+    # -- language
+    def build(self, b: Builder, args: dict[str, Any]) -> Value:
+        """Add this op to `b` for bound arguments `args` (see `bind`)."""
+        tensors = [args[a.name] for a in self.signature if a.kind == "tensor"]
+        attrs = {a.name: args[a.name] for a in self.signature if a.kind != "tensor"}
+        return b.node(self, tensors, **attrs)
+
+    # -- shape rule
+    def infer(self, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        raise NotImplementedError(f"{self.name} has no shape rule")
+
+    # -- gradient rule: one value (or None: no gradient) per input
+    def grad(self, b: Builder, node: Node, g: Value) -> list[Value | None]:
+        raise OpError(f"'{self.name}' is not differentiable")
+
+    # -- NumPy reference, used by tests
+    def reference(self, *xs: np.ndarray, **attrs) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} has no reference")
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    assert op.name not in REGISTRY, op.name
+    REGISTRY[op.name] = op
+    return op
+
+
+def suggest(name: str, choices) -> str:
+    """' (did you mean 'relu'?)' or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def bind(op_name: str, signature: tuple[Arg, ...], positional: list[Any],
+         keywords: dict[str, Any]) -> dict[str, Any]:
+    """Match call arguments to a signature. Raises OpError with `arg` set to
+    the offending keyword (or None for arity errors)."""
+    if len(positional) > len(signature):
+        want = sum(a.default is REQUIRED for a in signature)
+        raise OpError(f"'{op_name}' takes at most {len(signature)} arguments "
+                      f"({want} required), got {len(positional)}")
+    out = dict(zip((a.name for a in signature), positional))
+    known = {a.name: a for a in signature}
+    for k, v in keywords.items():
+        if k not in known:
+            raise OpError(f"'{op_name}' has no attribute '{k}'{suggest(k, known)}; "
+                          f"it takes: {', '.join(known)}", arg=k)
+        if k in out:
+            raise OpError(f"'{op_name}' got argument '{k}' twice", arg=k)
+        out[k] = v
+    for a in signature:
+        if a.name not in out:
+            if a.default is REQUIRED:
+                raise OpError(f"'{op_name}' is missing its argument '{a.name}' "
+                              f"({ARG_KIND_WORDS[a.kind]})")
+            out[a.name] = a.default
+            continue  # defaults are trusted, and may be None ('not given')
+        v = out[a.name]
+        ok = isinstance(v, ARG_KINDS[a.kind]) and not (a.kind in ("int", "float") and isinstance(v, bool))
+        if a.kind == "pair" and isinstance(v, tuple):
+            ok = len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
+        if a.kind == "float" and ok:
+            out[a.name] = v = float(v)
+        if not ok:
+            raise OpError(f"argument '{a.name}' of '{op_name}' must be "
+                          f"{ARG_KIND_WORDS[a.kind]}, got {describe(v)}", arg=a.name)
+    return out
+
+
+def describe(v: Any) -> str:
+    if isinstance(v, Value):
+        return f"a tensor {v.type}"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return f"the string \"{v}\""
+    return f"{type(v).__name__} {v!r}"
+
+
+# ------------------------------------------------------------- shape helpers
+
+def broadcast_shapes(a: tuple, b: tuple, what: str = "operands") -> tuple:
+    """NumPy broadcasting over fixed and symbolic dims."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise OpError(f"shapes {format_shape(a)} and {format_shape(b)} of the {what} "
+                          f"do not broadcast (dim {x} against {y})")
+    return tuple(reversed(out))
+
+
+def need_float(op: str, t: TensorType, which: str = "input") -> None:
+    if not t.is_float:
+        raise OpError(f"'{op}' needs a floating-point {which}, got {t}")
+
+
+def same_dtype(op: str, ts: list[TensorType]) -> str:
+    dts = {t.dtype for t in ts}
+    if len(dts) > 1:
+        raise OpError(f"'{op}' mixes dtypes: " + " and ".join(str(t) for t in ts))
+    return ts[0].dtype
+
+
+Reference = Callable[..., np.ndarray]

@@ -1,0 +1,58 @@
+"""Optimizers: their signatures in the language and their update rules,
+written as elementwise graph ops with exactly torch.optim's arithmetic.
+
+`updates` returns (target, new value) pairs; the target is a parameter or an
+optimizer state value, and the lowering writes all new values of one shape
+in one kernel, reading every old value before writing any.
+"""
+from __future__ import annotations
+
+from ..ir.graph import Builder, OptimizerSpec, TensorType, Value
+from .base import Arg
+from .elementwise import EXP_BASE, SQRT, add, broadcast, div, mul, scalar_like, sub
+
+OPTIMIZERS: dict[str, tuple[Arg, ...]] = {
+    "sgd": (Arg("lr", "float"), Arg("momentum", "float", 0.0),
+            Arg("weight_decay", "float", 0.0)),
+    "adam": (Arg("lr", "float"), Arg("beta1", "float", 0.9), Arg("beta2", "float", 0.999),
+             Arg("eps", "float", 1e-8), Arg("weight_decay", "float", 0.0)),
+}
+
+
+def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
+            grads: dict[str, Value]) -> list[tuple[Value, Value]]:
+    h = spec.hparams
+    out: list[tuple[Value, Value]] = []
+    prefix = b.fn.name
+    if spec.kind == "adam":
+        dtype = next(iter(params.values())).type.dtype
+        step = b.state(f"{prefix}.step", TensorType(dtype, ()))
+        t = add(b, step, scalar_like(b, 1.0, step))
+        one = scalar_like(b, 1.0, t)
+        bc1 = sub(b, one, b.node(EXP_BASE, [t], base=h["beta1"]))
+        bc2 = sub(b, one, b.node(EXP_BASE, [t], base=h["beta2"]))
+        step_size = div(b, scalar_like(b, h["lr"], t), bc1)
+        sqrt_bc2 = b.node(SQRT, [bc2])
+    for name, p in params.items():
+        g = grads[name]
+        c = lambda v: scalar_like(b, v, p)
+        if h["weight_decay"]:
+            g = add(b, g, mul(b, c(h["weight_decay"]), p))
+        if spec.kind == "sgd":
+            if h["momentum"]:
+                buf = b.state(f"{prefix}.{name}.momentum", p.type)
+                g = add(b, mul(b, c(h["momentum"]), buf), g)
+                out.append((buf, g))
+            out.append((p, sub(b, p, mul(b, c(h["lr"]), g))))
+        else:
+            m = b.state(f"{prefix}.{name}.exp_avg", p.type)
+            v = b.state(f"{prefix}.{name}.exp_avg_sq", p.type)
+            m2 = add(b, mul(b, c(h["beta1"]), m), mul(b, c(1 - h["beta1"]), g))
+            v2 = add(b, mul(b, c(h["beta2"]), v), mul(b, c(1 - h["beta2"]), mul(b, g, g)))
+            denom = add(b, div(b, b.node(SQRT, [v2]), broadcast(b, sqrt_bc2, p.type.shape)),
+                        c(h["eps"]))
+            delta = mul(b, broadcast(b, step_size, p.type.shape), div(b, m2, denom))
+            out += [(m, m2), (v, v2), (p, sub(b, p, delta))]
+    if spec.kind == "adam":
+        out.append((step, t))
+    return out

@@ -1,0 +1,1 @@
+"""Graph and loop passes, and the pipeline table that orders them."""

@@ -1,0 +1,63 @@
+"""Fusion: decide which node values are computed inside their consumers'
+kernels instead of being written to memory.
+
+A value is inlined into its consumers when that costs no repeated work:
+- an expression without reductions (elementwise chains, broadcasts,
+  constants) is inlined when it has one consumer, or is trivially cheap;
+- an expression with a reduction (a matmul, a sum) is inlined only into a
+  single consumer that reads each element once (an elementwise op or another
+  reduction), never into one that re-reads it (a matmul, a broadcast).
+So dense + bias + activation becomes one kernel, and so do loss chains.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from collections import Counter
+
+from ..ir.graph import Function, Program
+from ..ops.elementwise import CONSTANT, NUMEL
+from ..ops.loss import SCATTER_LAST
+from ..ops.nn import MATMUL
+from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
+from ..ops.shape import BROADCAST_TO, SUM_TO
+
+REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO}
+# Consumers that read an input element more than once.
+REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST}
+TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
+
+
+def fuse(program: Program) -> Program:
+    """Mark inlined values in every function (pure: returns a new program)."""
+    out = replace(program, functions={})
+    for fn in program.functions.values():
+        out.functions[fn.name] = Function(**{**fn.__dict__, "inlined": plan(fn)})
+    return out
+
+
+def plan(fn: Function) -> set[int]:
+    consumers: dict[int, list] = {}
+    for n in fn.nodes:
+        for v in n.inputs:
+            consumers.setdefault(id(v), []).append(n)
+    pinned = {id(v) for v in fn.outputs.values()}
+    # An assign reads its new value once per element, like an elementwise op.
+    assigned = Counter(id(v) for _, v in fn.assigns)
+    inlined: set[int] = set()
+    has_reduce: dict[int, bool] = {}
+    for n in fn.nodes:  # producers first: a value's cost includes its inlined inputs
+        key = id(n.out)
+        has_reduce[key] = n.op in REDUCTIONS or any(
+            has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
+        users = consumers.get(key, [])
+        n_users = len(users) + assigned[key]
+        if key in pinned or n_users == 0:
+            continue
+        if has_reduce[key]:
+            ok = n_users == 1 and all(u.op not in REREADS for u in users)
+        else:
+            ok = n.op in TRIVIAL or n_users == 1
+        if ok:
+            inlined.add(key)
+    return inlined

@@ -1,0 +1,56 @@
+"""Memory planning: intermediate buffers whose lifetimes do not overlap share
+a workspace slot. Lifetimes are kernel ranges [first write, last read]; a
+slot is reused only by a buffer first written after the slot's last read,
+so no kernel reads and writes one region through two buffers."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..ir import loops as L
+
+
+def plan_memory(prog: L.LoopProgram) -> L.LoopProgram:
+    """Assign workspace slots by liveness, greedily in kernel order (pure)."""
+    return replace(prog, entries=[_plan(e) for e in prog.entries])
+
+
+def _plan(entry: L.LoopEntry) -> L.LoopEntry:
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, kernel in enumerate(entry.kernels):
+        for buf in _buffers(kernel.body):
+            if buf.kind == "workspace":
+                first.setdefault(buf.index, k)
+                last[buf.index] = k
+    slot_of = [-1] * len(entry.workspace)
+    free_after: list[int] = []  # per slot: the last kernel that reads it
+    for buf in sorted(entry.workspace, key=lambda b: first.get(b.index, 0)):
+        start, end = first.get(buf.index, 0), last.get(buf.index, 0)
+        slot = next((s for s, f in enumerate(free_after) if f < start), None)
+        if slot is None:
+            slot = len(free_after)
+            free_after.append(end)
+        free_after[slot] = end
+        slot_of[buf.index] = slot
+    return replace(entry, slot_of=slot_of)
+
+
+def _buffers(s: L.Stmt):
+    """Every buffer a statement stores to or loads from."""
+    yield from _stored(s)
+    for e in L.exprs_of(s):
+        for x in L.subexprs(e):
+            if isinstance(x, L.Load):
+                yield x.buf
+
+
+def _stored(s: L.Stmt):
+    if isinstance(s, L.Store):
+        yield s.buf
+    elif isinstance(s, (L.For, L.Allocate)):
+        yield from _stored(s.body)
+    elif isinstance(s, L.If):
+        yield from _stored(s.then)
+    elif isinstance(s, L.Seq):
+        for b in s.body:
+            yield from _stored(b)

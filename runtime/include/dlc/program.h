@@ -1,0 +1,94 @@
+/* dlc/program.h — the ABI between a compiled dlc program and the runtime.
+ *
+ * A compiled program (a shared library written by `dlc compile`) exports one
+ * function, `dlc_program`, returning a descriptor of everything the runtime
+ * needs: the symbolic sizes, the tensor table, and the entry points. Nothing
+ * about a particular network is hard-coded in the runtime; it reads this.
+ *
+ * The descriptor is immutable, static data owned by the program library and
+ * valid while the library is loaded. Bump DLC_ABI_VERSION on any change here.
+ */
+#ifndef DLC_PROGRAM_H
+#define DLC_PROGRAM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DLC_ABI_VERSION 1
+
+typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
+
+typedef enum dlc_role {
+  DLC_ROLE_PARAM = 0,  /* trainable, owned by the session, saved in weights files */
+  DLC_ROLE_STATE = 1,  /* optimizer state (momenta, Adam moments, step count):
+                          owned by the session, zero at creation, not saved */
+  DLC_ROLE_INPUT = 2,  /* given by the caller on each call of an entry */
+  DLC_ROLE_OUTPUT = 3  /* produced by an entry on each call */
+} dlc_role;
+
+typedef enum dlc_init_kind {
+  DLC_INIT_ZEROS = 0,
+  DLC_INIT_ONES = 1,
+  DLC_INIT_UNIFORM = 2, /* U(init_a, init_b) */
+  DLC_INIT_NORMAL = 3   /* N(mean = init_a, std = init_b) */
+} dlc_init_kind;
+
+/* A dim >= 0 is a fixed size; a dim < 0 names symbol number (-dim - 1). */
+typedef struct dlc_tensor_desc {
+  const char *name;
+  int32_t role;  /* dlc_role */
+  int32_t dtype; /* dlc_dtype */
+  int32_t rank;
+  int32_t init;  /* dlc_init_kind; used for PARAM and STATE */
+  const int64_t *dims;
+  double init_a;
+  double init_b;
+} dlc_tensor_desc;
+
+/* `tensors` has one pointer per entry of the tensor table (NULL for tensors
+ * the entry does not use); `syms` holds the value of every symbol, bound by
+ * the runtime from the inputs' shapes; `workspace` has at least
+ * workspace_bytes(syms) bytes, 64-byte aligned. Returns 0 on success. */
+typedef int32_t (*dlc_entry_fn)(void *const *tensors, const int64_t *syms,
+                                void *workspace);
+typedef int64_t (*dlc_workspace_fn)(const int64_t *syms);
+
+typedef enum dlc_entry_kind {
+  DLC_ENTRY_INFER = 0, /* a model: inputs -> outputs */
+  DLC_ENTRY_TRAIN = 1, /* a train block: one optimizer step, outputs the loss before it */
+  DLC_ENTRY_GRADS = 2  /* a train block without the update: outputs the loss and
+                          one gradient per updated parameter, named as the parameter */
+} dlc_entry_kind;
+
+typedef struct dlc_entry_desc {
+  const char *name;
+  int32_t kind; /* dlc_entry_kind */
+  int32_t n_inputs;
+  const int32_t *inputs;  /* tensor-table indices, in declaration order */
+  int32_t n_outputs;
+  const int32_t *outputs; /* tensor-table indices */
+  dlc_entry_fn run;
+  dlc_workspace_fn workspace_bytes;
+} dlc_entry_desc;
+
+typedef struct dlc_program_desc {
+  int32_t abi_version; /* DLC_ABI_VERSION of the compiler that wrote it */
+  int32_t n_syms;
+  const char *const *sym_names;
+  int32_t n_tensors;
+  const dlc_tensor_desc *tensors;
+  int32_t n_entries;
+  const dlc_entry_desc *entries;
+} dlc_program_desc;
+
+/* The one symbol a program library exports. */
+typedef const dlc_program_desc *(*dlc_program_fn)(void);
+#define DLC_PROGRAM_SYMBOL "dlc_program"
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DLC_PROGRAM_H */

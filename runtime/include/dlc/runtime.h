@@ -1,0 +1,175 @@
+/* dlc/runtime.h — the C API of the dlc runtime.
+ *
+ * Loads a compiled program (a shared library described by dlc/program.h),
+ * creates sessions that own its parameters, optimizer state, workspace and
+ * outputs, runs its entry points, and reads and writes weights in the
+ * safetensors format.
+ *
+ * Conventions (shaped like IREE's runtime API):
+ *  - Objects are opaque handles: dlc_program, dlc_session.
+ *  - Every function returns a dlc_status. On failure, dlc_status_message()
+ *    gives a message for people, and out-parameters are left untouched.
+ *  - Bad input (NULL pointers, wrong shapes, malformed files) is reported as a
+ *    status; the runtime never aborts on it, and a failed call leaves the
+ *    session as it was.
+ *  - Ownership: a create/load function returns a handle the caller owns and
+ *    gives back with the matching release function. Release functions accept
+ *    NULL. Borrowed pointers (names, descriptors, tensor views) are owned by
+ *    the runtime; each function states how long they stay valid.
+ *  - Thread-safety: a dlc_program is immutable after loading and may be used
+ *    from any number of threads at once, including to create sessions. A
+ *    dlc_session is not thread-safe: use each session from one thread at a
+ *    time. Different sessions may run concurrently.
+ */
+#ifndef DLC_RUNTIME_H
+#define DLC_RUNTIME_H
+
+#include <stdint.h>
+
+#include "dlc/program.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(DLC_BUILDING_RUNTIME) && (defined(__GNUC__) || defined(__clang__))
+#define DLC_API __attribute__((visibility("default")))
+#else
+#define DLC_API
+#endif
+
+/* The most dims a tensor may have, in the descriptor and at the API. */
+#define DLC_MAX_RANK 8
+
+typedef enum dlc_status {
+  DLC_OK = 0,
+  DLC_ERR_INVALID_ARGUMENT = 1, /* a bad call: NULL, wrong name, dtype or shape */
+  DLC_ERR_NOT_FOUND = 2,        /* a named entry, parameter or file is missing */
+  DLC_ERR_IO = 3,               /* reading or writing a file failed */
+  DLC_ERR_FORMAT = 4,           /* a malformed program or weights file, or one
+                                   that does not match the program */
+  DLC_ERR_ABI = 5,              /* a program written for another ABI version */
+  DLC_ERR_OUT_OF_MEMORY = 6,
+  DLC_ERR_UNAVAILABLE = 7,      /* a feature this build or machine lacks */
+  DLC_ERR_INTERNAL = 8          /* a compiled entry failed: a bug in dlc */
+} dlc_status;
+
+/* The message of the last failed call on the calling thread ("" if none).
+ * Valid until the next failing call on this thread. */
+DLC_API const char *dlc_status_message(void);
+
+/* "OK", "INVALID_ARGUMENT", ... ("UNKNOWN" for values outside the enum). */
+DLC_API const char *dlc_status_name(dlc_status status);
+
+/* A tensor at the API: a pointer to dense row-major data and its shape.
+ * dtype is a dlc_dtype; dims[rank..DLC_MAX_RANK) are ignored. */
+typedef struct dlc_tensor {
+  void *data;
+  int32_t dtype;
+  int32_t rank;
+  int64_t dims[DLC_MAX_RANK];
+} dlc_tensor;
+
+/* ---- programs ---------------------------------------------------------- */
+
+typedef struct dlc_program dlc_program;
+
+/* Loads the program library at `path` (dlopen RTLD_NOW|RTLD_LOCAL) and
+ * validates its descriptor. Errors: NOT_FOUND (no such file), FORMAT (not a
+ * loadable library, no `dlc_program` symbol, or an inconsistent descriptor,
+ * e.g. a parameter with a symbolic dim), ABI (another DLC_ABI_VERSION). */
+DLC_API dlc_status dlc_program_load(const char *path, dlc_program **out_program);
+
+/* Drops the caller's reference. The library stays loaded while sessions
+ * created from the program exist. */
+DLC_API void dlc_program_release(dlc_program *program);
+
+/* The validated descriptor, owned by the program; valid until the program
+ * and all its sessions are released. */
+DLC_API dlc_status dlc_program_descriptor(const dlc_program *program,
+                                          const dlc_program_desc **out_desc);
+
+/* ---- sessions ---------------------------------------------------------- */
+
+typedef struct dlc_session dlc_session;
+
+typedef struct dlc_session_options {
+  uint64_t seed;       /* parameter initialisation seed; default 0 */
+  int32_t num_threads; /* worker threads; 0 (default) = one per core */
+} dlc_session_options;
+
+DLC_API dlc_status dlc_session_options_initialize(dlc_session_options *options);
+
+/* Creates a session: allocates every PARAM and STATE tensor (64-byte
+ * aligned), initialises the params from options->seed and zeroes the states.
+ * `options` may be NULL for the defaults. The session holds a reference to
+ * the program. */
+DLC_API dlc_status dlc_session_create(dlc_program *program,
+                                      const dlc_session_options *options,
+                                      dlc_session **out_session);
+
+/* Frees the session and everything it owns (views into it become invalid). */
+DLC_API void dlc_session_release(dlc_session *session);
+
+/* Re-initialises every PARAM by its init rule and zeroes every STATE (a fresh
+ * optimizer). The values of a param depend only on `seed` and its index in
+ * the tensor table. */
+DLC_API dlc_status dlc_session_init_params(dlc_session *session, uint64_t seed);
+
+/* The number of PARAM tensors, and the i-th of them in tensor-table order:
+ * its name (owned by the program) and a view of the session's memory.
+ * Views stay valid, at the same address, until the session is released. */
+DLC_API dlc_status dlc_session_param_count(const dlc_session *session,
+                                           int32_t *out_count);
+DLC_API dlc_status dlc_session_param_at(dlc_session *session, int32_t i,
+                                        const char **out_name,
+                                        dlc_tensor *out_view);
+
+/* A view of the PARAM named `name` (NOT_FOUND if there is none). */
+DLC_API dlc_status dlc_session_param(dlc_session *session, const char *name,
+                                     dlc_tensor *out_view);
+
+/* Copies `value` into the PARAM named `name`; dtype and shape must match. */
+DLC_API dlc_status dlc_session_set_param(dlc_session *session, const char *name,
+                                         const dlc_tensor *value);
+
+/* Runs the entry point named `entry`.
+ *
+ * Inputs are matched by name: input_names[i] names inputs[i]; every input of
+ * the entry must be given exactly once and no other. Each input's dtype, rank
+ * and fixed dims must match the program; its symbolic dims bind the program's
+ * symbols (each >= 1, and equal wherever a symbol appears). Input data must
+ * not overlap this entry's outputs from an earlier run (copy it first).
+ *
+ * `outputs` has room for `n_outputs` tensors, at least the entry's number of
+ * outputs; outputs[k] receives the entry's k-th output (descriptor order) as
+ * a view of session-owned memory, valid until the next run of the same entry
+ * or the release of the session.
+ *
+ * Everything is checked before anything is written. Errors: NOT_FOUND (no
+ * such entry), INVALID_ARGUMENT (bad inputs), OUT_OF_MEMORY, INTERNAL (the
+ * compiled code returned nonzero; params may then be partly updated). */
+DLC_API dlc_status dlc_session_run(dlc_session *session, const char *entry,
+                                   int32_t n_inputs,
+                                   const char *const *input_names,
+                                   const dlc_tensor *inputs, int32_t n_outputs,
+                                   dlc_tensor *outputs);
+
+/* ---- weights (safetensors) --------------------------------------------- */
+
+/* Writes every PARAM to `path` as safetensors (F32/F64/I32, little-endian),
+ * through a temporary file renamed into place, so a failed save leaves an
+ * existing file intact. Errors: IO. */
+DLC_API dlc_status dlc_session_save(const dlc_session *session, const char *path);
+
+/* Reads every PARAM from the safetensors file at `path`. The file must hold
+ * exactly the program's params, each with its dtype and shape; it is read
+ * into temporary memory and committed only once all of it is valid, so a
+ * failed load leaves the params unchanged. Errors: NOT_FOUND (no such file),
+ * IO, FORMAT (a malformed file or one that does not match the program). */
+DLC_API dlc_status dlc_session_load(dlc_session *session, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DLC_RUNTIME_H */

@@ -1,0 +1,88 @@
+/* internal.h — what the runtime's source files share: the program and
+ * session structs, error reporting, sizes and aligned memory. Not installed. */
+#ifndef DLC_INTERNAL_H
+#define DLC_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dlc/runtime.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define DLC_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define DLC_PRINTF(f, a)
+#endif
+
+/* Buffers handed to compiled code are aligned for the widest vector loads. */
+#define DLC_ALIGN 64
+
+struct dlc_program {
+  void *handle; /* from dlopen */
+  const dlc_program_desc *desc;
+  int32_t refs; /* the caller's reference plus one per session; atomic */
+};
+
+typedef struct dlc_entry_state {
+  void **out_data;     /* one session-owned buffer per output */
+  size_t *out_cap;     /* their sizes in bytes */
+  void **pending;      /* scratch: grown buffers not yet swapped in */
+  size_t *pending_cap;
+} dlc_entry_state;
+
+struct dlc_session {
+  dlc_program *program;
+  const dlc_program_desc *desc;
+  int32_t num_threads;
+  void **data;          /* per tensor: the PARAM/STATE buffer, else NULL */
+  size_t *bytes;        /* per tensor: the PARAM/STATE size in bytes */
+  dlc_entry_state *entries;
+  void *workspace;
+  size_t workspace_cap;
+  void **table;         /* scratch: the tensor table passed to an entry */
+  int64_t *syms;        /* scratch: symbol values */
+  int32_t *sym_input;   /* scratch: the input position that bound each symbol */
+  int32_t *sym_dim;     /* scratch: and which of its dims */
+  int32_t *given;       /* scratch: per entry input, its position in the call */
+  int64_t (*out_dims)[DLC_MAX_RANK]; /* scratch: per entry output, its dims */
+};
+
+/* Records a message for dlc_status_message() and returns `status`. */
+dlc_status dlc__fail(dlc_status status, const char *fmt, ...) DLC_PRINTF(2, 3);
+
+/* A bounded string builder for messages; output past its end is dropped and
+ * marked with "...". */
+typedef struct dlc_sb {
+  char buf[1024];
+  size_t len;
+} dlc_sb;
+void dlc__sb_init(dlc_sb *sb);
+void dlc__sb_printf(dlc_sb *sb, const char *fmt, ...) DLC_PRINTF(2, 3);
+/* "[batch, 2]": a declared shape, symbols by name. */
+void dlc__sb_decl_shape(dlc_sb *sb, const dlc_program_desc *desc,
+                        const dlc_tensor_desc *t);
+/* "[16, 3]" */
+void dlc__sb_shape(dlc_sb *sb, int32_t rank, const int64_t *dims);
+
+size_t dlc__dtype_size(int32_t dtype);
+const char *dlc__dtype_name(int32_t dtype); /* "f32", "f64", "i32" */
+
+/* a * b into *out; returns 0 on overflow past INT64_MAX. Operands >= 0. */
+int dlc__mul_ok(int64_t a, int64_t b, int64_t *out);
+
+/* 64-byte aligned memory of at least `bytes` (>= 1 allocated); NULL on
+ * failure. Free with dlc__aligned_free. */
+void *dlc__aligned_alloc(size_t bytes);
+void dlc__aligned_free(void *p);
+
+/* Fills a PARAM or STATE tensor by its init rule from (seed, index). */
+void dlc__init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
+                      uint64_t seed, int32_t index);
+
+/* Takes a reference for a session; dlc_program_release drops it. */
+void dlc__program_retain(dlc_program *program);
+
+/* Index of the PARAM named `name`, or -1. */
+int32_t dlc__find_param(const dlc_program_desc *desc, const char *name);
+
+#endif /* DLC_INTERNAL_H */

@@ -1,0 +1,520 @@
+/* session.c — sessions: the memory a program runs in (params, optimizer
+ * state, workspace, outputs), parameter access, and running entries with
+ * every input checked before anything is written. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static int is_owned(const dlc_tensor_desc *t) {
+  return t->role == DLC_ROLE_PARAM || t->role == DLC_ROLE_STATE;
+}
+
+/* Element count of a tensor with fixed dims (validated at load: no overflow). */
+static int64_t fixed_numel(const dlc_tensor_desc *t) {
+  int64_t n = 1;
+  for (int32_t k = 0; k < t->rank; k++)
+    n *= t->dims[k];
+  return n;
+}
+
+dlc_status dlc_session_options_initialize(dlc_session_options *options) {
+  if (options == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_options_initialize: options must not be NULL");
+  options->seed = 0;
+  options->num_threads = 0;
+  return DLC_OK;
+}
+
+void dlc_session_release(dlc_session *s) {
+  if (s == NULL)
+    return;
+  const dlc_program_desc *d = s->desc;
+  if (s->data != NULL)
+    for (int32_t i = 0; i < d->n_tensors; i++)
+      dlc__aligned_free(s->data[i]);
+  if (s->entries != NULL)
+    for (int32_t e = 0; e < d->n_entries; e++) {
+      if (s->entries[e].out_data != NULL)
+        for (int32_t k = 0; k < d->entries[e].n_outputs; k++)
+          dlc__aligned_free(s->entries[e].out_data[k]);
+      free(s->entries[e].out_data);
+      free(s->entries[e].out_cap);
+      free(s->entries[e].pending);
+      free(s->entries[e].pending_cap);
+    }
+  free(s->entries);
+  free(s->data);
+  free(s->bytes);
+  dlc__aligned_free(s->workspace);
+  free(s->table);
+  free(s->syms);
+  free(s->sym_input);
+  free(s->sym_dim);
+  free(s->given);
+  free(s->out_dims);
+  dlc_program_release(s->program);
+  free(s);
+}
+
+/* calloc that never returns NULL for a zero count, so NULL means failure. */
+static void *zalloc(size_t n, size_t size) { return calloc(n ? n : 1, size); }
+
+dlc_status dlc_session_create(dlc_program *program,
+                              const dlc_session_options *options,
+                              dlc_session **out_session) {
+  if (program == NULL || out_session == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_create: program and out_session must not be NULL");
+  dlc_session_options defaults;
+  dlc_session_options_initialize(&defaults);
+  if (options == NULL)
+    options = &defaults;
+  if (options->num_threads < 0)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "num_threads is %d; use 0 for one per core, or a positive count",
+                     (int)options->num_threads);
+  const dlc_program_desc *d = program->desc;
+  dlc_session *s = (dlc_session *)zalloc(1, sizeof *s);
+  if (s == NULL)
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory creating a session");
+  dlc__program_retain(program);
+  s->program = program;
+  s->desc = d;
+  s->num_threads = options->num_threads;
+  size_t nt = (size_t)d->n_tensors, ns = (size_t)d->n_syms;
+  int32_t max_inputs = 0, max_outputs = 0;
+  for (int32_t e = 0; e < d->n_entries; e++) {
+    if (d->entries[e].n_inputs > max_inputs)
+      max_inputs = d->entries[e].n_inputs;
+    if (d->entries[e].n_outputs > max_outputs)
+      max_outputs = d->entries[e].n_outputs;
+  }
+  s->data = (void **)zalloc(nt, sizeof(void *));
+  s->bytes = (size_t *)zalloc(nt, sizeof(size_t));
+  s->table = (void **)zalloc(nt, sizeof(void *));
+  s->syms = (int64_t *)zalloc(ns, sizeof(int64_t));
+  s->sym_input = (int32_t *)zalloc(ns, sizeof(int32_t));
+  s->sym_dim = (int32_t *)zalloc(ns, sizeof(int32_t));
+  s->given = (int32_t *)zalloc((size_t)max_inputs, sizeof(int32_t));
+  s->out_dims = (int64_t(*)[DLC_MAX_RANK])zalloc((size_t)max_outputs,
+                                                 sizeof(int64_t[DLC_MAX_RANK]));
+  s->entries = (dlc_entry_state *)zalloc((size_t)d->n_entries, sizeof(dlc_entry_state));
+  int ok = s->data && s->bytes && s->table && s->syms && s->sym_input &&
+           s->sym_dim && s->given && s->out_dims && s->entries;
+  for (int32_t e = 0; ok && e < d->n_entries; e++) {
+    size_t no = (size_t)d->entries[e].n_outputs;
+    s->entries[e].out_data = (void **)zalloc(no, sizeof(void *));
+    s->entries[e].out_cap = (size_t *)zalloc(no, sizeof(size_t));
+    s->entries[e].pending = (void **)zalloc(no, sizeof(void *));
+    s->entries[e].pending_cap = (size_t *)zalloc(no, sizeof(size_t));
+    ok = s->entries[e].out_data && s->entries[e].out_cap && s->entries[e].pending &&
+         s->entries[e].pending_cap;
+  }
+  for (int32_t i = 0; ok && i < d->n_tensors; i++) {
+    const dlc_tensor_desc *t = &d->tensors[i];
+    if (!is_owned(t))
+      continue;
+    s->bytes[i] = (size_t)fixed_numel(t) * dlc__dtype_size(t->dtype);
+    s->data[i] = dlc__aligned_alloc(s->bytes[i]);
+    ok = s->data[i] != NULL;
+  }
+  if (!ok) {
+    dlc_session_release(s);
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY,
+                     "out of memory allocating the params and state of a session");
+  }
+  for (int32_t i = 0; i < d->n_tensors; i++)
+    s->table[i] = s->data[i];
+  dlc_session_init_params(s, options->seed);
+  *out_session = s;
+  return DLC_OK;
+}
+
+dlc_status dlc_session_init_params(dlc_session *s, uint64_t seed) {
+  if (s == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_init_params: session must not be NULL");
+  const dlc_program_desc *d = s->desc;
+  for (int32_t i = 0; i < d->n_tensors; i++)
+    if (is_owned(&d->tensors[i]))
+      dlc__init_tensor(s->data[i], &d->tensors[i], fixed_numel(&d->tensors[i]),
+                       seed, i);
+  return DLC_OK;
+}
+
+static void view_of(const dlc_session *s, int32_t i, dlc_tensor *out) {
+  const dlc_tensor_desc *t = &s->desc->tensors[i];
+  memset(out, 0, sizeof *out);
+  out->data = s->data[i];
+  out->dtype = t->dtype;
+  out->rank = t->rank;
+  for (int32_t k = 0; k < t->rank; k++)
+    out->dims[k] = t->dims[k];
+}
+
+dlc_status dlc_session_param_count(const dlc_session *s, int32_t *out_count) {
+  if (s == NULL || out_count == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_param_count: session and out_count must not be NULL");
+  int32_t n = 0;
+  for (int32_t i = 0; i < s->desc->n_tensors; i++)
+    n += s->desc->tensors[i].role == DLC_ROLE_PARAM;
+  *out_count = n;
+  return DLC_OK;
+}
+
+dlc_status dlc_session_param_at(dlc_session *s, int32_t i, const char **out_name,
+                                dlc_tensor *out_view) {
+  if (s == NULL || out_name == NULL || out_view == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_param_at: session, out_name and out_view must "
+                     "not be NULL");
+  int32_t n = 0;
+  for (int32_t t = 0; t < s->desc->n_tensors; t++) {
+    if (s->desc->tensors[t].role != DLC_ROLE_PARAM)
+      continue;
+    if (n++ == i) {
+      *out_name = s->desc->tensors[t].name;
+      view_of(s, t, out_view);
+      return DLC_OK;
+    }
+  }
+  return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                   "param index %d is out of range; the program has %d params",
+                   (int)i, (int)n);
+}
+
+static dlc_status param_not_found(const dlc_program_desc *d, const char *name) {
+  dlc_sb sb;
+  dlc__sb_init(&sb);
+  int n = 0;
+  for (int32_t i = 0; i < d->n_tensors; i++)
+    if (d->tensors[i].role == DLC_ROLE_PARAM)
+      dlc__sb_printf(&sb, "%s%s", n++ ? ", " : "", d->tensors[i].name);
+  if (n == 0)
+    return dlc__fail(DLC_ERR_NOT_FOUND,
+                     "param '%s' not found; the program has no params", name);
+  return dlc__fail(DLC_ERR_NOT_FOUND, "param '%s' not found; params are: %s", name,
+                   sb.buf);
+}
+
+dlc_status dlc_session_param(dlc_session *s, const char *name, dlc_tensor *out_view) {
+  if (s == NULL || name == NULL || out_view == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_param: session, name and out_view must not be NULL");
+  int32_t i = dlc__find_param(s->desc, name);
+  if (i < 0)
+    return param_not_found(s->desc, name);
+  view_of(s, i, out_view);
+  return DLC_OK;
+}
+
+dlc_status dlc_session_set_param(dlc_session *s, const char *name,
+                                 const dlc_tensor *value) {
+  if (s == NULL || name == NULL || value == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_set_param: session, name and value must not be NULL");
+  const dlc_program_desc *d = s->desc;
+  int32_t i = dlc__find_param(d, name);
+  if (i < 0)
+    return param_not_found(d, name);
+  const dlc_tensor_desc *t = &d->tensors[i];
+  if (value->dtype != t->dtype)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "param '%s' has dtype %s; the value has dtype %s", name,
+                     dlc__dtype_name(t->dtype), dlc__dtype_name(value->dtype));
+  int same = value->rank == t->rank;
+  for (int32_t k = 0; same && k < t->rank; k++)
+    same = value->dims[k] == t->dims[k];
+  if (!same) {
+    dlc_sb want, got;
+    dlc__sb_init(&want);
+    dlc__sb_init(&got);
+    dlc__sb_decl_shape(&want, d, t);
+    if (value->rank >= 0 && value->rank <= DLC_MAX_RANK)
+      dlc__sb_shape(&got, value->rank, value->dims);
+    else
+      dlc__sb_printf(&got, "of rank %d", (int)value->rank);
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "param '%s' has shape %s; the value has shape %s", name,
+                     want.buf, got.buf);
+  }
+  if (value->data == NULL && s->bytes[i] > 0)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "the value for param '%s' has no data",
+                     name);
+  if (s->bytes[i] > 0)
+    memmove(s->data[i], value->data, s->bytes[i]);
+  return DLC_OK;
+}
+
+/* ---- run ----------------------------------------------------------------- */
+
+static dlc_status entry_not_found(const dlc_program_desc *d, const char *name) {
+  dlc_sb sb;
+  dlc__sb_init(&sb);
+  for (int32_t e = 0; e < d->n_entries; e++)
+    dlc__sb_printf(&sb, "%s%s", e ? ", " : "", d->entries[e].name);
+  if (d->n_entries == 0)
+    return dlc__fail(DLC_ERR_NOT_FOUND,
+                     "entry '%s' not found; the program has no entries", name);
+  return dlc__fail(DLC_ERR_NOT_FOUND, "entry '%s' not found; entries are: %s", name,
+                   sb.buf);
+}
+
+static void list_inputs(dlc_sb *sb, const dlc_program_desc *d,
+                        const dlc_entry_desc *e) {
+  dlc__sb_init(sb);
+  for (int32_t k = 0; k < e->n_inputs; k++)
+    dlc__sb_printf(sb, "%s%s", k ? ", " : "", d->tensors[e->inputs[k]].name);
+  if (e->n_inputs == 0)
+    dlc__sb_printf(sb, "(none)");
+}
+
+/* Maps each of the entry's inputs to its position in the call. */
+static dlc_status match_inputs(dlc_session *s, const dlc_entry_desc *e,
+                               int32_t n_inputs, const char *const *names) {
+  const dlc_program_desc *d = s->desc;
+  dlc_sb sb;
+  for (int32_t k = 0; k < e->n_inputs; k++)
+    s->given[k] = -1;
+  for (int32_t i = 0; i < n_inputs; i++) {
+    if (names[i] == NULL)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "input %d of the call to entry '%s' has a NULL name", (int)i,
+                       e->name);
+    int32_t k = 0;
+    while (k < e->n_inputs && strcmp(d->tensors[e->inputs[k]].name, names[i]) != 0)
+      k++;
+    if (k == e->n_inputs) {
+      list_inputs(&sb, d, e);
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "entry '%s' has no input '%s'; its inputs are: %s", e->name,
+                       names[i], sb.buf);
+    }
+    if (s->given[k] >= 0)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "input '%s' of entry '%s' is given twice", names[i], e->name);
+    s->given[k] = i;
+  }
+  for (int32_t k = 0; k < e->n_inputs; k++)
+    if (s->given[k] < 0) {
+      list_inputs(&sb, d, e);
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "entry '%s' needs input '%s', which is missing; its inputs "
+                       "are: %s",
+                       e->name, d->tensors[e->inputs[k]].name, sb.buf);
+    }
+  return DLC_OK;
+}
+
+static dlc_status input_error(const dlc_program_desc *d, const dlc_entry_desc *e,
+                              const dlc_tensor_desc *t, const char *what) {
+  dlc_sb sb;
+  dlc__sb_init(&sb);
+  dlc__sb_decl_shape(&sb, d, t);
+  return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                   "input '%s' of entry '%s': %s but the program declares %s",
+                   t->name, e->name, what, sb.buf);
+}
+
+static int overlaps(const void *a, size_t na, const void *b, size_t nb) {
+  uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+  return na > 0 && nb > 0 && pa < pb + nb && pb < pa + na;
+}
+
+/* Checks every input and binds the symbols from their dims. */
+static dlc_status check_inputs(dlc_session *s, int32_t ei, const dlc_tensor *inputs) {
+  const dlc_program_desc *d = s->desc;
+  const dlc_entry_desc *e = &d->entries[ei];
+  const dlc_entry_state *es = &s->entries[ei];
+  char what[160];
+  for (int32_t j = 0; j < d->n_syms; j++) {
+    s->syms[j] = 0;
+    s->sym_input[j] = -1;
+  }
+  for (int32_t k = 0; k < e->n_inputs; k++) {
+    const dlc_tensor_desc *t = &d->tensors[e->inputs[k]];
+    const dlc_tensor *v = &inputs[s->given[k]];
+    if (v->dtype != t->dtype)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "input '%s' of entry '%s': dtype is %s but the program "
+                       "declares %s",
+                       t->name, e->name, dlc__dtype_name(v->dtype),
+                       dlc__dtype_name(t->dtype));
+    if (v->rank != t->rank) {
+      snprintf(what, sizeof what, "rank is %d", (int)v->rank);
+      return input_error(d, e, t, what);
+    }
+    int64_t numel = 1;
+    for (int32_t j = 0; j < t->rank; j++) {
+      int64_t dim = v->dims[j], decl = t->dims[j];
+      if (dim < 0) {
+        snprintf(what, sizeof what, "dim %d is %lld", (int)j, (long long)dim);
+        return input_error(d, e, t, what);
+      }
+      if (decl >= 0 && dim != decl) {
+        snprintf(what, sizeof what, "dim %d is %lld", (int)j, (long long)dim);
+        return input_error(d, e, t, what);
+      }
+      if (decl < 0) {
+        int32_t sym = (int32_t)(-decl - 1);
+        if (dim < 1)
+          return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                           "input '%s' of entry '%s': dim %d is %lld, but it binds "
+                           "symbol '%s', which must be >= 1",
+                           t->name, e->name, (int)j, (long long)dim,
+                           d->sym_names[sym]);
+        if (s->sym_input[sym] < 0) {
+          s->syms[sym] = dim;
+          s->sym_input[sym] = k;
+          s->sym_dim[sym] = j;
+        } else if (s->syms[sym] != dim) {
+          return dlc__fail(
+              DLC_ERR_INVALID_ARGUMENT,
+              "entry '%s': symbol '%s' is %lld from dim %d of input '%s', but "
+              "%lld from dim %d of input '%s'",
+              e->name, d->sym_names[sym], (long long)s->syms[sym],
+              (int)s->sym_dim[sym], d->tensors[e->inputs[s->sym_input[sym]]].name,
+              (long long)dim, (int)j, t->name);
+        }
+      }
+      if (!dlc__mul_ok(numel, dim, &numel))
+        return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                         "input '%s' of entry '%s' is too large", t->name, e->name);
+    }
+    int64_t bytes;
+    if (!dlc__mul_ok(numel, (int64_t)dlc__dtype_size(t->dtype), &bytes) ||
+        (uint64_t)bytes > (uint64_t)SIZE_MAX)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "input '%s' of entry '%s' is too large", t->name, e->name);
+    if (v->data == NULL && bytes > 0)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "input '%s' of entry '%s' has no data", t->name, e->name);
+    for (int32_t o = 0; o < e->n_outputs; o++)
+      if (overlaps(v->data, (size_t)bytes, es->out_data[o], es->out_cap[o]))
+        return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                         "input '%s' of entry '%s' overlaps output '%s' of an "
+                         "earlier run of the same entry; pass a copy",
+                         t->name, e->name, d->tensors[e->outputs[o]].name);
+  }
+  return DLC_OK;
+}
+
+/* Output shape from the bound symbols; returns its size in bytes or -1. */
+static int64_t output_shape(const dlc_session *s, const dlc_tensor_desc *t,
+                            int64_t *dims) {
+  int64_t n = (int64_t)dlc__dtype_size(t->dtype);
+  for (int32_t j = 0; j < t->rank; j++) {
+    int64_t decl = t->dims[j];
+    dims[j] = decl >= 0 ? decl : s->syms[-decl - 1];
+    if (!dlc__mul_ok(n, dims[j], &n))
+      return -1;
+  }
+  return n;
+}
+
+dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
+                           const char *const *input_names, const dlc_tensor *inputs,
+                           int32_t n_outputs, dlc_tensor *outputs) {
+  if (s == NULL || entry == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_run: session and entry must not be NULL");
+  const dlc_program_desc *d = s->desc;
+  int32_t ei = 0;
+  while (ei < d->n_entries && strcmp(d->entries[ei].name, entry) != 0)
+    ei++;
+  if (ei == d->n_entries)
+    return entry_not_found(d, entry);
+  const dlc_entry_desc *e = &d->entries[ei];
+  dlc_entry_state *es = &s->entries[ei];
+  if (n_inputs < 0 || (n_inputs > 0 && (input_names == NULL || inputs == NULL)))
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "entry '%s': %d inputs given, but the names or tensors are NULL",
+                     entry, (int)n_inputs);
+  if (n_outputs < e->n_outputs || (e->n_outputs > 0 && outputs == NULL))
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "entry '%s' has %d outputs, but room for %d was given", entry,
+                     (int)e->n_outputs, outputs == NULL ? 0 : (int)n_outputs);
+  dlc_status st = match_inputs(s, e, n_inputs, input_names);
+  if (st == DLC_OK)
+    st = check_inputs(s, ei, inputs);
+  if (st != DLC_OK)
+    return st;
+
+  /* Size the outputs and the workspace; allocate what must grow, and only
+   * once every allocation succeeded replace the old buffers. */
+  int64_t ws = e->workspace_bytes(s->syms);
+  if (ws < 0)
+    return dlc__fail(DLC_ERR_INTERNAL,
+                     "entry '%s' asked for a workspace of %lld bytes; this is a "
+                     "bug in dlc",
+                     entry, (long long)ws);
+  if ((uint64_t)ws > (uint64_t)SIZE_MAX)
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY,
+                     "entry '%s' needs a workspace of %lld bytes", entry, (long long)ws);
+  int oom = 0;
+  void *new_ws = NULL;
+  if ((size_t)ws > s->workspace_cap || s->workspace == NULL) {
+    new_ws = dlc__aligned_alloc((size_t)ws);
+    oom = new_ws == NULL;
+  }
+  for (int32_t k = 0; k < e->n_outputs; k++) {
+    int64_t bytes = output_shape(s, &d->tensors[e->outputs[k]], s->out_dims[k]);
+    es->pending[k] = NULL;
+    if (bytes < 0 || (uint64_t)bytes > (uint64_t)SIZE_MAX)
+      oom = 1;
+    else if (!oom && ((size_t)bytes > es->out_cap[k] || es->out_data[k] == NULL)) {
+      es->pending[k] = dlc__aligned_alloc((size_t)bytes);
+      es->pending_cap[k] = (size_t)bytes;
+      oom = es->pending[k] == NULL;
+    }
+  }
+  if (oom) {
+    dlc__aligned_free(new_ws);
+    for (int32_t k = 0; k < e->n_outputs; k++)
+      dlc__aligned_free(es->pending[k]);
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY,
+                     "out of memory allocating the outputs and workspace of entry "
+                     "'%s'",
+                     entry);
+  }
+  if (new_ws != NULL) {
+    dlc__aligned_free(s->workspace);
+    s->workspace = new_ws;
+    s->workspace_cap = (size_t)ws;
+  }
+  for (int32_t k = 0; k < e->n_outputs; k++)
+    if (es->pending[k] != NULL) {
+      dlc__aligned_free(es->out_data[k]);
+      es->out_data[k] = es->pending[k];
+      es->out_cap[k] = es->pending_cap[k];
+    }
+
+  for (int32_t k = 0; k < e->n_inputs; k++)
+    s->table[e->inputs[k]] = inputs[s->given[k]].data;
+  for (int32_t k = 0; k < e->n_outputs; k++)
+    s->table[e->outputs[k]] = es->out_data[k];
+  int32_t rc = e->run(s->table, s->syms, s->workspace);
+  /* Leave no caller pointers behind: other entries see NULL there. */
+  for (int32_t k = 0; k < e->n_inputs; k++)
+    s->table[e->inputs[k]] = NULL;
+  for (int32_t k = 0; k < e->n_outputs; k++)
+    s->table[e->outputs[k]] = NULL;
+  if (rc != 0)
+    return dlc__fail(DLC_ERR_INTERNAL,
+                     "entry '%s' failed with code %d; this is a bug in dlc", entry,
+                     (int)rc);
+  for (int32_t k = 0; k < e->n_outputs; k++) {
+    const dlc_tensor_desc *t = &d->tensors[e->outputs[k]];
+    dlc_tensor *out = &outputs[k];
+    out->data = es->out_data[k];
+    out->dtype = t->dtype;
+    out->rank = t->rank;
+    memcpy(out->dims, s->out_dims[k], sizeof out->dims);
+  }
+  return DLC_OK;
+}

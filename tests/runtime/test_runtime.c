@@ -1,0 +1,217 @@
+/* C-level tests of the runtime API, run by CTest:
+ *   test_runtime <fake_program.so> <fake_program_abi2.so> <scratch dir>
+ * They cover what Python cannot reach: NULL handles and pointers everywhere,
+ * and the API used without the bindings. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dlc/runtime.h"
+
+static int g_failed, g_passed;
+
+#define CHECK(cond)                                                           \
+  do {                                                                        \
+    if (cond) {                                                               \
+      g_passed++;                                                             \
+    } else {                                                                  \
+      g_failed++;                                                             \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last message: %s\n",          \
+              __FILE__, __LINE__, #cond, dlc_status_message());               \
+    }                                                                         \
+  } while (0)
+
+#define CHECK_ERR(call, status, text)                                         \
+  do {                                                                        \
+    dlc_status st_ = (call);                                                  \
+    CHECK(st_ == (status));                                                   \
+    CHECK(strstr(dlc_status_message(), (text)) != NULL);                      \
+  } while (0)
+
+static dlc_tensor tensor2(float *data, int64_t d0, int64_t d1) {
+  dlc_tensor t;
+  memset(&t, 0, sizeof t);
+  t.data = data;
+  t.dtype = DLC_F32;
+  t.rank = 2;
+  t.dims[0] = d0;
+  t.dims[1] = d1;
+  return t;
+}
+
+static void test_nulls(dlc_program *p, dlc_session *s) {
+  dlc_program *po = NULL;
+  dlc_session *so = NULL;
+  const dlc_program_desc *d = NULL;
+  dlc_tensor view;
+  const char *name;
+  int32_t n;
+  dlc_session_options opts;
+  CHECK_ERR(dlc_program_load(NULL, &po), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_program_load("x.so", NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_program_descriptor(NULL, &d), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_program_descriptor(p, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_options_initialize(NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_create(NULL, NULL, &so), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_create(p, NULL, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  dlc_session_options_initialize(&opts);
+  opts.num_threads = -2;
+  CHECK_ERR(dlc_session_create(p, &opts, &so), DLC_ERR_INVALID_ARGUMENT, "num_threads");
+  CHECK(so == NULL);
+  CHECK_ERR(dlc_session_init_params(NULL, 1), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param_count(NULL, &n), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param_count(s, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param_at(NULL, 0, &name, &view), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param_at(s, 0, NULL, &view), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param_at(s, 0, &name, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param_at(s, 99, &name, &view), DLC_ERR_INVALID_ARGUMENT,
+            "out of range");
+  CHECK_ERR(dlc_session_param_at(s, -1, &name, &view), DLC_ERR_INVALID_ARGUMENT,
+            "out of range");
+  CHECK_ERR(dlc_session_param(NULL, "W", &view), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param(s, NULL, &view), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_param(s, "W", NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_set_param(NULL, "W", &view), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_set_param(s, NULL, &view), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_set_param(s, "W", NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_run(NULL, "model", 0, NULL, NULL, 0, NULL),
+            DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_run(s, NULL, 0, NULL, NULL, 0, NULL),
+            DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_run(s, "model", 1, NULL, NULL, 1, &view),
+            DLC_ERR_INVALID_ARGUMENT, "NULL");
+  const char *names[] = {NULL};
+  float x[3] = {0};
+  dlc_tensor in = tensor2(x, 1, 3);
+  CHECK_ERR(dlc_session_run(s, "model", 1, names, &in, 1, &view),
+            DLC_ERR_INVALID_ARGUMENT, "NULL name");
+  CHECK_ERR(dlc_session_run(s, "model", 1, names, &in, 0, NULL),
+            DLC_ERR_INVALID_ARGUMENT, "has 1 outputs");
+  CHECK_ERR(dlc_session_save(NULL, "w"), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_save(s, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_load(NULL, "w"), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_load(s, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  dlc_program_release(NULL);
+  dlc_session_release(NULL);
+}
+
+static void test_run(dlc_session *s) {
+  dlc_tensor w;
+  CHECK(dlc_session_param(s, "W", &w) == DLC_OK);
+  CHECK(w.rank == 2 && w.dims[0] == 2 && w.dims[1] == 3 && w.dtype == DLC_F32);
+  float *wd = (float *)w.data;
+  for (int i = 0; i < 6; i++)
+    CHECK(wd[i] >= -0.5f && wd[i] < 0.5f);
+
+  float x[4 * 3];
+  for (int i = 0; i < 12; i++)
+    x[i] = (float)i * 0.25f;
+  const char *names[] = {"x"};
+  dlc_tensor in = tensor2(x, 4, 3), out;
+  CHECK(dlc_session_run(s, "model", 1, names, &in, 1, &out) == DLC_OK);
+  CHECK(out.rank == 2 && out.dims[0] == 4 && out.dims[1] == 2);
+  const float *y = (const float *)out.data;
+  for (int i = 0; i < 4; i++)
+    for (int o = 0; o < 2; o++) {
+      float want = 0; /* b starts at zero */
+      for (int k = 0; k < 3; k++)
+        want += x[i * 3 + k] * wd[o * 3 + k];
+      CHECK(fabsf(y[i * 2 + o] - want) < 1e-5f);
+    }
+
+  in.dims[1] = 4;
+  CHECK_ERR(dlc_session_run(s, "model", 1, names, &in, 1, &out),
+            DLC_ERR_INVALID_ARGUMENT,
+            "input 'x' of entry 'model': dim 1 is 4 but the program declares [batch, 3]");
+  in.dims[1] = 3;
+  CHECK_ERR(dlc_session_run(s, "modle", 1, names, &in, 1, &out), DLC_ERR_NOT_FOUND,
+            "entry 'modle' not found; entries are: model, fit, fit.grads, boom");
+  /* The previous output stays valid after a failed call. */
+  CHECK(out.data == y);
+  CHECK_ERR(dlc_session_run(s, "model", 1, names, (const dlc_tensor *)&out, 1, &out),
+            DLC_ERR_INVALID_ARGUMENT, "dim 1 is 2");
+  CHECK_ERR(dlc_session_run(s, "boom", 1, names, &in, 0, NULL), DLC_ERR_INTERNAL,
+            "entry 'boom' failed with code 7");
+
+  float t[4 * 2] = {0};
+  const char *fit_names[] = {"t", "x"};
+  dlc_tensor fit_in[2] = {tensor2(t, 5, 2), tensor2(x, 4, 3)};
+  dlc_tensor loss;
+  CHECK_ERR(dlc_session_run(s, "fit", 2, fit_names, fit_in, 1, &loss),
+            DLC_ERR_INVALID_ARGUMENT,
+            "entry 'fit': symbol 'batch' is 4 from dim 0 of input 'x', but 5 from "
+            "dim 0 of input 't'");
+  fit_in[0].dims[0] = 4;
+  float before = wd[0];
+  CHECK(dlc_session_run(s, "fit", 2, fit_names, fit_in, 1, &loss) == DLC_OK);
+  CHECK(loss.rank == 0 && *(float *)loss.data > 0);
+  CHECK(wd[0] != before);
+}
+
+static void test_weights(dlc_session *s, const char *dir) {
+  char path[4096], bad[4096];
+  snprintf(path, sizeof path, "%s/w.safetensors", dir);
+  snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+  dlc_tensor w;
+  dlc_session_param(s, "W", &w);
+  float *wd = (float *)w.data, saved = wd[0];
+  CHECK(dlc_session_save(s, path) == DLC_OK);
+  wd[0] = 123.0f;
+  CHECK(dlc_session_load(s, path) == DLC_OK);
+  CHECK(wd[0] == saved);
+
+  static const char garbage[] = "\x10\0\0\0\0\0\0\0{\"W\": [1, 2, 3]}";
+  FILE *f = fopen(bad, "wb");
+  fwrite(garbage, 1, sizeof garbage - 1, f);
+  fclose(f);
+  wd[0] = 5.0f;
+  CHECK_ERR(dlc_session_load(s, bad), DLC_ERR_FORMAT, "malformed header");
+  CHECK(wd[0] == 5.0f);
+  char missing[4200];
+  snprintf(missing, sizeof missing, "%s/nope.safetensors", dir);
+  CHECK_ERR(dlc_session_load(s, missing), DLC_ERR_NOT_FOUND, "not found");
+  snprintf(missing, sizeof missing, "%s/no/such/dir/w.safetensors", dir);
+  CHECK_ERR(dlc_session_save(s, missing), DLC_ERR_IO, "cannot write");
+}
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s fake_program.so fake_program_abi2.so dir\n", argv[0]);
+    return 2;
+  }
+  CHECK(strcmp(dlc_status_name(DLC_ERR_FORMAT), "FORMAT") == 0);
+  CHECK(strcmp(dlc_status_name((dlc_status)42), "UNKNOWN") == 0);
+
+  dlc_program *p = NULL;
+  CHECK_ERR(dlc_program_load("/nonexistent/p.so", &p), DLC_ERR_NOT_FOUND, "not found");
+  CHECK_ERR(dlc_program_load(argv[2], &p), DLC_ERR_ABI, "ABI version 2");
+  CHECK(strstr(dlc_status_message(), "implements version 1") != NULL);
+  CHECK(p == NULL);
+  CHECK(dlc_program_load(argv[1], &p) == DLC_OK);
+  if (p == NULL)
+    return 1;
+  const dlc_program_desc *d;
+  CHECK(dlc_program_descriptor(p, &d) == DLC_OK && d->n_entries == 4);
+
+  dlc_session_options opts;
+  dlc_session_options_initialize(&opts);
+  opts.seed = 7;
+  dlc_session *s = NULL;
+  CHECK(dlc_session_create(p, &opts, &s) == DLC_OK);
+  /* The session keeps the program loaded. */
+  dlc_program_release(p);
+  if (s == NULL)
+    return 1;
+  int32_t n = 0;
+  CHECK(dlc_session_param_count(s, &n) == DLC_OK && n == 5);
+  dlc_program *p2 = NULL;
+  CHECK(dlc_program_load(argv[1], &p2) == DLC_OK);
+  test_nulls(p2, s);
+  dlc_program_release(p2);
+  test_run(s);
+  test_weights(s, argv[3]);
+  dlc_session_release(s);
+  printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed != 0;
+}
