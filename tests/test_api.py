@@ -1,0 +1,94 @@
+"""The Python API and the command line, end to end."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import dlc
+from dlc.errors import NotFoundError
+
+SRC = """
+model net {
+    input x: f32[batch, 3]
+    h = dense(x, 5, name="fc1") |> relu
+    output y = dense(h, 2, name="fc2")
+}
+train fit {
+    input x: f32[batch, 3]
+    input t: i32[batch]
+    loss = cross_entropy(net(x), t)
+    optimizer = adam(lr=0.01)
+}
+"""
+
+
+def torch_net():
+    return torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+
+
+def test_weights_saved_by_dlc_load_in_torch(tmp_path):
+    prog = dlc.compile(SRC)
+    prog.save(tmp_path / "w.safetensors")
+    net = torch_net()
+    sd = load_file(tmp_path / "w.safetensors")
+    net.load_state_dict({k.replace("fc1", "0").replace("fc2", "2"): v for k, v in sd.items()})
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    np.testing.assert_allclose(prog.run("net", x=x)["y"], net(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_weights_saved_by_torch_load_in_dlc(tmp_path):
+    net = torch_net()
+    sd = {k.replace("0.", "fc1.").replace("2.", "fc2."): v.contiguous() for k, v in net.state_dict().items()}
+    save_file(sd, tmp_path / "t.safetensors")
+    prog = dlc.compile(SRC)
+    prog.load(tmp_path / "t.safetensors")
+    x = np.random.default_rng(1).normal(size=(7, 3)).astype(np.float32)
+    np.testing.assert_allclose(prog.run("net", x=x)["y"], net(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_any_batch_size_and_params_are_live_views():
+    prog = dlc.compile(SRC)
+    for batch in (1, 2, 33):
+        assert prog.run("net", x=np.ones((batch, 3), np.float32))["y"].shape == (batch, 2)
+    prog.params["fc2.bias"][:] = [5.0, -5.0]
+    prog.params["fc2.weight"][:] = 0
+    assert np.allclose(prog.run("net", x=np.ones((1, 3), np.float32))["y"], [[5, -5]])
+
+
+def test_bad_calls_raise_dlc_errors():
+    prog = dlc.compile(SRC)
+    with pytest.raises(NotFoundError, match="fit"):
+        prog.run("fit", x=np.ones((1, 3), np.float32))
+    with pytest.raises(dlc.DlcError, match="dim 1"):
+        prog.run("net", x=np.ones((1, 4), np.float32))
+    with pytest.raises(dlc.DlcError):
+        prog.train("fit", x=np.ones((2, 3), np.float32), t=np.zeros(3, np.int32))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "dlc.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_compile_summary_and_errors(tmp_path):
+    src = tmp_path / "net.dl"
+    src.write_text(SRC)
+    r = run_cli("compile", str(src), "-o", str(tmp_path / "net.so"))
+    assert r.returncode == 0 and (tmp_path / "net.so").exists(), r.stderr
+    for emit in ("ast", "graph", "loops", "ll", "asm"):
+        r = run_cli("compile", str(src), "--emit", emit, "-o", "-")
+        assert r.returncode == 0 and r.stdout, (emit, r.stderr)
+    r = run_cli("compile", str(src), "--emit", "loops", "-o", "-", "--dump-ir-after", "fuse")
+    assert "IR after fuse" in r.stderr and "(inlined)" in r.stderr
+    r = run_cli("summary", str(src))
+    assert "fc1" in r.stdout and "total parameters: 32" in r.stdout
+    bad = tmp_path / "bad.dl"
+    bad.write_text(SRC.replace("|> relu", "|> rleu"))
+    r = run_cli("compile", str(bad))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{bad}:4:" in r.stderr and "did you mean 'relu'" in r.stderr and "^" in r.stderr
+    assert run_cli("--version").stdout.startswith("dlc ")
