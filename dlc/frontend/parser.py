@@ -27,7 +27,11 @@ from ..ops.base import suggest
 from . import ast
 from .check import MAX_ERRORS
 
-GRAMMAR = Path(__file__).resolve().parents[2] / "grammar" / "dl.lark"
+# Installed, the grammar ships inside the package (dlc/grammar/); in a source
+# checkout it is the top-level grammar/.
+_PACKAGE = Path(__file__).resolve().parents[1]
+GRAMMAR = next((p for p in (_PACKAGE / "grammar" / "dl.lark", _PACKAGE.parent / "grammar" / "dl.lark")
+                if p.is_file()), _PACKAGE.parent / "grammar" / "dl.lark")
 
 EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "MINUS", "TRUE", "FALSE"}
 STMT_START = {"INPUT", "OUTPUT", "LOSS", "OPTIMIZER"}
