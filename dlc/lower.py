@@ -192,7 +192,7 @@ class FunctionLowering:
             groups[target.type.shape].append((self.buffers[id(target)], self.access(v)))
         kernels = {shape: self.store_kernel(f"update_{len(self.kernels) + i}", shape, stores)
                    for i, (shape, stores) in enumerate(groups.items())}
-        reads = {shape: {x.buf for x in _loads(k.body)} for shape, k in kernels.items()}
+        reads = {shape: set(L.buffers_of(k.body)) for shape, k in kernels.items()}
         writes = {shape: {buf for buf, _ in stores} for shape, stores in groups.items()}
         ordered, pending = [], list(kernels)
         while pending:
@@ -204,9 +204,3 @@ class FunctionLowering:
             pending.remove(ready[0])
         return [kernels[s] for s in ordered]
 
-
-def _loads(s: L.Stmt):
-    for e in L.exprs_of(s):
-        for x in L.subexprs(e):
-            if isinstance(x, L.Load):
-                yield x

@@ -177,9 +177,8 @@ def _allocates(s: L.Stmt):
 
 
 def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
-    from ..passes.loop_memory import _buffers
     seen: dict[L.Buffer, None] = {}
-    for buf in _buffers(s):
+    for buf in L.buffers_of(s):
         if buf.kind != "local":
             seen.setdefault(buf)
     return list(seen)

@@ -284,6 +284,27 @@ def subexprs(e: Expr) -> Iterator[Expr]:
         yield from subexprs(e.body)
 
 
+def buffers_of(s: Stmt):
+    """Every buffer a statement stores to or loads from."""
+    yield from _stored(s)
+    for e in exprs_of(s):
+        for x in subexprs(e):
+            if isinstance(x, Load):
+                yield x.buf
+
+
+def _stored(s: Stmt):
+    if isinstance(s, Store):
+        yield s.buf
+    elif isinstance(s, (For, Allocate)):
+        yield from _stored(s.body)
+    elif isinstance(s, If):
+        yield from _stored(s.then)
+    elif isinstance(s, Seq):
+        for b in s.body:
+            yield from _stored(b)
+
+
 # ------------------------------------------------------------------ verifier
 
 def verify(prog: LoopProgram, where: str = "loops", allow_reduce: bool = False) -> None:

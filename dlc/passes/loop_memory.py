@@ -18,7 +18,7 @@ def _plan(entry: L.LoopEntry) -> L.LoopEntry:
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     for k, kernel in enumerate(entry.kernels):
-        for buf in _buffers(kernel.body):
+        for buf in L.buffers_of(kernel.body):
             if buf.kind == "workspace":
                 first.setdefault(buf.index, k)
                 last[buf.index] = k
@@ -33,24 +33,3 @@ def _plan(entry: L.LoopEntry) -> L.LoopEntry:
         free_after[slot] = end
         slot_of[buf.index] = slot
     return replace(entry, slot_of=slot_of)
-
-
-def _buffers(s: L.Stmt):
-    """Every buffer a statement stores to or loads from."""
-    yield from _stored(s)
-    for e in L.exprs_of(s):
-        for x in L.subexprs(e):
-            if isinstance(x, L.Load):
-                yield x.buf
-
-
-def _stored(s: L.Stmt):
-    if isinstance(s, L.Store):
-        yield s.buf
-    elif isinstance(s, (L.For, L.Allocate)):
-        yield from _stored(s.body)
-    elif isinstance(s, L.If):
-        yield from _stored(s.then)
-    elif isinstance(s, L.Seq):
-        for b in s.body:
-            yield from _stored(b)
