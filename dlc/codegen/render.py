@@ -163,19 +163,6 @@ class StmtEmitter(ExprEmitter):
         b.position_at_end(exit_)
 
 
-def _allocates(s: L.Stmt):
-    if isinstance(s, L.Allocate):
-        yield s.buf
-        yield from _allocates(s.body)
-    elif isinstance(s, L.For):
-        yield from _allocates(s.body)
-    elif isinstance(s, L.If):
-        yield from _allocates(s.then)
-    elif isinstance(s, L.Seq):
-        for x in s.body:
-            yield from _allocates(x)
-
-
 def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
     seen: dict[L.Buffer, None] = {}
     for buf in L.buffers_of(s):
@@ -212,7 +199,7 @@ class Renderer:
         em = StmtEmitter(self.module, b, fn.args[-1], self.prog.syms)
         for buf, arg in zip(bufs, fn.args):
             em.pointers[buf] = arg
-        for buf in _allocates(k.body):
+        for buf in (st.buf for st in L.stmts_of(k.body) if isinstance(st, L.Allocate)):
             em.pointers[buf] = b.alloca(TYPES[buf.dtype], name=buf.name)
         em.emit_stmt(k.body)
         b.ret_void()

@@ -244,22 +244,30 @@ class LoopProgram:
 
 # ------------------------------------------------------------------- walking
 
-def exprs_of(s: Stmt) -> Iterator[Expr]:
-    if isinstance(s, For):
-        yield s.extent
-        yield from exprs_of(s.body)
-    elif isinstance(s, Store):
-        yield s.index
-        yield s.value
-    elif isinstance(s, Allocate):
-        yield s.buf.size
-        yield from exprs_of(s.body)
+def stmts_of(s: Stmt) -> Iterator[Stmt]:
+    """s and every statement nested in it, outermost first."""
+    yield s
+    if isinstance(s, (For, Allocate)):
+        yield from stmts_of(s.body)
     elif isinstance(s, If):
-        yield s.cond
-        yield from exprs_of(s.then)
+        yield from stmts_of(s.then)
     elif isinstance(s, Seq):
         for b in s.body:
-            yield from exprs_of(b)
+            yield from stmts_of(b)
+
+
+def exprs_of(s: Stmt) -> Iterator[Expr]:
+    """The expressions written directly in s and its nested statements."""
+    for st in stmts_of(s):
+        if isinstance(st, For):
+            yield st.extent
+        elif isinstance(st, Store):
+            yield st.index
+            yield st.value
+        elif isinstance(st, Allocate):
+            yield st.buf.size
+        elif isinstance(st, If):
+            yield st.cond
 
 
 def subexprs(e: Expr) -> Iterator[Expr]:
@@ -284,25 +292,15 @@ def subexprs(e: Expr) -> Iterator[Expr]:
         yield from subexprs(e.body)
 
 
-def buffers_of(s: Stmt):
+def buffers_of(s: Stmt) -> Iterator[Buffer]:
     """Every buffer a statement stores to or loads from."""
-    yield from _stored(s)
+    for st in stmts_of(s):
+        if isinstance(st, Store):
+            yield st.buf
     for e in exprs_of(s):
         for x in subexprs(e):
             if isinstance(x, Load):
                 yield x.buf
-
-
-def _stored(s: Stmt):
-    if isinstance(s, Store):
-        yield s.buf
-    elif isinstance(s, (For, Allocate)):
-        yield from _stored(s.body)
-    elif isinstance(s, If):
-        yield from _stored(s.then)
-    elif isinstance(s, Seq):
-        for b in s.body:
-            yield from _stored(b)
 
 
 # ------------------------------------------------------------------ verifier
