@@ -13,7 +13,7 @@ from llvmlite import ir
 from ..errors import InternalError
 from ..ir import loops as L
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 PTR = ir.PointerType()
 I32, I64 = ir.IntType(32), ir.IntType(64)
 TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": I32, L.INDEX: I64,
@@ -220,10 +220,10 @@ class Renderer:
         return offsets, total
 
     def entry_function(self, entry: L.LoopEntry, kernels) -> ir.Function:
-        fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR]),
+        fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
                          name=f"dlc.entry.{entry.name}")
         fn.linkage = "internal"
-        tensors, syms, ws = fn.args
+        tensors, syms, ws, _host = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, syms, self.prog.syms)
         offsets, _ = self.slot_offsets(em, entry)

@@ -498,7 +498,7 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
     s->table[e->inputs[k]] = inputs[s->given[k]].data;
   for (int32_t k = 0; k < e->n_outputs; k++)
     s->table[e->outputs[k]] = es->out_data[k];
-  int32_t rc = e->run(s->table, s->syms, s->workspace);
+  int32_t rc = e->run(s->table, s->syms, s->workspace, NULL);
   /* Leave no caller pointers behind: other entries see NULL there. */
   for (int32_t k = 0; k < e->n_inputs; k++)
     s->table[e->inputs[k]] = NULL;

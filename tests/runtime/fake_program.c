@@ -64,7 +64,9 @@ static void forward(void *const *t, int64_t n, float *y) {
 
 static int64_t ws_model(const int64_t *syms) { return syms[0] * 2 * (int64_t)sizeof(float); }
 
-static int32_t run_model(void *const *t, const int64_t *syms, void *ws) {
+static int32_t run_model(void *const *t, const int64_t *syms, void *ws,
+                         const dlc_host *host) {
+  (void)host;
   if (!aligned(ws) || !aligned(t[W]) || !aligned(t[Y]))
     return 3;
   if (t[T] != NULL) /* inputs of other entries must not leak in */
@@ -96,7 +98,9 @@ static float grads(void *const *t, int64_t n, float *dy, float *gw, float *gb) {
   return loss / (float)(n * 2);
 }
 
-static int32_t run_fit(void *const *t, const int64_t *syms, void *ws) {
+static int32_t run_fit(void *const *t, const int64_t *syms, void *ws,
+                         const dlc_host *host) {
+  (void)host;
   if (!aligned(ws) || t[Y] != NULL)
     return 3;
   float gw[6], gb[2];
@@ -112,7 +116,9 @@ static int32_t run_fit(void *const *t, const int64_t *syms, void *ws) {
   return 0;
 }
 
-static int32_t run_grads(void *const *t, const int64_t *syms, void *ws) {
+static int32_t run_grads(void *const *t, const int64_t *syms, void *ws,
+                         const dlc_host *host) {
+  (void)host;
   if (!aligned(ws))
     return 3;
   *(float *)t[LOSS] = grads(t, syms[0], (float *)ws, (float *)t[GW], (float *)t[GB]);
@@ -124,7 +130,9 @@ static int64_t ws_none(const int64_t *syms) {
   return 0;
 }
 
-static int32_t run_boom(void *const *t, const int64_t *syms, void *ws) {
+static int32_t run_boom(void *const *t, const int64_t *syms, void *ws,
+                         const dlc_host *host) {
+  (void)host;
   (void)t, (void)syms, (void)ws;
   return 7;
 }

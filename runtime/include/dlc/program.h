@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define DLC_ABI_VERSION 1
+#define DLC_ABI_VERSION 2
 
 typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
 
@@ -48,12 +48,29 @@ typedef struct dlc_tensor_desc {
   double init_b;
 } dlc_tensor_desc;
 
+/* A chunk of a parallel loop: iterations [begin, end) of the loop whose
+ * captured values are in `closure`. */
+typedef void (*dlc_task_fn)(void *closure, int64_t begin, int64_t end);
+
+/* What the host (the runtime, or an embedding application) offers compiled
+ * code. Compiled code calls nothing else, so a program library has no
+ * undefined symbols beyond libc/libm. */
+typedef struct dlc_host {
+  void *pool;
+  /* Runs fn over [0, n) in chunks of at least `grain` iterations, possibly on
+   * several threads, and returns when every chunk is done. NULL: the program
+   * runs its parallel loops serially on the calling thread. */
+  void (*parallel_for)(void *pool, int64_t n, int64_t grain, dlc_task_fn fn,
+                       void *closure);
+} dlc_host;
+
 /* `tensors` has one pointer per entry of the tensor table (NULL for tensors
  * the entry does not use); `syms` holds the value of every symbol, bound by
  * the runtime from the inputs' shapes; `workspace` has at least
- * workspace_bytes(syms) bytes, 64-byte aligned. Returns 0 on success. */
+ * workspace_bytes(syms) bytes, 64-byte aligned; `host` may be NULL (serial).
+ * Returns 0 on success. */
 typedef int32_t (*dlc_entry_fn)(void *const *tensors, const int64_t *syms,
-                                void *workspace);
+                                void *workspace, const dlc_host *host);
 typedef int64_t (*dlc_workspace_fn)(const int64_t *syms);
 
 typedef enum dlc_entry_kind {
