@@ -119,6 +119,16 @@ dlc_status dlc_session_run(dlc_session *session, const char *entry,
                            dlc_tensor *outputs);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
+dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
+                                       const char *name, dlc_program **out_program);
+dlc_status dlc_tensors_init(const dlc_program_desc *desc, void *const *tensors,
+                            uint64_t seed);
+dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,
+                            const char *path);
+dlc_status dlc_tensors_save(const dlc_program_desc *desc, void *const *tensors,
+                            const char *path);
+dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *tensors,
+                                   const void *bytes, size_t size);
 """
 
 MAX_RANK = 8
