@@ -15,7 +15,7 @@ from .api import read, summary
 from .codegen import compiler
 from .errors import CompileError, DlcError
 
-EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so")
+EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so", "lib")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                    "'-' for standard output)")
     c.add_argument("--emit", choices=EMITS, default="so",
                    help="what to write: ast, graph (after autodiff+fusion), loops (loop IR), "
-                        "ll (optimized LLVM IR), asm, obj, so (default)")
+                        "ll (optimized LLVM IR), asm, obj, so (default), lib (for C: with "
+                        "-o DIR/NAME, DIR/NAME.so, DIR/libNAME.a and the header DIR/NAME.h)")
     c.add_argument("--target", default="cpu", choices=["cpu"], help="code generation target")
     c.add_argument("--cpu", help="LLVM CPU name for a portable build (default: this machine's)")
     c.add_argument("--dump-ir-after", metavar="PASS", choices=driver.PASS_NAMES + ["all"],
@@ -68,6 +69,12 @@ def compile_command(args, source: str, file: str) -> int:
     if args.emit == "loops":
         from .ir.loops import print_program
         return write(args, print_program(art.loops).encode())
+    if args.emit == "lib":
+        from .codegen.library import write_library
+        out = Path(args.output) if args.output else Path(file).with_suffix("")
+        paths = write_library(art, file, out, args.cpu)
+        print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+        return 0
     if args.emit == "so":
         lib = compiler.shared_library(art.llvm_ir, args.cpu)
         out = Path(args.output or Path(file).with_suffix(".so"))
