@@ -84,10 +84,13 @@ class Interface:
         self.tensors = prog.tensors
         # Offsets in the weights region; params precede states in the table.
         self.offsets: dict[int, int] = {}
+        self.offset_macros: dict[int, str] = {}
         self.params_bytes = self.weights_bytes = 0
+        taken: set[str] = set()
         for i, t in enumerate(self.tensors):
             if t.role in ("param", "state"):
                 self.offsets[i] = self.weights_bytes
+                self.offset_macros[i] = self._fresh(t.name.upper(), taken)
                 self.weights_bytes += -(-self.fixed_bytes(t) // ALIGNMENT) * ALIGNMENT
                 if t.role == "param":
                     self.params_bytes = self.weights_bytes
@@ -136,13 +139,14 @@ class Interface:
                    for d in t.dims]
         return " * ".join(factors + [f"(size_t){DTYPE_BYTES[t.dtype]}"])
 
-    def params(self, e: Entry, const_inputs: bool = True) -> list[str]:
+    def params(self, e: Entry) -> list[str]:
+        """The C parameters of entry e's functions: syms, inputs, outputs."""
         out = []
         for a in e.args:
             if a.slot is None:
                 out.append(f"int64_t {a.c_name}")
             elif a.slot.role == "input":
-                out.append(f"{'const ' if const_inputs else ''}{C_TYPES[a.slot.dtype]} *{a.c_name}")
+                out.append(f"const {C_TYPES[a.slot.dtype]} *{a.c_name}")
             else:
                 out.append(f"{C_TYPES[a.slot.dtype]} *{a.c_name}")
         return out
@@ -246,7 +250,7 @@ dlc_status {e.c_name}(dlc_session *session, {", ".join(itf.params(e))});
 """)
     for i, off in itf.offsets.items():
         t = itf.tensors[i]
-        out.append(f"#define {m}_{c_ident(t.name).upper()}_OFFSET {off} /* {t.role} {itf.shape(t)} */\n")
+        out.append(f"#define {m}_{itf.offset_macros[i]}_OFFSET {off} /* {t.role} {itf.shape(t)} */\n")
     out.append("""
 /* Sizes in bytes of the inputs and outputs, from the symbolic sizes. */
 """)

@@ -85,6 +85,56 @@ def test_typed_functions_match_python(moons_lib, tmp_path):
     np.testing.assert_allclose(logits, prog.run("moons", x=x)["logits"], rtol=1e-5, atol=1e-6)
 
 
+TWO = """
+model two {
+    input float: f32[n, 3]
+    input k: f32[m, 3]
+    output y = dense(float, 2, name="fc")
+    output z = dense(k, 2, name="fc.2")
+}
+"""
+DRIVE_TWO = r"""
+#include <stdio.h>
+#include "two.h"
+int main(void) {
+  float a[2 * 3] = {1, 2, 3, 4, 5, 6}, b[3 * 3] = {1, 0, 0, 0, 1, 0, 0, 0, 1}, y[4], z[6];
+  dlc_program *p; dlc_session *s;
+  if (two_open(&p) || dlc_session_create(p, NULL, &s) || two_two(s, 2, 3, a, b, y, z))
+    return 1;
+  for (int i = 0; i < 4; i++) printf("%.9g\n", y[i]);
+  for (int i = 0; i < 6; i++) printf("%.9g\n", z[i]);
+  return TWO_TWO_Z_BYTES(2, 3) != sizeof z || TWO_FC_2_BIAS_OFFSET != 192;
+}
+"""
+
+
+def test_two_symbols_and_c_names(tmp_path):
+    """Symbols in declaration order, .dl names that are C keywords or hold
+    dots, and the generated sources clean under -Werror."""
+    from dlc import driver
+    from dlc.codegen import header
+    (tmp_path / "two.dl").write_text(TWO)
+    assert dlc_main(["compile", str(tmp_path / "two.dl"), "--emit=lib", "-o", str(tmp_path / "two")]) == 0
+    text = (tmp_path / "two.h").read_text()
+    assert ("dlc_status two_two(dlc_session *session, int64_t n, int64_t m, const float *float_, "
+            "const float *k, float *y, float *z);") in text
+    art = driver.build(TWO, "two.dl")
+    for name, source in (("session", header.session_source), ("bare", header.bare_source)):
+        (tmp_path / f"{name}.c").write_text(source(header.Interface("two", "two.dl", art.loops, art.entries)))
+        run([CC, "-std=c11", *STRICT, "-c", f"-I{tmp_path}", f"-I{INCLUDE}", tmp_path / f"{name}.c",
+             "-o", tmp_path / f"{name}.o"])
+    (tmp_path / "drive.c").write_text(DRIVE_TWO)
+    lib = find_library()
+    run([CC, "-std=c11", *STRICT, f"-I{tmp_path}", f"-I{INCLUDE}", tmp_path / "drive.c",
+         tmp_path / "libtwo.a", lib, f"-Wl,-rpath,{lib.parent}", "-lm", "-o", tmp_path / "drive"])
+    out = np.array(run([tmp_path / "drive"]).split(), np.float32)
+    prog = dlc.compile(TWO)
+    a = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
+    expected = prog.run("two", float=a, k=np.eye(3, dtype=np.float32))
+    np.testing.assert_allclose(out[:4], expected["y"].ravel(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[4:], expected["z"].ravel(), rtol=1e-5, atol=1e-6)
+
+
 def cmake_env():
     # dlc_add_program runs this checkout's compiler, like the `dlc` command.
     return {**os.environ, "PYTHONPATH": str(ROOT)}
