@@ -134,6 +134,18 @@ static void test_run(dlc_session *s) {
             DLC_ERR_INVALID_ARGUMENT, "dim 1 is 2");
   CHECK_ERR(dlc_session_run(s, "boom", 1, names, &in, 0, NULL), DLC_ERR_INTERNAL,
             "entry 'boom' failed with code 7");
+  const char *wrong[] = {"y"}, *twice[] = {"x", "x"};
+  dlc_tensor two_in[2] = {in, in};
+  CHECK_ERR(dlc_session_run(s, "model", 1, wrong, &in, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "entry 'model' has no input 'y'; its inputs are: x");
+  CHECK_ERR(dlc_session_run(s, "model", 2, twice, two_in, 1, &out),
+            DLC_ERR_INVALID_ARGUMENT, "input 'x' of entry 'model' is given twice");
+  CHECK_ERR(dlc_session_run(s, "model", 0, NULL, NULL, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "entry 'model' needs input 'x', which is missing");
+  in.dtype = DLC_F64;
+  CHECK_ERR(dlc_session_run(s, "model", 1, names, &in, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "dtype is f64 but the program declares f32");
+  in.dtype = DLC_F32;
 
   float t[4 * 2] = {0};
   const char *fit_names[] = {"t", "x"};
@@ -168,6 +180,19 @@ static void test_weights(dlc_session *s, const char *dir) {
   fclose(f);
   wd[0] = 5.0f;
   CHECK_ERR(dlc_session_load(s, bad), DLC_ERR_FORMAT, "malformed header");
+  CHECK(wd[0] == 5.0f);
+  /* Truncated: every prefix of a valid file is refused. */
+  f = fopen(path, "rb");
+  static unsigned char whole[1 << 16];
+  size_t size = f ? fread(whole, 1, sizeof whole, f) : 0;
+  if (f)
+    fclose(f);
+  for (size_t n = 0; n < size; n += 97) {
+    f = fopen(bad, "wb");
+    fwrite(whole, 1, n, f);
+    fclose(f);
+    CHECK(dlc_session_load(s, bad) == DLC_ERR_FORMAT);
+  }
   CHECK(wd[0] == 5.0f);
   char missing[4200];
   snprintf(missing, sizeof missing, "%s/nope.safetensors", dir);
