@@ -108,9 +108,10 @@ int main(void) {
 """
 
 
-def test_two_symbols_and_c_names(tmp_path):
+def test_two_symbols_and_c_names(tmp_path, moons_lib):
     """Symbols in declaration order, .dl names that are C keywords or hold
-    dots, and the generated sources clean under -Werror."""
+    dots, the generated sources clean under -Werror, and two programs linked
+    whole into one binary without clashing symbols."""
     from dlc import driver
     from dlc.codegen import header
     (tmp_path / "two.dl").write_text(TWO)
@@ -126,7 +127,8 @@ def test_two_symbols_and_c_names(tmp_path):
     (tmp_path / "drive.c").write_text(DRIVE_TWO)
     lib = find_library()
     run([CC, "-std=c11", *STRICT, f"-I{tmp_path}", f"-I{INCLUDE}", tmp_path / "drive.c",
-         tmp_path / "libtwo.a", lib, f"-Wl,-rpath,{lib.parent}", "-lm", "-o", tmp_path / "drive"])
+         "-Wl,--whole-archive", tmp_path / "libtwo.a", moons_lib / "libmoons.a",
+         "-Wl,--no-whole-archive", lib, f"-Wl,-rpath,{lib.parent}", "-lm", "-o", tmp_path / "drive"])
     out = np.array(run([tmp_path / "drive"]).split(), np.float32)
     prog = dlc.compile(TWO)
     a = np.arange(1, 7, dtype=np.float32).reshape(2, 3)
