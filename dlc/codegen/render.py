@@ -96,7 +96,8 @@ class ExprEmitter:
             inst = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv}[op](x, y)
             inst.flags.extend(FAST)
             return inst
-        return {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv}[op](x, y)
+        return {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "xor": b.xor, "shl": b.shl,
+                "shr": b.lshr}[op](x, y)
 
     def cast(self, v: ir.Value, src: str, dst: str) -> ir.Value:
         b, t = self.b, TYPES[dst]
