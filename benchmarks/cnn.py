@@ -7,8 +7,8 @@ For each network (examples/lenet.dl, examples/cifar_cnn.dl): inference
 latency at batch 1 and 64 (dlc, PyTorch, ONNX Runtime running the same
 network exported from PyTorch with dlc's weights) and a training step (dlc,
 PyTorch, SGD with momentum) at batch 64 (LeNet) or 32 (CIFAR), each the
-median of repeated runs (as many as fit a time budget per figure), with
-ratios; then the compile time of the CIFAR CNN with its training step,
+median of repeated runs (interleaved rounds, as many as fit a time budget
+per figure), with ratios; then the compile time of the CIFAR CNN with its training step,
 uncached. Threads: every framework gets the same number (DLC_BENCH_THREADS,
 default 2).
 """
@@ -63,20 +63,26 @@ NETS = [  # name, example file, model, torch module, input shape, train batch
 ]
 
 
-def median_ms(f) -> float:
-    """Median of as many runs as fit BUDGET_S (at least 3), after warm-up."""
-    t0 = time.perf_counter()
-    f()
-    first = time.perf_counter() - t0
-    reps = int(min(1000, max(3, BUDGET_S / max(first, 1e-6))))
-    for _ in range(min(3, reps // 10 + 1)):
-        f()
-    times = []
-    for _ in range(reps):
+def medians_ms(*fs) -> list[float]:
+    """Median time of each of fs, run in interleaved rounds (so that a load
+    change on a shared machine hits all of them alike), as many rounds as fit
+    BUDGET_S per function (at least 3), after a warm-up."""
+    firsts = []
+    for f in fs:
         t0 = time.perf_counter()
         f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        firsts.append(time.perf_counter() - t0)
+    rounds = int(min(1000, max(3, BUDGET_S / max(max(firsts), 1e-6))))
+    for f in fs:
+        for _ in range(min(3, rounds // 10 + 1)):
+            f()
+    times: list[list[float]] = [[] for _ in fs]
+    for _ in range(rounds):
+        for f, ts in zip(fs, times):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def bench(name, file, model, module, shape, train_batch, threads) -> list[tuple]:
@@ -98,10 +104,12 @@ def bench(name, file, model, module, shape, train_batch, threads) -> list[tuple]
         with torch.inference_mode():
             ref = net(xt).numpy()
         np.testing.assert_allclose(prog.run(model, x=x)["logits"], ref, rtol=1e-3, atol=1e-4)
-        d = median_ms(lambda: prog.run(model, x=x))
-        with torch.inference_mode():
-            t = median_ms(lambda: net(xt))
-        o = median_ms(lambda: sess.run(None, {"x": x}))
+        def torch_infer():
+            with torch.inference_mode():
+                net(xt)
+
+        d, t, o = medians_ms(lambda: prog.run(model, x=x), torch_infer,
+                             lambda: sess.run(None, {"x": x}))
         rows.append((f"{name} inference batch {batch}", d, t, o))
     x = rng.normal(size=(train_batch,) + shape).astype(np.float32)
     lab = rng.integers(0, 10, size=train_batch).astype(np.int32)
@@ -114,8 +122,7 @@ def bench(name, file, model, module, shape, train_batch, threads) -> list[tuple]
         nn.functional.cross_entropy(net(xt), lt).backward()
         opt.step()
 
-    d = median_ms(lambda: prog.train("fit", x=x, t=lab))
-    t = median_ms(torch_step)
+    d, t = medians_ms(lambda: prog.train("fit", x=x, t=lab), torch_step)
     rows.append((f"{name} train step batch {train_batch}", d, t, None))
     return rows
 
