@@ -39,7 +39,7 @@ def digit_images(seed: int):
 TASKS = {  # name: (program, model, data, epochs, batch)
     "moons": ("moons.dl", "moons", moons_data, 100, 32),
     "digits": ("digits_mlp.dl", "digits", digits_data, 40, 32),
-    "digits_cnn": ("digits_cnn.dl", "digits_cnn", digit_images, 20, 32),
+    "digits_cnn": ("digits_cnn.dl", "digits_cnn", digit_images, 15, 32),
 }
 
 
