@@ -64,7 +64,9 @@ def trained_params(program: Program, fn: Function) -> list[str]:
 
 def differentiate(program: Program) -> Program:
     """Pure: returns a new program whose train blocks are full steps."""
-    out = replace(program, functions={}, states={})
+    # States declared by the check (dropout's step counter) stay; the
+    # optimizer's are added by `updates`.
+    out = replace(program, functions={}, states=dict(program.states))
     for fn in program.functions.values():
         if fn.kind != "train":
             out.functions[fn.name] = fn
@@ -75,9 +77,12 @@ def differentiate(program: Program) -> Program:
         grads = backward(b, step, step.outputs["loss"], wrt)
         step.trained = list(grads)
         b.span = fn.optimizer.span if fn.optimizer else fn.span
-        step.assigns = updates(b, fn.optimizer, {p: step.params[p] for p in grads}, grads)
+        # After the forward pass's own writes (batchnorm's running stats,
+        # dropout's step), the optimizer's.
+        step.assigns += updates(b, fn.optimizer, {p: step.params[p] for p in grads}, grads)
 
         gfn = clone_function(fn, f"{fn.name}.grads", "grads")
+        gfn.assigns = []   # the gradient entry changes nothing
         gb = Builder(out, gfn)
         ggrads = backward(gb, gfn, gfn.outputs["loss"], wrt)
         gfn.trained = list(ggrads)

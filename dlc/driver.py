@@ -1,6 +1,6 @@
 """The pipeline: one table of named passes from source to shared library.
 
-    parse+check -> autodiff -> dce -> fuse        (graph IR)
+    parse+check -> autodiff -> dce -> lower_pooling -> fuse   (graph IR)
     -> lower -> lower_reductions -> plan_memory   (loop IR)
     -> render (LLVM IR) -> optimize, emit, link   (object, .so)
 
@@ -24,12 +24,14 @@ from .ir import loops as L
 from .lower import EntrySlots, lower
 from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
+from .passes.graph_pooling import lower_pooling
 from .passes.loop_memory import plan_memory
 from .passes.loop_reductions import lower_reductions
 
 GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("autodiff", differentiate),
     ("dce", eliminate_dead_code),
+    ("lower_pooling", lower_pooling),
     ("fuse", fuse),
 ]
 LOOP_PASSES: list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]] = [

@@ -2,6 +2,7 @@
 
     python examples/train.py moons     # examples/moons.dl on make_moons(1000, noise=0.2)
     python examples/train.py digits    # examples/digits_mlp.dl on load_digits, 20% held out
+    python examples/train.py digits_cnn  # examples/digits_cnn.dl: the digits as 1x8x8 images
 
 Prints the loss as it trains and the held-out accuracy reached.
 """
@@ -30,9 +31,15 @@ def digits_data(seed: int):
     return (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
 
 
+def digit_images(seed: int):
+    x, y = digits_data(seed)
+    return x.reshape(-1, 1, 8, 8), y
+
+
 TASKS = {  # name: (program, model, data, epochs, batch)
     "moons": ("moons.dl", "moons", moons_data, 100, 32),
     "digits": ("digits_mlp.dl", "digits", digits_data, 40, 32),
+    "digits_cnn": ("digits_cnn.dl", "digits_cnn", digit_images, 15, 32),
 }
 
 

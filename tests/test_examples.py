@@ -18,3 +18,22 @@ def load_train():
 def test_example_reaches_accuracy(task, target):
     acc = load_train()(task, seed=0, verbose=False)
     assert acc >= target, f"{task}: held-out accuracy {acc:.3f} < {target}"
+
+
+def test_digits_cnn_reaches_98_percent():
+    acc = load_train()("digits_cnn", seed=0, verbose=False)
+    assert acc >= 0.98, f"digits_cnn: held-out accuracy {acc:.3f} < 0.98"
+
+
+@pytest.mark.parametrize("file,shape", [("lenet.dl", (1, 28, 28)), ("cifar_cnn.dl", (3, 32, 32))])
+def test_cnn_examples_train_on_synthetic_data(file, shape):
+    import numpy as np
+    import dlc
+    prog = dlc.compile(EXAMPLES / file)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8,) + shape).astype(np.float32)
+    t = rng.integers(0, 10, size=8).astype(np.int32)
+    model = file.removesuffix(".dl")
+    assert prog.run(model, x=x)["logits"].shape == (8, 10)
+    losses = [prog.train("fit", x=x, t=t) for _ in range(4)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.005, losses

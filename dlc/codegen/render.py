@@ -96,7 +96,8 @@ class ExprEmitter:
             inst = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv}[op](x, y)
             inst.flags.extend(FAST)
             return inst
-        return {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv}[op](x, y)
+        return {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "xor": b.xor, "shl": b.shl,
+                "shr": b.lshr}[op](x, y)
 
     def cast(self, v: ir.Value, src: str, dst: str) -> ir.Value:
         b, t = self.b, TYPES[dst]
@@ -193,6 +194,9 @@ class Renderer:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 1)),
                          name=f"dlc.kernel.{name}")
         fn.linkage = "internal"
+        # A kernel is a loop nest called once per run: inlining it into the
+        # entry saves nothing and makes O3 several times slower on big programs.
+        fn.attributes.add("noinline")
         for a in fn.args[:-1]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))

@@ -75,7 +75,8 @@ class Load(Expr):
 
 @dataclass(frozen=True, eq=False)
 class Bin(Expr):
-    """Arithmetic (+ - * / min max) and comparisons (< <= > >= == !=, dtype 'bool')."""
+    """Arithmetic (+ - * / min max), integer bit ops (xor, shl, shr: logical
+    shift right; for hashes), and comparisons (< <= > >= == !=, dtype 'bool')."""
     op: str
     a: Expr
     b: Expr

@@ -39,9 +39,11 @@ ARG_KINDS: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "str": (str,),
     "pair": (int, tuple),   # an int or a (h, w) tuple of ints
+    "ints": (tuple,),       # a tuple of ints, as reshape's dims
 }
 ARG_KIND_WORDS = {"tensor": "a tensor", "int": "an integer", "float": "a number",
-                  "bool": "true or false", "str": "a string", "pair": "an integer or a pair (h, w)"}
+                  "bool": "true or false", "str": "a string", "pair": "an integer or a pair (h, w)",
+                  "ints": "a tuple of integers"}
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def bind(op_name: str, signature: tuple[Arg, ...], positional: list[Any],
         ok = isinstance(v, ARG_KINDS[a.kind]) and not (a.kind in ("int", "float") and isinstance(v, bool))
         if a.kind == "pair" and isinstance(v, tuple):
             ok = len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
+        if a.kind == "ints":
+            ok = all(isinstance(e, int) and not isinstance(e, bool) for e in v)
         if a.kind == "float" and ok:
             out[a.name] = v = float(v)
         if not ok:

@@ -196,7 +196,9 @@ class ExpBase(Unary):
 class Relu(Unary):
     name = "relu"
     def scalar(self, x): return L.maximum(x, 0.0)
-    def grad(self, b, node, g): return [b.node(STEP_MASK, [node.inputs[0], g], slope=0.0)]
+    # relu(x) > 0 exactly where x > 0: reading the output lets the producer
+    # (a conv or dense with its bias) fuse with relu in training too.
+    def grad(self, b, node, g): return [b.node(STEP_MASK, [node.out, g], slope=0.0)]
     def reference(self, x): return np.maximum(x, 0)
 
 

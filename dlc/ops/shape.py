@@ -1,12 +1,14 @@
 """Ops that move elements between shapes: broadcasts, reductions to a shape,
-and the gradient barrier."""
+the gradient barrier, reshape / flatten, and concat with its adjoint slice."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import TensorType, format_shape
-from .base import Op, OpError, register
+from .base import Arg, Op, OpError, register
 
 
 class BroadcastTo(Op):
@@ -97,3 +99,163 @@ STOP_GRADIENT = register(StopGradient())
 
 def sum_to(b, x, shape):
     return x if x.type.shape == tuple(shape) else b.node(SUM_TO, [x], shape=tuple(shape))
+
+
+# ------------------------------------------------ reshape, flatten, concat
+
+def _count(shape) -> tuple[int, list]:
+    """(product of the fixed dims, sorted symbolic dims)."""
+    fixed = 1
+    for d in shape:
+        if isinstance(d, int):
+            fixed *= d
+    return fixed, sorted(d for d in shape if isinstance(d, str))
+
+
+class Reshape(Op):
+    """Row-major reshape (a view in PyTorch; here the consumer reads through
+    it). One dim may be -1: inferred, and the symbolic dim if x has one."""
+    name = "reshape"
+    signature = (Arg("x", "tensor"), Arg("dims", "ints"))
+
+    def build(self, b, args):
+        x, dims = args["x"], tuple(args["dims"])
+        if sum(d == -1 for d in dims) > 1 or any(d < -1 or d == 0 for d in dims):
+            raise OpError(f"'reshape' dims must be positive, with at most one -1, got {dims}",
+                          arg="dims")
+        fixed_in, syms = _count(x.type.shape)
+        fixed_out = -math.prod(dims) if -1 in dims else math.prod(dims)
+        if -1 in dims:
+            if syms:
+                fill = syms[0] if len(syms) == 1 and fixed_in == fixed_out else None
+            else:
+                fill = fixed_in // fixed_out if fixed_in % fixed_out == 0 else None
+            if fill is None:
+                raise OpError(f"'reshape' can't fill the -1 of {dims}: {x.type} has "
+                              f"{format_shape(x.type.shape)} elements", arg="dims")
+            dims = tuple(fill if d == -1 else d for d in dims)
+        return reshape(b, x, dims)
+
+    def infer(self, ins, attrs) -> TensorType:
+        (x,), shape = ins, tuple(attrs["shape"])
+        if _count(x.shape) != _count(shape):
+            raise OpError(f"'reshape' can't make {format_shape(shape)} from "
+                          f"{x} ({format_shape(x.shape)} elements differ)", arg="dims")
+        return TensorType(x.dtype, shape)
+
+    def grad(self, b, node, g):
+        return [reshape(b, g, node.inputs[0].type.shape)]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        src, dst = node.inputs[0].type.shape, node.attrs["shape"]
+        k = 0   # leading dims that agree map directly (the batch, usually)
+        while k < min(len(src), len(dst)) and src[k] == dst[k]:
+            k += 1
+        out = [(i, d) for i, d in zip(idx[k:], dst[k:]) if d != 1]
+        zero = L.Const(0, L.INDEX)
+        if [d for _, d in out] == [d for d in src[k:] if d != 1]:
+            it = iter(i for i, _ in out)   # only unit dims differ
+            return ins[0](idx[:k] + [zero if d == 1 else next(it) for d in src[k:]])
+        flat: L.Expr = zero
+        for i, d in out:
+            flat = flat * ctx.dim(d) + i
+        rest = []
+        inner = [a for a, d in enumerate(src) if a >= k and d != 1]
+        for a in reversed(range(k, len(src))):
+            if src[a] == 1:
+                rest.append(zero)
+            elif a == inner[0]:
+                rest.append(flat)
+            else:
+                q = L.binop("/", flat, ctx.dim(src[a]))
+                rest.append(flat - q * ctx.dim(src[a]))
+                flat = q
+        return ins[0](idx[:k] + rest[::-1])
+
+    def reference(self, x, *, shape):
+        return x.reshape(tuple(-1 if isinstance(d, str) else d for d in shape))
+
+
+class Flatten(Op):
+    """[batch, ...] -> [batch, product of the rest], as nn.Flatten."""
+    name = "flatten"
+    signature = (Arg("x", "tensor"),)
+
+    def build(self, b, args):
+        x = args["x"]
+        if x.type.rank < 2:
+            raise OpError(f"'flatten' needs at least 2 axes [batch, ...], got {x.type}", arg="x")
+        if not all(isinstance(d, int) for d in x.type.shape[1:]):
+            raise OpError(f"'flatten' needs fixed sizes after the batch axis, got {x.type}", arg="x")
+        return reshape(b, x, (x.type.shape[0], math.prod(x.type.shape[1:])))
+
+
+class Concat(Op):
+    """torch.cat((a, b), dim=axis)."""
+    name = "concat"
+    signature = (Arg("a", "tensor"), Arg("b", "tensor"), Arg("axis", "int", 1))
+
+    def build(self, b, args):
+        x, y, axis = args["a"], args["b"], args["axis"]
+        if x.type.dtype != y.type.dtype or x.type.rank != y.type.rank:
+            raise OpError(f"'concat' needs tensors of one dtype and rank, got {x.type} and {y.type}",
+                          arg="b")
+        if not -x.type.rank <= axis < x.type.rank:
+            raise OpError(f"'concat' axis {axis} is out of range for {x.type}", arg="axis")
+        axis %= x.type.rank
+        if not isinstance(x.type.shape[axis], int) or not isinstance(y.type.shape[axis], int):
+            raise OpError(f"'concat' needs fixed sizes along axis {axis}, got {x.type} and {y.type}",
+                          arg="axis")
+        if any(d != e for a, (d, e) in enumerate(zip(x.type.shape, y.type.shape)) if a != axis):
+            raise OpError(f"'concat' along axis {axis} needs the other dims equal, got "
+                          f"{x.type} and {y.type}", arg="b")
+        return b.node(self, [x, y], axis=axis)
+
+    def infer(self, ins, attrs) -> TensorType:
+        x, y = ins
+        axis = attrs["axis"]
+        shape = list(x.shape)
+        shape[axis] = x.shape[axis] + y.shape[axis]
+        return TensorType(x.dtype, tuple(shape))
+
+    def grad(self, b, node, g):
+        axis = node.attrs["axis"]
+        na, nb = (v.type.shape[axis] for v in node.inputs)
+        return [b.node(SLICE, [g], axis=axis, start=0, size=na),
+                b.node(SLICE, [g], axis=axis, start=na, size=nb)]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        axis = node.attrs["axis"]
+        na = node.inputs[0].type.shape[axis]
+        i = idx[axis]
+        ia = idx[:axis] + [L.minimum(i, na - 1)] + idx[axis + 1:]
+        ib = idx[:axis] + [L.maximum(i - na, 0)] + idx[axis + 1:]
+        return L.Select(L.cmp("<", i, na), ins[0](ia), ins[1](ib))
+
+    def reference(self, a, b, *, axis):
+        return np.concatenate([a, b], axis=axis)
+
+
+class Slice(Op):
+    """x[..., start:start + size, ...] along `axis`: concat's adjoint."""
+    name = "slice"
+
+    def infer(self, ins, attrs) -> TensorType:
+        shape = list(ins[0].shape)
+        shape[attrs["axis"]] = attrs["size"]
+        return TensorType(ins[0].dtype, tuple(shape))
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        a = node.attrs["axis"]
+        return ins[0](idx[:a] + [idx[a] + node.attrs["start"]] + idx[a + 1:])
+
+    def reference(self, x, *, axis, start, size):
+        return np.take(x, range(start, start + size), axis=axis)
+
+
+RESHAPE, FLATTEN = register(Reshape()), register(Flatten())
+CONCAT, SLICE = register(Concat()), register(Slice())
+
+
+def reshape(b, x, shape):
+    return x if x.type.shape == tuple(shape) else b.node(RESHAPE, [x], shape=tuple(shape))

@@ -15,17 +15,29 @@ from dataclasses import replace
 
 from collections import Counter
 
-from ..ir.graph import Function, Program
+from ..ir.graph import Function, Node, Program
+from ..ops.conv import CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD
 from ..ops.elementwise import CONSTANT, NUMEL
 from ..ops.loss import SCATTER_LAST
 from ..ops.nn import MATMUL
+from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_GRAD, non_overlapping
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
 from ..ops.shape import BROADCAST_TO, SUM_TO
 
-REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO}
+CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
+POOLS = {MAXPOOL, AVGPOOL}
+REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, AVGPOOL_GRAD, MAXPOOL_GRAD,
+              MAXPOOL_ARGMAX} | CONVS | POOLS
 # Consumers that read an input element more than once.
-REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST}
+REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
+
+
+def rereads(n: Node) -> bool:
+    """Whether n reads some element of its inputs more than once."""
+    if n.op in POOLS:
+        return not non_overlapping(n.attrs)
+    return n.op in REREADS
 
 
 def fuse(program: Program) -> Program:
@@ -55,7 +67,7 @@ def plan(fn: Function) -> set[int]:
         if key in pinned or n_users == 0:
             continue
         if has_reduce[key]:
-            ok = n_users == 1 and all(u.op not in REREADS for u in users)
+            ok = n_users == 1 and not any(rereads(u) for u in users)
         else:
             ok = n.op in TRIVIAL or n_users == 1
         if ok:

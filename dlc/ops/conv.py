@@ -1,0 +1,296 @@
+"""2-D convolution (NCHW) and its two gradients, plus the sliding-window
+index arithmetic that convolution and pooling share.
+
+`conv2d` owns `<name>.weight` [filters, in/groups, kh, kw] and `<name>.bias`
+[filters] with nn.Conv2d's layout and default initialisation
+(kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+both, fan_in = in/groups * kh * kw).
+
+The gradients are ops of their own, each lowered as a reduction:
+- input gradient: a transposed convolution, dx[n, c, i, j] = sum over the
+  filters of c's group and the kernel taps (ky, kx) whose window reads (i, j);
+- weight gradient: dw[o, c, ky, kx] = sum over (n, oh, ow) of g * x.
+Zero padding is a Select on the bounds of a clamped load (both sides of a
+Select are evaluated, so no load may leave its buffer).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import loops as L
+from ..ir.graph import Builder, Init, TensorType, Value
+from .base import Arg, Op, OpError, need_float, register, same_dtype
+from .elementwise import add, broadcast
+
+
+def pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One spatial axis of a sliding window over an input of `size`: output
+    position o with tap k reads input o*stride - pad + k*dilation."""
+    size: int
+    kernel: int
+    stride: int = 1
+    pad: int = 0
+    dilation: int = 1
+
+    @property
+    def span(self) -> int:
+        return self.dilation * (self.kernel - 1) + 1
+
+    @property
+    def out(self) -> int:
+        return (self.size + 2 * self.pad - self.span) // self.stride + 1
+
+    def input_at(self, o: L.Expr, k: L.Expr) -> tuple[L.Expr, list[L.Expr]]:
+        """(clamped input index, conditions for it being inside the input)."""
+        i = o * self.stride - self.pad + k * self.dilation
+        low = self.pad > 0
+        high = (self.out - 1) * self.stride - self.pad + self.span - 1 > self.size - 1
+        conds = [L.cmp(">=", i, 0)] * low + [L.cmp("<", i, self.size)] * high
+        return clamp(i, low, high, self.size), conds
+
+    def output_at(self, i: L.Expr, k: L.Expr) -> tuple[L.Expr, list[L.Expr]]:
+        """(clamped output position whose tap k reads input i, conditions for
+        there being one): the adjoint of input_at."""
+        t = i + self.pad - k * self.dilation
+        low = self.span - 1 > self.pad
+        high = (self.size - 1 + self.pad) // self.stride > self.out - 1
+        conds = [L.cmp(">=", t, 0)] * low
+        o = t
+        if self.stride > 1:
+            o = L.binop("/", t, L.Const(self.stride, L.INDEX))
+            conds.append(L.cmp("==", t - o * self.stride, 0))
+        conds += [L.cmp("<", o, self.out)] * high
+        return clamp(o, low, high, self.out), conds
+
+
+def clamp(i: L.Expr, low: bool, high: bool, size: int) -> L.Expr:
+    if high:
+        i = L.minimum(i, size - 1)
+    if low:
+        i = L.maximum(i, 0)
+    return i
+
+
+def all_of(conds: list[L.Expr]) -> L.Expr | None:
+    out = None
+    for c in conds:
+        out = c if out is None else L.Bin("and", out, c, "bool")
+    return out
+
+
+def guarded(value: L.Expr, conds: list[L.Expr], fill: float) -> L.Expr:
+    """value where every condition holds, else fill."""
+    cond = all_of(conds)
+    return value if cond is None else L.Select(cond, value, L.const_like(fill, value.dtype))
+
+
+def windows(hw: tuple, attrs: dict) -> tuple[Window, Window]:
+    return tuple(Window(hw[a], attrs["kernel"][a], attrs["stride"][a], attrs["padding"][a],
+                        attrs["dilation"][a]) for a in (0, 1))
+
+
+def check_windows(op: str, hw: tuple, attrs: dict) -> tuple[Window, Window]:
+    """The windows of a conv or pool over spatial size hw, with its user errors."""
+    if not all(isinstance(d, int) for d in hw):
+        raise OpError(f"'{op}' needs fixed spatial sizes, got [{hw[0]}, {hw[1]}]", arg="x")
+    for key, least in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+        if any(v < least for v in attrs[key]):
+            raise OpError(f"'{op}' needs {key} >= {least}, got {attrs[key]}", arg=key)
+    ws = windows(hw, attrs)
+    for w, axis in zip(ws, ("height", "width")):
+        if w.span > w.size + 2 * w.pad:
+            raise OpError(f"'{op}': the kernel ({w.span} with dilation) is larger than the "
+                          f"padded input {axis} ({w.size} + 2 * {w.pad})", arg="kernel")
+    return ws
+
+
+def conv_attrs(args: dict) -> dict:
+    return {k: pair(args[k]) for k in ("kernel", "stride", "padding", "dilation")}
+
+
+# ------------------------------------------------------------------ conv2d
+
+class Conv2d(Op):
+    name = "conv2d"
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("filters", "int"), Arg("kernel", "pair"),
+                 Arg("stride", "pair", 1), Arg("padding", "pair", 0), Arg("dilation", "pair", 1),
+                 Arg("groups", "int", 1), Arg("bias", "bool", True), Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        x, filters, groups, name = args["x"], args["filters"], args["groups"], args["name"]
+        if x.type.rank != 4:
+            raise OpError(f"'conv2d' expects a 4-D input [batch, channels, height, width], "
+                          f"got {x.type}", arg="x")
+        need_float("conv2d", x.type)
+        attrs = {**conv_attrs(args), "groups": groups}
+        check_windows("conv2d", x.type.shape[2:], attrs)
+        channels = x.type.shape[1]
+        if not isinstance(channels, int):
+            raise OpError(f"'conv2d' needs a fixed number of channels, got {x.type}", arg="x")
+        if groups < 1:
+            raise OpError(f"'conv2d' needs groups >= 1, got {groups}", arg="groups")
+        if filters < 1:
+            raise OpError(f"'conv2d' needs filters >= 1, got {filters}", arg="filters")
+        if channels % groups or filters % groups:
+            raise OpError(f"'conv2d' with groups={groups} needs input channels ({channels}) and "
+                          f"filters ({filters}) divisible by {groups}", arg="groups")
+        kh, kw = attrs["kernel"]
+        fan_in = channels // groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        init = Init("uniform", -bound, bound)
+        dtype = x.type.dtype
+        w = b.param(f"{name}.weight", TensorType(dtype, (filters, channels // groups, kh, kw)),
+                    init, layer=name)
+        y = b.node(CONV2D, [x, w], **attrs)
+        if args["bias"]:
+            from .shape import reshape
+            bias = b.param(f"{name}.bias", TensorType(dtype, (filters,)), init, layer=name)
+            y = add(b, y, broadcast(b, reshape(b, bias, (filters, 1, 1)), y.type.shape))
+        b.layer(name, self.name, y)
+        return y
+
+    def infer(self, ins, attrs) -> TensorType:
+        x, w = ins
+        same_dtype(self.name, ins)
+        wh, ww = windows(x.shape[2:], attrs)
+        return TensorType(x.dtype, (x.shape[0], w.shape[0], wh.out, ww.out))
+
+    def grad(self, b, node, g):
+        x, w = node.inputs
+        dx = b.node(CONV2D_INPUT_GRAD, [g, w], size=x.type.shape[2:], **node.attrs)
+        dw = b.node(CONV2D_WEIGHT_GRAD, [g, x], **node.attrs)
+        return [dx, dw]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        n, o, oh, ow = idx
+        x_t, w_t = (v.type for v in node.inputs)
+        wh, ww = windows(x_t.shape[2:], node.attrs)
+        cg, og = w_t.shape[1], w_t.shape[0] // node.attrs["groups"]
+        c, ky, kx = ctx.var("c"), ctx.var("ky"), ctx.var("kx")
+        ih, ch = wh.input_at(oh, ky)
+        iw, cw = ww.input_at(ow, kx)
+        ci = c if node.attrs["groups"] == 1 else L.binop("/", o, L.Const(og, L.INDEX)) * cg + c
+        xv = guarded(ins[0]([n, ci, ih, iw]), ch + cw, 0)
+        return L.Reduce("sum", (c, ky, kx), (L.Const(cg, L.INDEX), L.Const(wh.kernel, L.INDEX),
+                                             L.Const(ww.kernel, L.INDEX)),
+                        xv * ins[1]([o, c, ky, kx]))
+
+    def reference(self, x, w, *, kernel, stride, padding, dilation, groups):
+        cols, (oh, ow) = im2col(x, kernel, stride, padding, dilation)   # [n, c, kh, kw, oh, ow]
+        n, c = x.shape[:2]
+        o, cg = w.shape[:2]
+        cols = cols.reshape(n, groups, cg, kernel[0], kernel[1], oh, ow)
+        wg = w.reshape(groups, o // groups, cg, kernel[0], kernel[1])
+        y = np.einsum("ngckluv,gockl->ngouv", cols, wg)
+        return y.reshape(n, o, oh, ow)
+
+
+def im2col(x, kernel, stride, padding, dilation):
+    """[n, c, kh, kw, oh, ow] windows of x (zero padded), and (oh, ow)."""
+    n, c, h, w = x.shape
+    wh = Window(h, kernel[0], stride[0], padding[0], dilation[0])
+    ww = Window(w, kernel[1], stride[1], padding[1], dilation[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    out = np.empty((n, c, kernel[0], kernel[1], wh.out, ww.out), x.dtype)
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            y0, x0 = ky * dilation[0], kx * dilation[1]
+            out[:, :, ky, kx] = xp[:, :, y0:y0 + stride[0] * (wh.out - 1) + 1:stride[0],
+                                   x0:x0 + stride[1] * (ww.out - 1) + 1:stride[1]]
+    return out, (wh.out, ww.out)
+
+
+def col2im(cols, shape, kernel, stride, padding, dilation):
+    """The adjoint of im2col: sums [n, c, kh, kw, oh, ow] windows into `shape`."""
+    n, c, h, w = shape
+    oh, ow = cols.shape[-2:]
+    xp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), cols.dtype)
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            y0, x0 = ky * dilation[0], kx * dilation[1]
+            xp[:, :, y0:y0 + stride[0] * (oh - 1) + 1:stride[0],
+               x0:x0 + stride[1] * (ow - 1) + 1:stride[1]] += cols[:, :, ky, kx]
+    return xp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+class Conv2dInputGrad(Op):
+    """dx of conv2d from the output gradient g and the weight: a transposed
+    convolution. attrs: conv2d's, plus the input's spatial `size`."""
+    name = "conv2d_input_grad"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g, w = ins
+        return TensorType(g.dtype, (g.shape[0], w.shape[1] * attrs["groups"]) + tuple(attrs["size"]))
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        n, ci, ih, iw = idx
+        g_t, w_t = (v.type for v in node.inputs)
+        wh, ww = windows(node.attrs["size"], node.attrs)
+        groups = node.attrs["groups"]
+        cg, og = w_t.shape[1], w_t.shape[0] // groups
+        j, ky, kx = ctx.var("j"), ctx.var("ky"), ctx.var("kx")
+        if groups == 1:
+            o, c = j, ci
+        else:
+            grp = L.binop("/", ci, L.Const(cg, L.INDEX))
+            o, c = grp * og + j, ci - grp * cg
+        oh, ch = wh.output_at(ih, ky)
+        ow, cw = ww.output_at(iw, kx)
+        gv = guarded(ins[0]([n, o, oh, ow]), ch + cw, 0)
+        return L.Reduce("sum", (j, ky, kx), (L.Const(og, L.INDEX), L.Const(wh.kernel, L.INDEX),
+                                             L.Const(ww.kernel, L.INDEX)),
+                        gv * ins[1]([o, c, ky, kx]))
+
+    def reference(self, g, w, *, size, kernel, stride, padding, dilation, groups):
+        n, o, oh, ow = g.shape
+        cg = w.shape[1]
+        gg = g.reshape(n, groups, o // groups, oh, ow)
+        wg = w.reshape(groups, o // groups, cg, kernel[0], kernel[1])
+        cols = np.einsum("ngouv,gockl->ngckluv", gg, wg).reshape(n, groups * cg, *kernel, oh, ow)
+        return col2im(cols, (n, groups * cg) + tuple(size), kernel, stride, padding, dilation)
+
+
+class Conv2dWeightGrad(Op):
+    """dw of conv2d from the output gradient g and the input x."""
+    name = "conv2d_weight_grad"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g, x = ins
+        return TensorType(g.dtype, (g.shape[1], x.shape[1] // attrs["groups"]) + tuple(attrs["kernel"]))
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        o, c, ky, kx = idx
+        g_t, x_t = (v.type for v in node.inputs)
+        wh, ww = windows(x_t.shape[2:], node.attrs)
+        groups = node.attrs["groups"]
+        og, cg = g_t.shape[1] // groups, x_t.shape[1] // groups
+        n, oh, ow = ctx.var("n"), ctx.var("oh"), ctx.var("ow")
+        ih, ch = wh.input_at(oh, ky)
+        iw, cw = ww.input_at(ow, kx)
+        ci = c if groups == 1 else L.binop("/", o, L.Const(og, L.INDEX)) * cg + c
+        xv = guarded(ins[1]([n, ci, ih, iw]), ch + cw, 0)
+        return L.Reduce("sum", (n, oh, ow), (ctx.dim(g_t.shape[0]), L.Const(wh.out, L.INDEX),
+                                             L.Const(ww.out, L.INDEX)),
+                        ins[0]([n, o, oh, ow]) * xv)
+
+    def reference(self, g, x, *, kernel, stride, padding, dilation, groups):
+        cols, (oh, ow) = im2col(x, kernel, stride, padding, dilation)
+        n, c = x.shape[:2]
+        o = g.shape[1]
+        cols = cols.reshape(n, groups, c // groups, kernel[0], kernel[1], oh, ow)
+        gg = g.reshape(n, groups, o // groups, oh, ow)
+        return np.einsum("ngouv,ngckluv->gockl", gg, cols).reshape(o, c // groups, *kernel)
+
+
+CONV2D = register(Conv2d())
+CONV2D_INPUT_GRAD = register(Conv2dInputGrad())
+CONV2D_WEIGHT_GRAD = register(Conv2dWeightGrad())

@@ -1,0 +1,79 @@
+"""batchnorm(x): nn.BatchNorm2d over NCHW, composed of graph ops.
+
+Parameters, with BatchNorm2d's names so a state dict maps by name:
+`<name>.weight` (ones), `<name>.bias` (zeros), and the buffers
+`<name>.running_mean` (zeros), `<name>.running_var` (ones) and
+`<name>.num_batches_tracked` (zeros; i32 here, int64 in PyTorch). The
+buffers are params, so weights files save and load them, but no loss
+depends on them in a train block, so no optimizer ever changes them.
+
+In a train block: normalise with the batch's mean and biased variance, and
+write running = (1 - momentum) * running + momentum * batch statistic (the
+variance unbiased) and num_batches_tracked + 1 after the step. In a model's
+inference entry: normalise with the running statistics.
+"""
+from __future__ import annotations
+
+from ..ir.graph import Builder, Init, TensorType, Value
+from .base import Arg, Op, OpError, need_float, register
+from .elementwise import NUMEL, SQRT, add, broadcast, div, mul, scalar_like, sub
+from .shape import reshape, sum_to
+
+
+class BatchNorm(Op):
+    name = "batchnorm"
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("eps", "float", 1e-5), Arg("momentum", "float", 0.1),
+                 Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        x, name, eps, momentum = args["x"], args["name"], args["eps"], args["momentum"]
+        if x.type.rank != 4:
+            raise OpError(f"'batchnorm' expects a 4-D input [batch, channels, height, width], "
+                          f"got {x.type}", arg="x")
+        need_float("batchnorm", x.type)
+        c = x.type.shape[1]
+        if not isinstance(c, int):
+            raise OpError(f"'batchnorm' needs a fixed number of channels, got {x.type}", arg="x")
+        if not 0 <= momentum <= 1:
+            raise OpError(f"'batchnorm' needs momentum in [0, 1], got {momentum:g}", arg="momentum")
+        dt, shape = x.type.dtype, x.type.shape
+        vec = TensorType(dt, (c,))
+
+        def param(suffix, init, t=vec):
+            return b.param(f"{name}.{suffix}", t, Init(init), layer=name)
+
+        weight, bias = param("weight", "ones"), param("bias", "zeros")
+        running_mean, running_var = param("running_mean", "zeros"), param("running_var", "ones")
+        tracked = param("num_batches_tracked", "zeros", TensorType("i32", ()))
+        per_channel = lambda v: broadcast(b, reshape(b, v, (c, 1, 1)), shape)
+        if b.fn.kind == "train":
+            stat_shape = (1, c, 1, 1)
+            count = b.node(NUMEL, [], shape=(shape[0],) + shape[2:], dtype=dt)
+            mean = div(b, sum_to(b, x, stat_shape), broadcast(b, count, stat_shape))
+            centered = sub(b, x, broadcast(b, mean, shape))
+            var = div(b, sum_to(b, mul(b, centered, centered), stat_shape),
+                      broadcast(b, count, stat_shape))
+            if any(t is running_mean for t, _ in b.fn.assigns):
+                raise OpError(f"batchnorm layer '{name}' is used twice in train block "
+                              f"'{b.fn.name}'; its running statistics can take one update per step")
+            unbiased = div(b, count, sub(b, count, scalar_like(b, 1.0, count)))
+            m = lambda v: scalar_like(b, momentum, v)
+            keep = lambda v: scalar_like(b, 1.0 - momentum, v)
+            new_mean = add(b, mul(b, keep(running_mean), running_mean),
+                           mul(b, m(running_mean), reshape(b, mean, (c,))))
+            batch_var = mul(b, reshape(b, var, (c,)), broadcast(b, unbiased, (c,)))
+            new_var = add(b, mul(b, keep(running_var), running_var), mul(b, m(running_var), batch_var))
+            b.fn.assigns += [(running_mean, new_mean), (running_var, new_var),
+                             (tracked, add(b, tracked, scalar_like(b, 1, tracked)))]
+        else:
+            centered = sub(b, x, per_channel(running_mean))
+            var = reshape(b, running_var, (1, c, 1, 1))
+        inv_std = div(b, scalar_like(b, 1.0, var), b.node(SQRT, [add(b, var, scalar_like(b, eps, var))]))
+        y = mul(b, centered, broadcast(b, reshape(b, inv_std, (1, c, 1, 1)), shape))
+        y = add(b, mul(b, y, per_channel(weight)), per_channel(bias))
+        b.layer(name, self.name, y)
+        return y
+
+
+BATCHNORM = register(BatchNorm())

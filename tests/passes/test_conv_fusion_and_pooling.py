@@ -1,0 +1,106 @@
+"""The `fuse` pass on convolutions and pooling, and the `lower_pooling`
+pass: the IR after each has the expected form, and the numbers are those of
+the program compiled without the pass."""
+import numpy as np
+import pytest
+import torch
+
+import dlc
+from dlc import driver
+from dlc.ir import loops as L
+from dlc.ops.pool import MAXPOOL_ARGMAX, MAXPOOL_GRAD
+
+F = torch.nn.functional
+
+
+def net(pool: str) -> str:
+    return f"""
+model m {{
+    input x: f32[batch, 3, 8, 8]
+    h = conv2d(x, 4, 3, padding=1, name="c") |> relu
+    output y = {pool} |> flatten
+}}
+train g {{
+    input x: f32[batch, 3, 8, 8]
+    input t: f32[batch, {4 * 16 if "2)" in pool else 4 * 64}]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.1)
+}}
+"""
+
+
+def kernels(art, entry):
+    return next(e for e in art.loops.entries if e.name == entry).kernels
+
+
+def without(pass_name, monkeypatch):
+    monkeypatch.setattr(driver, "GRAPH_PASSES", [p for p in driver.GRAPH_PASSES if p[0] != pass_name])
+
+
+def run_both(src, monkeypatch, pass_name):
+    """(outputs and grads with the pass, without it) on the same params."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((2, 3, 8, 8), np.float32)   # zero rows: ties in the pooling windows
+    x[:, :, 4:] = rng.normal(size=(2, 3, 4, 8))
+    results = []
+    for drop in (False, True):
+        if drop:
+            without(pass_name, monkeypatch)
+        prog = dlc.compile(src)
+        y = prog.run("m", x=x)["y"]
+        t = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
+        results.append((y, prog.grads("g", x=x, t=t), dict(prog.params)))
+    return results
+
+
+def test_conv_bias_relu_is_one_kernel_in_inference_and_training():
+    art = driver.build(net("maxpool(h, 2)"))
+    infer = kernels(art, "m")
+    # conv + bias + relu + disjoint maxpool + flatten: one kernel, then nothing else.
+    assert [k.name for k in infer] == ["reshape_0"]
+    assert not next(e for e in art.loops.entries if e.name == "m").workspace
+    # Training: conv + bias + relu still one kernel (relu's gradient reads its output).
+    first = kernels(art, "g")[0]
+    body = L.print_stmt(first.body)
+    assert first.name.startswith("relu") and "c.weight" in body and "c.bias" in body
+
+
+def test_overlapping_pool_is_not_fused_with_its_producer():
+    art = driver.build(net("maxpool(h, 3, stride=1, padding=1)"))
+    names = [k.name for k in kernels(art, "m")]
+    assert len(names) == 2 and names[0].startswith("relu") and names[1].startswith("reshape")
+
+
+@pytest.mark.parametrize("pool", ["maxpool(h, 2)", "maxpool(h, 3, stride=1, padding=1)"])
+def test_fuse_keeps_the_numbers(pool, monkeypatch):
+    (y1, g1, _), (y2, g2, _) = run_both(net(pool), monkeypatch, "fuse")
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def pool_nodes(src):
+    art = driver.build(src)
+    fn = art.graph.functions["g"]
+    return ([n.attrs["saved"] for n in fn.nodes if n.op is MAXPOOL_GRAD],
+            sum(n.op is MAXPOOL_ARGMAX for n in fn.nodes))
+
+
+def test_lower_pooling_recomputes_small_disjoint_windows():
+    assert pool_nodes(net("maxpool(h, 2)")) == (["recompute"], 0)
+
+
+def test_lower_pooling_saves_indices_for_overlapping_windows():
+    assert pool_nodes(net("maxpool(h, 3, stride=1, padding=1)")) == (["indices"], 1)
+    art = driver.build(net("maxpool(h, 3, stride=1, padding=1)"))
+    # The indices are output-sized i32, not a full-size mask of the input.
+    ws = next(e for e in art.loops.entries if e.name == "g").workspace
+    assert [L.print_expr(b.size) for b in ws if b.dtype == "i32"] == ["(((batch * 4) * 8) * 8)"]
+
+
+def test_lower_pooling_keeps_the_numbers(monkeypatch):
+    (y1, g1, params), (y2, g2, _) = run_both(net("maxpool(h, 3, stride=1, padding=1)"),
+                                             monkeypatch, "lower_pooling")
+    np.testing.assert_array_equal(y1, y2)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-5, atol=1e-6, err_msg=k)
