@@ -377,6 +377,14 @@ class Session:
         self._params = params
         self.params = types.MappingProxyType(params)
 
+    def refresh_params(self):
+        """CUDA sessions: asking the runtime for the params copies them back
+        from the device (the views keep their addresses)."""
+        view = ffi.new("dlc_tensor *")
+        name = ffi.new("const char **")
+        for i in range(len(self._params)):
+            _check(_lib.dlc_session_param_at(self._ptr, i, name, view))
+
     def init_params(self, seed: int):
         """Re-initialises the params from `seed` and zeroes the optimizer state."""
         _check(_lib.dlc_session_init_params(self._ptr, seed))

@@ -113,6 +113,9 @@ dlc_status dlc_session_save(const dlc_session *s, const char *path) {
   if (s == NULL || path == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_save: session and path must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   if (!host_is_little_endian())
     return dlc__fail(DLC_ERR_UNAVAILABLE,
                      "safetensors files are little-endian; this host is not");
@@ -765,6 +768,9 @@ dlc_status dlc_session_load(dlc_session *s, const char *path) {
   if (s == NULL || path == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_load: session and path must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   if (!host_is_little_endian())
     return dlc__fail(DLC_ERR_UNAVAILABLE,
                      "safetensors files are little-endian; this host is not");
