@@ -1,12 +1,17 @@
 import ctypes
+import os
 
 import pytest
+
+if os.environ.get("DLC_CUDA_EMULATOR") == "1":  # run the gpu tests on the CPU emulator
+    import emulator
+    emulator.install()
 
 
 def gpu_available() -> str | None:
     """None if the CUDA driver sees a GPU, else why not."""
     try:
-        cuda = ctypes.CDLL("libcuda.so.1")
+        cuda = ctypes.CDLL(os.environ.get("DLC_LIBCUDA") or "libcuda.so.1")
     except OSError as e:
         return f"no CUDA driver ({e})"
     count = ctypes.c_int(0)
