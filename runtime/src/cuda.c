@@ -84,6 +84,7 @@ struct dlc_cuda_session {
   void **dev_table;  /* scratch: the tensor table of device pointers */
   CUdeviceptr workspace;
   size_t workspace_cap;
+  int device_io;        /* run inputs and outputs are device pointers */
   int upload_pending;   /* the host copy of params and state is newer */
   int download_pending; /* the device copy is newer */
   CUresult launch_error; /* the first failed launch of the current run */
@@ -431,7 +432,10 @@ static dlc_status run_entry(dlc_session *s, int32_t ei) {
     if ((st = ensure(&c->api, &c->dev[t], &c->dev_cap[t], bytes, d->tensors[t].name)) != DLC_OK)
       return st;
     c->dev_table[t] = (void *)(uintptr_t)c->dev[t];
-    if (is_input && bytes > 0 && (r = c->api.memcpy_htod(c->dev[t], s->table[t], bytes)) != 0)
+    if (is_input && c->device_io)
+      c->dev_table[t] = s->table[t]; /* the caller's device memory */
+    else if (is_input && bytes > 0 &&
+             (r = c->api.memcpy_htod(c->dev[t], s->table[t], bytes)) != 0)
       return cuda_fail(&c->api, r, "copying an input to the device");
   }
   int64_t ws = e->workspace_bytes(s->syms);
@@ -465,8 +469,8 @@ static dlc_status run_entry(dlc_session *s, int32_t ei) {
     return dlc__fail(DLC_ERR_INTERNAL, "entry '%s' failed with code %d; this is a bug in dlc",
                      e->name, (int)rc);
   /* Synchronous copies on the default stream wait for the kernels, so a
-   * kernel's fault shows here. */
-  for (int32_t k = 0; k < e->n_outputs; k++) {
+   * kernel's fault shows here. With device I/O the caller synchronises. */
+  for (int32_t k = 0; !c->device_io && k < e->n_outputs; k++) {
     int32_t t = e->outputs[k];
     size_t bytes = tensor_bytes(d, t, s->syms);
     if (bytes > 0 && (r = c->api.memcpy_dtoh(s->table[t], c->dev[t], bytes)) != 0) {
@@ -487,4 +491,25 @@ dlc_status dlc__cuda_run(dlc_session *s, int32_t ei) {
   CUcontext popped;
   c->api.ctx_pop(&popped);
   return st;
+}
+
+dlc_status dlc_session_set_device_io(dlc_session *s, int32_t enabled) {
+  if (s == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_set_device_io: session must not be NULL");
+  if (s->cuda == NULL)
+    return dlc__fail(DLC_ERR_UNAVAILABLE,
+                     "device pointers need a session of a program compiled for "
+                     "target 'cuda'; this program is for the CPU");
+  s->cuda->device_io = enabled != 0;
+  return DLC_OK;
+}
+
+void dlc__cuda_output_views(const dlc_session *s, int32_t ei, dlc_tensor *outputs) {
+  const struct dlc_cuda_session *c = s->cuda;
+  if (c == NULL || !c->device_io)
+    return;
+  const dlc_entry_desc *e = &s->desc->entries[ei];
+  for (int32_t k = 0; k < e->n_outputs; k++)
+    outputs[k].data = (void *)(uintptr_t)c->dev[e->outputs[k]];
 }

@@ -100,5 +100,9 @@ dlc_status dlc__cuda_host_access(const dlc_session *session);
 /* Runs entry `ei`: s->table holds host pointers and s->syms the bound sizes;
  * inputs go to the device, outputs come back into the table's buffers. */
 dlc_status dlc__cuda_run(dlc_session *session, int32_t ei);
+/* With device I/O on (dlc_session_set_device_io), points the outputs of a
+ * run of entry `ei` at their device buffers. No-op otherwise. */
+void dlc__cuda_output_views(const dlc_session *session, int32_t ei,
+                            dlc_tensor *outputs);
 
 #endif /* DLC_INTERNAL_H */

@@ -544,5 +544,6 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
     out->rank = t->rank;
     memcpy(out->dims, s->out_dims[k], sizeof out->dims);
   }
+  dlc__cuda_output_views(s, ei, outputs);
   return DLC_OK;
 }

@@ -91,3 +91,44 @@ def test_digits_mlp_trains_on_the_gpu():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.train("digits", seed=0, verbose=False, target="cuda") >= 0.95
+
+
+def test_device_pointers_from_c():
+    """dlc_session_set_device_io: inputs and outputs in device memory, as a
+    C caller holding CUdeviceptrs would run it."""
+    import ctypes
+    import os
+
+    from dlc.runtime import _check, _runtime, ffi
+    prog = dlc.compile(PROGRAMS["tanh"], target="cuda", seed=0)
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    expected = prog.run("m", x=x)["y"]
+    cu = ctypes.CDLL(os.environ.get("DLC_LIBCUDA") or "libcuda.so.1")
+    ctx, dev, dx = ctypes.c_void_p(), ctypes.c_int(), ctypes.c_uint64()
+    assert cu.cuInit(0) == 0 and cu.cuDeviceGet(ctypes.byref(dev), 0) == 0
+    assert cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0
+    assert cu.cuCtxPushCurrent_v2(ctx) == 0
+    try:
+        assert cu.cuMemAlloc_v2(ctypes.byref(dx), ctypes.c_size_t(x.nbytes)) == 0
+        assert cu.cuMemcpyHtoD_v2(dx, x.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(x.nbytes)) == 0
+        lib = _runtime()
+        _check(lib.dlc_session_set_device_io(prog._session._ptr, 1))
+        tin, tout = ffi.new("dlc_tensor[1]"), ffi.new("dlc_tensor[1]")
+        tin[0].data = ffi.cast("void *", dx.value)
+        tin[0].dtype, tin[0].rank = 0, 2
+        tin[0].dims[0:2] = x.shape
+        name = ffi.new("char[]", b"x")
+        _check(lib.dlc_session_run(prog._session._ptr, b"m", 1, ffi.new("const char *[1]", [name]),
+                                   tin, 1, tout))
+        y = np.empty(expected.shape, np.float32)
+        assert cu.cuMemcpyDtoH_v2(y.ctypes.data_as(ctypes.c_void_p),
+                                  ctypes.c_uint64(int(ffi.cast("uintptr_t", tout[0].data))),
+                                  ctypes.c_size_t(y.nbytes)) == 0
+        np.testing.assert_array_equal(y, expected)
+        _check(lib.dlc_session_set_device_io(prog._session._ptr, 0))
+        np.testing.assert_array_equal(prog.run("m", x=x)["y"], expected)
+        cu.cuMemFree_v2(dx)
+    finally:
+        cu.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        cu.cuDevicePrimaryCtxRelease_v2(dev)
+

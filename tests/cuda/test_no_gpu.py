@@ -27,3 +27,10 @@ def test_arch_needs_cuda_target():
 def test_unknown_target_is_a_dlc_error():
     with pytest.raises(DlcError, match="targets: cpu, cuda"):
         dlc.compile(EXAMPLES[0], target="rocm")
+
+
+def test_device_io_needs_a_cuda_session():
+    from dlc.runtime import _check, _runtime
+    cpu = dlc.compile(EXAMPLES[0])
+    with pytest.raises(UnavailableError, match="target 'cuda'"):
+        _check(_runtime().dlc_session_set_device_io(cpu._session._ptr, 1))
