@@ -296,6 +296,8 @@ class CudaHostRenderer(Renderer):
             b.store(v, slot)
             b.store(slot, b.gep(params, [I64(k)], source_etype=PTR))
         blocks = b.sdiv(b.add(em.emit(threads), I64(BLOCK - 1)), I64(BLOCK))
+        # At least one block: a kernel over an empty shape launches and does nothing.
+        blocks = b.call(em.intrinsic("smax", I64, 2), [blocks, I64(1)])
         grid = b.call(em.intrinsic("smin", I64, 2), [blocks, I64(MAX_GRID)])
         host = entry_fn.args[3]  # a dlc_cuda_host: {void *ctx; launch fn}
         ctx = b.load(host, typ=PTR)

@@ -42,19 +42,16 @@ train g {{
 """
 
 
-D = 'dense(x, 4, name="p")'
+def d(name: str, units: int = 4) -> str:
+    return f'dense(x, {units}, name="{name}")'
+
+
 PROGRAMS = {
-    "relu": regression(f"relu({D})"),
-    "sigmoid": regression(f"sigmoid({D})"),
-    "tanh": regression(f"tanh({D})"),
-    "leaky_relu": regression(f"leaky_relu({D}, slope=0.2)"),
-    "softmax": regression(f"softmax({D})"),
-    "log_softmax": regression(f"log_softmax({D})"),
-    "exp": regression(f"exp({D})"),
-    "log": regression(f"log(sigmoid({D}))"),
-    "sqrt": regression(f"sqrt(sigmoid({D}))"),
-    "arith": regression(f'-{D} * 2.5 + 1 - {D} / (sigmoid(dense(x, 1, name="q")) + 1)',
-                        "sgd(lr=0.1)"),
+    "activations": regression(f"relu({d('a')}) + sigmoid({d('b')}) + tanh({d('c')}) "
+                              f"+ leaky_relu({d('e')}, slope=0.2) + softmax({d('f')}) "
+                              f"+ log_softmax({d('g')})"),
+    "math": regression(f"exp({d('a')}) + log(sigmoid({d('b')})) + sqrt(sigmoid({d('c')})) "
+                       f"- {d('e')} * 2.5 + 1 - {d('f')} / (sigmoid({d('q', 1)}) + 1)", "sgd(lr=0.1)"),
     "no_bias": regression('dense(x, 4, name="p", bias=false) * dense(x, 1, name="q")',
                           "sgd(lr=0.1, momentum=0.9)"),
     "cross_entropy": classifier("cross_entropy", 'dense(h, 3, name="out")'),

@@ -99,8 +99,8 @@ def test_device_pointers_from_c():
     import ctypes
     import os
 
-    from dlc.runtime import _check, _runtime, ffi
-    prog = dlc.compile(PROGRAMS["tanh"], target="cuda", seed=0)
+    from dlc.runtime import ffi, find_library
+    prog = dlc.compile(PROGRAMS["activations"], target="cuda", seed=0)
     x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
     expected = prog.run("m", x=x)["y"]
     cu = ctypes.CDLL(os.environ.get("DLC_LIBCUDA") or "libcuda.so.1")
@@ -111,21 +111,27 @@ def test_device_pointers_from_c():
     try:
         assert cu.cuMemAlloc_v2(ctypes.byref(dx), ctypes.c_size_t(x.nbytes)) == 0
         assert cu.cuMemcpyHtoD_v2(dx, x.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(x.nbytes)) == 0
-        lib = _runtime()
-        _check(lib.dlc_session_set_device_io(prog._session._ptr, 1))
+
+        def address(cdata) -> ctypes.c_void_p:
+            return ctypes.c_void_p(int(ffi.cast("uintptr_t", cdata)))
+
+        session = address(prog._session._ptr)
+        runtime = ctypes.CDLL(str(find_library()))  # the library the bindings loaded
+        assert runtime.dlc_session_set_device_io(session, 1) == 0
         tin, tout = ffi.new("dlc_tensor[1]"), ffi.new("dlc_tensor[1]")
         tin[0].data = ffi.cast("void *", dx.value)
         tin[0].dtype, tin[0].rank = 0, 2
         tin[0].dims[0:2] = x.shape
         name = ffi.new("char[]", b"x")
-        _check(lib.dlc_session_run(prog._session._ptr, b"m", 1, ffi.new("const char *[1]", [name]),
-                                   tin, 1, tout))
+        names = ffi.new("const char *[1]", [name])
+        assert runtime.dlc_session_run(session, b"m", 1, address(names), address(tin), 1,
+                                       address(tout)) == 0
         y = np.empty(expected.shape, np.float32)
         assert cu.cuMemcpyDtoH_v2(y.ctypes.data_as(ctypes.c_void_p),
                                   ctypes.c_uint64(int(ffi.cast("uintptr_t", tout[0].data))),
                                   ctypes.c_size_t(y.nbytes)) == 0
         np.testing.assert_array_equal(y, expected)
-        _check(lib.dlc_session_set_device_io(prog._session._ptr, 0))
+        assert runtime.dlc_session_set_device_io(session, 0) == 0
         np.testing.assert_array_equal(prog.run("m", x=x)["y"], expected)
         cu.cuMemFree_v2(dx)
     finally:

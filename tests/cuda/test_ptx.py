@@ -117,4 +117,4 @@ def test_cuda_host_library_builds(tmp_path):
 
 def test_unknown_target():
     with pytest.raises(DlcError, match="unknown target 'tpu'"):
-        driver.build(PROGRAMS["relu"], "relu", target="tpu")
+        driver.build(PROGRAMS["math"], "math", target="tpu")
