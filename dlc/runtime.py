@@ -117,6 +117,7 @@ dlc_status dlc_session_run(dlc_session *session, const char *entry,
                            int32_t n_inputs, const char *const *input_names,
                            const dlc_tensor *inputs, int32_t n_outputs,
                            dlc_tensor *outputs);
+dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
 """
