@@ -4,7 +4,7 @@
     -> lower -> lower_reductions -> plan_memory   (loop IR)
     -> render (LLVM IR) -> optimize, emit, link   (object, .so)
 
-The cuda target adds `map_gpu` to the loop passes (TARGET_LOOP_PASSES) and
+The cuda target adds `tile_gpu` and `map_gpu` to the loop passes (TARGET_LOOP_PASSES) and
 renders PTX plus a host module that carries it (dlc/codegen/ptx.py).
 
 Each pass is a pure function; with `verify=True` (tests, DLC_VERIFY=1) the
@@ -30,7 +30,7 @@ from .lower import EntrySlots, lower
 from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
 from .passes.loop_memory import plan_memory
-from .passes.loop_gpu import map_to_gpu
+from .passes.loop_gpu import map_to_gpu, tile_matmuls
 from .passes.loop_reductions import lower_reductions
 
 GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
@@ -45,7 +45,7 @@ LOOP_PASSES: list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]] = [
 # Loop passes of one target, after LOOP_PASSES.
 TARGET_LOOP_PASSES: dict[str, list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]]] = {
     "cpu": [],
-    "cuda": [("map_gpu", map_to_gpu)],
+    "cuda": [("tile_gpu", tile_matmuls), ("map_gpu", map_to_gpu)],
 }
 TARGETS = tuple(TARGET_LOOP_PASSES)
 PASS_NAMES = (["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"] + [n for n, _ in LOOP_PASSES]

@@ -37,13 +37,12 @@ from llvmlite import ir
 
 from ..errors import DlcError, InternalError
 from ..ir import loops as L
-from ..passes.loop_gpu import GRID, grid_loop, substitute
+from ..passes.loop_gpu import BLOCK, BLOCKS, GRID, THREADS, launch_threads, substitute
 from . import compiler
 from .render import I32, I64, PTR, TYPES, Renderer, StmtEmitter, _dtype_of, _global_buffers
 
 TRIPLE = "nvptx64-nvidia-cuda"
 DEFAULT_ARCH = "sm_80"
-BLOCK = 256
 MAX_GRID = 1 << 16
 # LLVM intrinsics the NVPTX backend selects natively; anything else would
 # abort LLVM ("cannot select"), so it must be implemented here first.
@@ -188,18 +187,48 @@ class PtxEmitter(StmtEmitter):
         fn = self.module.globals.get(full) or ir.Function(self.module, ir.FunctionType(I32, []), name=full)
         return self.b.zext(self.b.call(fn, []), I64)
 
+    def emit_stmt(self, s: L.Stmt) -> None:
+        if isinstance(s, L.Barrier):
+            fn = self.module.globals.get("llvm.nvvm.barrier0") or ir.Function(
+                self.module, ir.FunctionType(ir.VoidType(), []), name="llvm.nvvm.barrier0")
+            self.b.call(fn, [])
+        else:
+            super().emit_stmt(s)
+
     def loop(self, s: L.For) -> None:
-        if s.kind != GRID:
-            return super().loop(s)
-        # Thread `first` runs iterations first, first + stride, ... < extent:
-        # a serial loop over j with var = first + j * stride.
+        b, sreg = self.b, self.special_register
+        if s.kind == GRID:  # over every thread of the launch
+            first = b.add(sreg("tid.x"), b.mul(sreg("ctaid.x"), sreg("ntid.x")))
+            self.grid_stride(s, first, b.mul(sreg("ntid.x"), sreg("nctaid.x")))
+        elif s.kind == BLOCKS:  # over the blocks, uniformly within each
+            self.grid_stride(s, sreg("ctaid.x"), sreg("nctaid.x"))
+        elif s.kind == THREADS:  # one iteration per thread of the block
+            if not (isinstance(s.extent, L.Const) and s.extent.value == BLOCK):
+                raise InternalError("ptx", f"a gpu_threads loop must have {BLOCK} iterations")
+            self.values[s.var] = sreg("tid.x")
+            self.emit_stmt(s.body)
+        else:
+            super().loop(s)
+
+    def grid_stride(self, s: L.For, first_value: ir.Value, stride_value: ir.Value) -> None:
+        """Iterations first, first + stride, ... < extent: a serial loop over
+        j with var = first + j * stride."""
         first, stride, j = L.Var("first"), L.Var("stride"), L.Var(f"{s.var.name}.j")
-        b = self.b
-        self.values[first] = b.add(self.special_register("tid.x"),
-                                   b.mul(self.special_register("ctaid.x"), self.special_register("ntid.x")))
-        self.values[stride] = b.mul(self.special_register("ntid.x"), self.special_register("nctaid.x"))
+        self.values[first], self.values[stride] = first_value, stride_value
         count = L.binop("/", s.extent - first + stride - 1, stride)
         super().loop(L.For(j, count, substitute(s.body, {s.var: first + j * stride})))
+
+    def shared(self, buf: L.Buffer) -> ir.Value:
+        """A generic pointer to a block's shared array for buf."""
+        t = ir.ArrayType(TYPES[buf.dtype], buf.size.value)
+        g = ir.GlobalVariable(self.module, t, name=f"{self.b.function.name}.{buf.name}", addrspace=3)
+        g.linkage, g.initializer = "internal", ir.Constant(t, ir.Undefined)
+        return self.b.addrspacecast(g, PTR)
+
+
+def _kernel_arguments(body: L.Stmt) -> list[L.Buffer]:
+    """The buffers a kernel takes as arguments (shared ones are its own)."""
+    return [buf for buf in _global_buffers(body) if buf.kind != "shared"]
 
 
 def kernel_symbols(prog: L.LoopProgram) -> list[str]:
@@ -216,8 +245,8 @@ def device_module(prog: L.LoopProgram, name: str = "dlc") -> str:
     module = ir.Module(name=name)
     kernels = [k for e in prog.entries for k in e.kernels]
     for symbol, k in zip(kernel_symbols(prog), kernels):
-        grid_loop(k)  # every kernel must be mapped
-        bufs = _global_buffers(k.body)
+        launch_threads(k)  # every kernel must be mapped
+        bufs = _kernel_arguments(k.body)
         fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(bufs) + [I64] * len(prog.syms)),
                          name=symbol)
         fn.calling_convention = "ptx_kernel"
@@ -228,6 +257,8 @@ def device_module(prog: L.LoopProgram, name: str = "dlc") -> str:
         em.pointers.update(zip(bufs, fn.args))
         for buf in (st.buf for st in L.stmts_of(k.body) if isinstance(st, L.Allocate)):
             em.pointers[buf] = b.alloca(TYPES[buf.dtype], name=buf.name)
+        for buf in dict.fromkeys(x for x in L.buffers_of(k.body) if x.kind == "shared"):
+            em.pointers[buf] = em.shared(buf)
         em.emit_stmt(k.body)
         b.ret_void()
     return str(module)
@@ -284,7 +315,7 @@ class CudaHostRenderer(Renderer):
         """What a launch needs: the kernel's index and thread count."""
         index = self.launched
         self.launched += 1
-        return (index, grid_loop(k).extent), _global_buffers(k.body)
+        return (index, launch_threads(k)), _kernel_arguments(k.body)
 
     def call_kernel(self, em, entry_fn: ir.Function, kernel, args: list) -> ir.Value:
         index, threads = kernel

@@ -118,3 +118,32 @@ def test_cuda_host_library_builds(tmp_path):
 def test_unknown_target():
     with pytest.raises(DlcError, match="unknown target 'tpu'"):
         driver.build(PROGRAMS["math"], "math", target="tpu")
+
+
+def test_tile_gpu_tiles_matmuls_only():
+    """Dense layers and their gradients (sums over k of A * B, A free of the
+    output's column, B of its row) get shared-memory tiles with barriers;
+    elementwise kernels and other reductions stay for map_gpu."""
+    from dlc.passes.loop_gpu import BLOCKS, THREADS, tile_matmuls
+    art = driver.build(EXAMPLES[0].read_text(), "digits", target="cpu")
+    tiled = tile_matmuls(art.loops)
+    L.verify(tiled, "tile_gpu")
+    tiled_count = {}
+    for entry, before in zip(tiled.entries, art.loops.entries):
+        tiled_count[entry.name] = 0
+        for k, k0 in zip(entry.kernels, before.kernels):
+            if k.body is k0.body:
+                assert not any(isinstance(s, L.Barrier) for s in L.stmts_of(k.body))
+                continue
+            assert not k0.name.startswith(("sum", "neg", "div", "update")), k0.name
+            tiled_count[entry.name] += 1
+            assert k.body.kind == BLOCKS and k.body.body.kind == THREADS
+            stmts = list(L.stmts_of(k.body))
+            assert sum(isinstance(s, L.Barrier) for s in stmts) == 2
+            shared = {b for b in L.buffers_of(k.body) if b.kind == "shared"}
+            assert len(shared) == 2 and all(b.size.value == 16 * 17 for b in shared)
+    # 3 dense layers forward; training adds 3 weight and 2 input gradients
+    # (fit fuses the relu masks into them).
+    assert tiled_count == {"digits": 3, "fit": 8, "fit.grads": 8}
+    ptx = driver.build(EXAMPLES[0].read_text(), "digits", target="cuda").ptx
+    assert "bar.sync" in ptx and ".shared" in ptx

@@ -6,10 +6,19 @@
  * it opens $DLC_FAKE_CUDA_DIR/<FNV-1a hash of the PTX text>.so, the same
  * kernels compiled for the host by tests/cuda/emulator.py, in which the PTX
  * special registers read `dlc_emu_regs` {tid, ntid, ctaid, nctaid}.
- * cuLaunchKernel runs every thread of the grid one after another through the
- * kernel's `<name>_emu(void **params)` wrapper. Not a model of concurrency. */
-#define _POSIX_C_SOURCE 200809L
+ * cuLaunchKernel runs the blocks one after another, and each thread through
+ * the kernel's `<name>_emu(void **params)` wrapper. Threads of a kernel with
+ * barriers (`<name>_emu_sync` is 1) run as coroutines: each runs until it
+ * finishes or reaches a barrier (bar.sync calls back into fake_barrier), and
+ * a round resumes every thread not done, so a round is one barrier phase.
+ * A coroutine is entered once with swapcontext, then switched with
+ * sigsetjmp/siglongjmp without saving signal masks (no system calls); build
+ * with -U_FORTIFY_SOURCE, whose longjmp check rejects switching stacks.
+ * Not a model of races. */
+#define _GNU_SOURCE
 #include <dlfcn.h>
+#include <setjmp.h>
+#include <ucontext.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +27,28 @@
 typedef int CUresult;
 typedef void (*kernel_fn)(void **params);
 typedef struct fake_module { void *handle; int32_t *regs; } fake_module;
-typedef struct fake_function { kernel_fn fn; int32_t *regs; } fake_function;
+typedef struct fake_function { kernel_fn fn; int32_t *regs; int sync; } fake_function;
+
+#define MAX_THREADS 1024
+#define STACK_BYTES (256 * 1024)
+static ucontext_t scheduler, threads[MAX_THREADS];
+static sigjmp_buf scheduler_jmp, thread_jmp[MAX_THREADS];
+static char *stacks;
+static int done[MAX_THREADS], started[MAX_THREADS];
+static int current;
+static fake_function *running;
+static void **running_params;
+
+static void fake_barrier(void) {
+  if (sigsetjmp(thread_jmp[current], 0) == 0)
+    siglongjmp(scheduler_jmp, 1);
+}
+
+static void thread_main(void) {
+  running->fn(running_params);
+  done[current] = 1;
+  siglongjmp(scheduler_jmp, 1);
+}
 
 #define API __attribute__((visibility("default")))
 
@@ -63,6 +93,10 @@ API CUresult cuModuleLoadDataEx(fake_module **out, const void *image, unsigned n
   fake_module *m = malloc(sizeof *m);
   m->handle = handle;
   m->regs = (int32_t *)dlsym(handle, "dlc_emu_regs");
+  void (**barrier)(void) = (void (**)(void))dlsym(handle, "dlc_emu_barrier_fn");
+  if (m->regs == NULL || barrier == NULL)
+    return 218;
+  *barrier = fake_barrier;
   *out = m;
   return 0;
 }
@@ -81,6 +115,9 @@ API CUresult cuModuleGetFunction(fake_function **out, fake_module *m, const char
   fake_function *f = malloc(sizeof *f);
   memcpy(&f->fn, &p, sizeof p);
   f->regs = m->regs;
+  snprintf(sym, sizeof sym, "%s_emu_sync", name);
+  const int *sync = (const int *)dlsym(m->handle, sym);
+  f->sync = sync != NULL && *sync;
   *out = f;
   return 0;
 }
@@ -100,19 +137,58 @@ API CUresult cuMemcpyDtoH_v2(void *dst, unsigned long long src, size_t n) {
   memcpy(dst, (const void *)(uintptr_t)src, n);
   return 0;
 }
+static void set_registers(fake_function *f, unsigned t, unsigned bx, unsigned b, unsigned gx) {
+  f->regs[0] = (int32_t)t;
+  f->regs[1] = (int32_t)bx;
+  f->regs[2] = (int32_t)b;
+  f->regs[3] = (int32_t)gx;
+}
+
+/* Every thread of block b to completion, phase by phase. */
+static void run_block(fake_function *f, unsigned b, unsigned gx, unsigned bx) {
+  if (!f->sync) {
+    for (unsigned t = 0; t < bx; t++) {
+      set_registers(f, t, bx, b, gx);
+      f->fn(running_params);
+    }
+    return;
+  }
+  for (unsigned t = 0; t < bx; t++) {
+    getcontext(&threads[t]);
+    threads[t].uc_stack.ss_sp = stacks + (size_t)t * STACK_BYTES;
+    threads[t].uc_stack.ss_size = STACK_BYTES;
+    threads[t].uc_link = NULL; /* thread_main never returns */
+    makecontext(&threads[t], thread_main, 0);
+    done[t] = started[t] = 0;
+  }
+  /* volatile: live across sigsetjmp */
+  for (volatile unsigned left = bx; left > 0;)
+    for (volatile unsigned t = 0; t < bx; t++) {
+      if (done[t])
+        continue;
+      current = (int)t;
+      set_registers(f, t, bx, b, gx);
+      if (sigsetjmp(scheduler_jmp, 0) == 0) {
+        if (started[t])
+          siglongjmp(thread_jmp[t], 1);
+        started[t] = 1;
+        swapcontext(&scheduler, &threads[t]);
+      }
+      left -= (unsigned)done[t];
+    }
+}
+
 API CUresult cuLaunchKernel(fake_function *f, unsigned gx, unsigned gy, unsigned gz,
                             unsigned bx, unsigned by, unsigned bz, unsigned shared,
                             void *stream, void **params, void **extra) {
   (void)stream;
   if (gy != 1 || gz != 1 || by != 1 || bz != 1 || shared != 0 || extra != NULL || bx > 1024)
     return 1; /* CUDA_ERROR_INVALID_VALUE: the plans use x only */
+  if (stacks == NULL && (stacks = malloc((size_t)MAX_THREADS * STACK_BYTES)) == NULL)
+    return 2;
+  running = f;
+  running_params = params;
   for (unsigned b = 0; b < gx; b++)
-    for (unsigned t = 0; t < bx; t++) {
-      f->regs[0] = (int32_t)t;
-      f->regs[1] = (int32_t)bx;
-      f->regs[2] = (int32_t)b;
-      f->regs[3] = (int32_t)gx;
-      f->fn(params);
-    }
+    run_block(f, b, gx, bx);
   return 0;
 }
