@@ -13,9 +13,10 @@ the cpu target's, holding:
     device base address) and the grid, then launches the kernels in order
     through the `dlc_cuda_host` the runtime passes in place of `dlc_host`.
 Every kernel takes one pointer per global buffer it uses (device memory),
-then every symbol by value (i64). Kernels are grid-stride loops (see
-dlc/passes/loop_gpu.py), launched with BLOCK threads per block and at most
-MAX_GRID blocks.
+then every symbol by value (i64). Kernels are grid-stride loops over
+threads, or over blocks of BLOCK threads for tiled ones, with shared arrays
+and barriers (see dlc/passes/loop_gpu.py); every launch has BLOCK threads
+per block and at most MAX_GRID blocks.
 
 Math: NVPTX does not lower llvm.exp/llvm.log/llvm.tanh (clang calls
 libdevice for them). exp, log and tanh are emitted here as plain LLVM IR -
