@@ -27,6 +27,7 @@ without GPU-specific code.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from ..ir import loops as L
@@ -94,7 +95,7 @@ def map_kernel(body: L.Stmt) -> L.Stmt:
 
 def tile_matmuls(prog: L.LoopProgram) -> L.LoopProgram:
     """Shared-memory tiling of every matmul-like kernel (pure)."""
-    counter = iter(range(1 << 30))
+    counter = itertools.count()
     entries = [replace(e, kernels=[L.Kernel(k.name, tile_kernel(k.body, counter) or k.body)
                                    for k in e.kernels])
                for e in prog.entries]
