@@ -16,7 +16,7 @@ from .codegen import compiler
 from .codegen.ptx import DEFAULT_ARCH
 from .errors import CompileError, DlcError
 
-EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so", "ptx")
+EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so", "lib", "ptx")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
                    "'-' for standard output)")
     c.add_argument("--emit", choices=EMITS, default="so",
                    help="what to write: ast, graph (after autodiff+fusion), loops (loop IR), "
-                        "ll (optimized LLVM IR), asm, obj, so (default), ptx (--target cuda: "
-                        "the kernels)")
+                        "ll (optimized LLVM IR), asm, obj, so (default), lib (for C: with "
+                        "-o DIR/NAME, DIR/NAME.so, DIR/libNAME.a and the header DIR/NAME.h), "
+                        "ptx (--target cuda: the kernels)")
     c.add_argument("--target", default="cpu", choices=driver.TARGETS,
                    help="code generation target: cpu (default) or cuda (PTX kernels in a host "
                         "library; ll, asm, obj and so are the host side)")
@@ -71,6 +72,9 @@ def compile_command(args, source: str, file: str) -> int:
         raise DlcError("--emit ptx needs --target cuda")
     if args.arch and args.target != "cuda":
         raise DlcError("--arch applies to --target cuda only")
+    if args.emit == "lib" and args.target != "cpu":
+        raise DlcError("--emit lib builds for --target cpu only; a cuda program is a .so "
+                       "(--emit so) loaded with dlc_program_load")
     art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes,
                        target=args.target, arch=args.arch)
     if args.emit == "ptx":
@@ -81,6 +85,12 @@ def compile_command(args, source: str, file: str) -> int:
     if args.emit == "loops":
         from .ir.loops import print_program
         return write(args, print_program(art.loops).encode())
+    if args.emit == "lib":
+        from .codegen.library import write_library
+        out = Path(args.output) if args.output else Path(file).with_suffix("")
+        paths = write_library(art, file, out, args.cpu)
+        print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+        return 0
     if args.emit == "so":
         lib = compiler.shared_library(art.llvm_ir, args.cpu)
         out = Path(args.output or Path(file).with_suffix(".so"))

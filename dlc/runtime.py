@@ -9,8 +9,10 @@ Where the runtime library comes from, first match wins:
   1. `$DLC_RUNTIME_LIB`, a path to the library;
   2. `dlc/lib/libdlcrt.so` beside this file: an installed wheel (`pip install .`);
   3. a source checkout (this file's parent holds `runtime/CMakeLists.txt`):
-     `build/runtime/libdlcrt.so`, configured and built with cmake on first use
-     and rebuilt when a file under `runtime/` is newer than it;
+     `build/python/runtime/libdlcrt.so`, configured (runtime only) and built
+     with cmake on first use and rebuilt when a file under `runtime/` is newer
+     than it; its own subdirectory, so `cmake -B build` of the whole project
+     can share `build/`;
   4. a source checkout without cmake: the library of an installed dlc wheel,
      found through the package metadata (importing dlc from the repository
      root shadows the installed package, but not its files).
@@ -120,6 +122,16 @@ dlc_status dlc_session_run(dlc_session *session, const char *entry,
 dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
+dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
+                                       const char *name, dlc_program **out_program);
+dlc_status dlc_tensors_init(const dlc_program_desc *desc, void *const *tensors,
+                            uint64_t seed);
+dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,
+                            const char *path);
+dlc_status dlc_tensors_save(const dlc_program_desc *desc, void *const *tensors,
+                            const char *path);
+dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *tensors,
+                                   const void *bytes, size_t size);
 """
 
 MAX_RANK = 8
@@ -150,11 +162,11 @@ def _newest_source(root: Path) -> float:
 
 
 def _build_in_tree(root: Path, cmake: str) -> Path:
-    """Builds the runtime into root/build, once, under a file lock so that
-    concurrent processes (pytest-xdist) do not build over each other."""
-    build = root / "build"
+    """Builds the runtime into root/build/python, once, under a file lock so
+    that concurrent processes (pytest-xdist) do not build over each other."""
+    build = root / "build" / "python"
     lib = build / "runtime" / _LIB_NAME
-    build.mkdir(exist_ok=True)
+    build.mkdir(parents=True, exist_ok=True)
     with open(build / ".dlc-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if lib.is_file() and lib.stat().st_mtime >= _newest_source(root):
@@ -162,7 +174,8 @@ def _build_in_tree(root: Path, cmake: str) -> Path:
         commands = []
         if not (build / "CMakeCache.txt").is_file():
             commands.append([cmake, "-S", str(root), "-B", str(build),
-                             "-DCMAKE_BUILD_TYPE=Release"])
+                             "-DCMAKE_BUILD_TYPE=Release", "-DDLC_BUILD_TESTS=OFF",
+                             "-DDLC_BUILD_EXAMPLES=OFF"])
         commands.append([cmake, "--build", str(build), "--target", "dlcrt"])
         for cmd in commands:
             done = subprocess.run(cmd, capture_output=True, text=True)

@@ -85,8 +85,8 @@ static void store(void *data, int32_t dtype, int64_t i, double v, double lo,
   }
 }
 
-void dlc__init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
-                      uint64_t seed, int32_t index) {
+static void init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
+                        uint64_t seed, int32_t index) {
   size_t bytes = (size_t)numel * dlc__dtype_size(t->dtype);
   if (t->role == DLC_ROLE_STATE || t->init == DLC_INIT_ZEROS) {
     memset(data, 0, bytes);
@@ -111,4 +111,20 @@ void dlc__init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
       break;
     }
   }
+}
+
+void dlc__init_tensors(const dlc_program_desc *d, void *const *data, uint64_t seed) {
+  for (int32_t i = 0; i < d->n_tensors; i++) {
+    const dlc_tensor_desc *t = &d->tensors[i];
+    if (t->role == DLC_ROLE_PARAM || t->role == DLC_ROLE_STATE)
+      init_tensor(data[i], t, dlc__fixed_numel(t), seed, i);
+  }
+}
+
+dlc_status dlc_tensors_init(const dlc_program_desc *desc, void *const *tensors,
+                            uint64_t seed) {
+  dlc_status st = dlc__check_table("dlc_tensors_init", desc, tensors, DLC_ROLE_STATE);
+  if (st == DLC_OK)
+    dlc__init_tensors(desc, tensors, seed);
+  return st;
 }

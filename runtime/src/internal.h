@@ -15,10 +15,10 @@
 #endif
 
 /* Buffers handed to compiled code are aligned for the widest vector loads. */
-#define DLC_ALIGN 64
+#define DLC_ALIGN DLC_ALIGNMENT
 
 struct dlc_program {
-  void *handle; /* from dlopen */
+  void *handle; /* from dlopen; NULL for a program linked into the application */
   const dlc_program_desc *desc;
   const dlc_cuda_program_desc *cuda; /* NULL for a CPU program */
   int32_t refs; /* the caller's reference plus one per session; atomic */
@@ -69,6 +69,9 @@ void dlc__sb_shape(dlc_sb *sb, int32_t rank, const int64_t *dims);
 size_t dlc__dtype_size(int32_t dtype);
 const char *dlc__dtype_name(int32_t dtype); /* "f32", "f64", "i32" */
 
+/* Element count of a tensor with fixed dims (validated: no overflow). */
+int64_t dlc__fixed_numel(const dlc_tensor_desc *t);
+
 /* a * b into *out; returns 0 on overflow past INT64_MAX. Operands >= 0. */
 int dlc__mul_ok(int64_t a, int64_t b, int64_t *out);
 
@@ -77,15 +80,26 @@ int dlc__mul_ok(int64_t a, int64_t b, int64_t *out);
 void *dlc__aligned_alloc(size_t bytes);
 void dlc__aligned_free(void *p);
 
-/* Fills a PARAM or STATE tensor by its init rule from (seed, index). */
-void dlc__init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
-                      uint64_t seed, int32_t index);
+/* Fills every PARAM and STATE tensor of `data` (one pointer per tensor-table
+ * entry) by its init rule from (seed, index); zeroes the states. */
+void dlc__init_tensors(const dlc_program_desc *desc, void *const *data,
+                       uint64_t seed);
+
+/* Validates a descriptor; `name` (a path, or the name of a linked-in
+ * program) is used in messages. Errors: FORMAT, ABI. */
+dlc_status dlc__check_desc(const char *name, const dlc_program_desc *desc);
 
 /* Takes a reference for a session; dlc_program_release drops it. */
 void dlc__program_retain(dlc_program *program);
 
 /* Index of the PARAM named `name`, or -1. */
 int32_t dlc__find_param(const dlc_program_desc *desc, const char *name);
+
+/* Checks a descriptor and a caller's tensor table for `fn`: every tensor of
+ * role <= max_role (DLC_ROLE_PARAM: the params; DLC_ROLE_STATE: params and
+ * states) has memory, DLC_ALIGNMENT-aligned. */
+dlc_status dlc__check_table(const char *fn, const dlc_program_desc *desc,
+                            void *const *tensors, int32_t max_role);
 
 /* CUDA sessions (cuda.c). The session's host buffers (data, outputs) stay
  * the API's view; params and state live on the device, copied on demand. */

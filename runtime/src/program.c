@@ -132,7 +132,7 @@ static dlc_status check_entry(const char *path, const dlc_program_desc *d,
   return DLC_OK;
 }
 
-static dlc_status check_desc(const char *path, const dlc_program_desc *d) {
+dlc_status dlc__check_desc(const char *path, const dlc_program_desc *d) {
   if (d == NULL)
     return dlc__fail(DLC_ERR_FORMAT, "program '%s': dlc_program() returned NULL",
                      path);
@@ -201,7 +201,7 @@ dlc_status dlc_program_load(const char *path, dlc_program **out_program) {
                      DLC_PROGRAM_SYMBOL);
   }
   const dlc_program_desc *desc = fn();
-  dlc_status st = check_desc(path, desc);
+  dlc_status st = dlc__check_desc(path, desc);
   if (st != DLC_OK) {
     dlclose(handle);
     return st;
@@ -223,6 +223,51 @@ dlc_status dlc_program_load(const char *path, dlc_program **out_program) {
   return DLC_OK;
 }
 
+dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
+                                       const char *name,
+                                       dlc_program **out_program) {
+  if (desc == NULL || name == NULL || out_program == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_program_from_descriptor: desc, name and out_program "
+                     "must not be NULL");
+  dlc_status st = dlc__check_desc(name, desc);
+  if (st != DLC_OK)
+    return st;
+  dlc_program *p = (dlc_program *)malloc(sizeof *p);
+  if (p == NULL)
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory wrapping program '%s'",
+                     name);
+  p->handle = NULL;
+  p->desc = desc;
+  p->cuda = NULL; /* linked programs are CPU programs (dlc compile --emit lib) */
+  p->refs = 1;
+  *out_program = p;
+  return DLC_OK;
+}
+
+dlc_status dlc__check_table(const char *fn, const dlc_program_desc *desc,
+                            void *const *tensors, int32_t max_role) {
+  if (desc == NULL || tensors == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "%s: desc and tensors must not be NULL",
+                     fn);
+  dlc_status st = dlc__check_desc("(caller's descriptor)", desc);
+  if (st != DLC_OK)
+    return st;
+  for (int32_t i = 0; i < desc->n_tensors; i++) {
+    const dlc_tensor_desc *t = &desc->tensors[i];
+    if (t->role > max_role)
+      continue;
+    if (tensors[i] == NULL && dlc__fixed_numel(t) > 0)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "%s: tensor %d ('%s') is NULL", fn,
+                       (int)i, t->name);
+    if (((uintptr_t)tensors[i] & (DLC_ALIGNMENT - 1)) != 0)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "%s: tensor %d ('%s') is not %d-byte aligned", fn, (int)i,
+                       t->name, DLC_ALIGNMENT);
+  }
+  return DLC_OK;
+}
+
 void dlc__program_retain(dlc_program *p) {
   __atomic_fetch_add(&p->refs, 1, __ATOMIC_RELAXED);
 }
@@ -231,7 +276,8 @@ void dlc_program_release(dlc_program *p) {
   if (p == NULL)
     return;
   if (__atomic_fetch_sub(&p->refs, 1, __ATOMIC_ACQ_REL) == 1) {
-    dlclose(p->handle);
+    if (p->handle != NULL)
+      dlclose(p->handle);
     free(p);
   }
 }

@@ -102,6 +102,11 @@ static void buf_json_string(buf *b, const char *s) {
   buf_str(b, "\"");
 }
 
+/* Bytes of a PARAM (fixed shape, validated: no overflow). */
+static size_t param_bytes(const dlc_tensor_desc *t) {
+  return (size_t)dlc__fixed_numel(t) * dlc__dtype_size(t->dtype);
+}
+
 /* ---- save ------------------------------------------------------------------ */
 
 static void put_le64(unsigned char *out, uint64_t v) {
@@ -109,17 +114,10 @@ static void put_le64(unsigned char *out, uint64_t v) {
     out[i] = (unsigned char)(v >> (8 * i));
 }
 
-dlc_status dlc_session_save(const dlc_session *s, const char *path) {
-  if (s == NULL || path == NULL)
-    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "dlc_session_save: session and path must not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
-  if (access != DLC_OK)
-    return access;
+static dlc_status save(const dlc_program_desc *d, void *const *data, const char *path) {
   if (!host_is_little_endian())
     return dlc__fail(DLC_ERR_UNAVAILABLE,
                      "safetensors files are little-endian; this host is not");
-  const dlc_program_desc *d = s->desc;
   /* Params use PyTorch's names and layouts, so say so for tools that check. */
   buf h = {NULL, 0, 0, 0};
   buf_str(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
@@ -151,7 +149,7 @@ dlc_status dlc_session_save(const dlc_session *s, const char *path) {
     buf_str(&h, "],\"data_offsets\":[");
     buf_fmt_u64(&h, offset);
     buf_str(&h, ",");
-    offset += s->bytes[i];
+    offset += param_bytes(t);
     buf_fmt_u64(&h, offset);
     buf_str(&h, "]}");
   }
@@ -185,9 +183,10 @@ dlc_status dlc_session_save(const dlc_session *s, const char *path) {
   unsigned char len8[8];
   put_le64(len8, (uint64_t)h.len);
   int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.p, 1, h.len, f) == h.len;
-  for (int32_t o = 0; ok && o < n; o++)
-    if (s->bytes[order[o]] > 0)
-      ok = fwrite(s->data[order[o]], 1, s->bytes[order[o]], f) == s->bytes[order[o]];
+  for (int32_t o = 0; ok && o < n; o++) {
+    size_t bytes = param_bytes(&d->tensors[order[o]]);
+    ok = bytes == 0 || fwrite(data[order[o]], 1, bytes, f) == bytes;
+  }
   int err = errno;
   if (fclose(f) != 0 && ok) {
     ok = 0;
@@ -207,6 +206,24 @@ dlc_status dlc_session_save(const dlc_session *s, const char *path) {
   }
   free(tmp);
   return DLC_OK;
+}
+
+dlc_status dlc_session_save(const dlc_session *s, const char *path) {
+  if (s == NULL || path == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_save: session and path must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
+  return save(s->desc, s->data, path);
+}
+
+dlc_status dlc_tensors_save(const dlc_program_desc *desc, void *const *tensors,
+                            const char *path) {
+  dlc_status st = dlc__check_table("dlc_tensors_save", desc, tensors, DLC_ROLE_PARAM);
+  if (st == DLC_OK && path == NULL)
+    st = dlc__fail(DLC_ERR_INVALID_ARGUMENT, "dlc_tensors_save: path must not be NULL");
+  return st == DLC_OK ? save(desc, tensors, path) : st;
 }
 
 /* ---- a small JSON reader for the header ------------------------------------ */
@@ -702,8 +719,8 @@ typedef struct load_state {
   unsigned char *staging;
 } load_state;
 
-static dlc_status load(dlc_session *s, const char *path, load_state *ls) {
-  const dlc_program_desc *d = s->desc;
+static dlc_status load(const dlc_program_desc *d, void *const *data, const char *path,
+                       load_state *ls) {
   FILE *f = ls->f;
   unsigned char len8[8];
   off_t fsize;
@@ -746,22 +763,56 @@ static dlc_status load(dlc_session *s, const char *path, load_state *ls) {
   size_t total = 0;
   for (size_t i = 0; i < h->n; i++) {
     ls->stage_off[i] = total;
-    total += s->bytes[ls->param_of[i]];
+    total += param_bytes(&d->tensors[ls->param_of[i]]);
   }
   ls->staging = (unsigned char *)malloc(total ? total : 1);
   if (ls->staging == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
   for (size_t i = 0; i < h->n; i++)
     if (!read_at(f, data_start + h->v[i].begin, ls->staging + ls->stage_off[i],
-                 s->bytes[ls->param_of[i]]))
+                 param_bytes(&d->tensors[ls->param_of[i]])))
       return dlc__fail(DLC_ERR_IO, "cannot read tensor '%s' from weights file '%s'",
                        h->v[i].name, path);
   /* Everything is read and checked: commit. */
-  for (size_t i = 0; i < h->n; i++)
-    if (s->bytes[ls->param_of[i]] > 0)
-      memcpy(s->data[ls->param_of[i]], ls->staging + ls->stage_off[i],
-             s->bytes[ls->param_of[i]]);
+  for (size_t i = 0; i < h->n; i++) {
+    size_t bytes = param_bytes(&d->tensors[ls->param_of[i]]);
+    if (bytes > 0)
+      memcpy(data[ls->param_of[i]], ls->staging + ls->stage_off[i], bytes);
+  }
   return DLC_OK;
+}
+
+/* Reads params from `f` (closed here) into `data`; `path` names it in messages. */
+static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *f,
+                            const char *path) {
+  if (!host_is_little_endian()) {
+    fclose(f);
+    return dlc__fail(DLC_ERR_UNAVAILABLE,
+                     "safetensors files are little-endian; this host is not");
+  }
+  load_state ls;
+  memset(&ls, 0, sizeof ls);
+  ls.f = f;
+  dlc_status st = load(d, data, path, &ls);
+  fclose(ls.f);
+  free(ls.text);
+  header_free(&ls.h);
+  free(ls.param_of);
+  free(ls.stage_off);
+  free(ls.staging);
+  return st;
+}
+
+static dlc_status open_and_load(const dlc_program_desc *d, void *const *data,
+                                const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    if (errno == ENOENT)
+      return dlc__fail(DLC_ERR_NOT_FOUND, "weights file '%s' not found", path);
+    return dlc__fail(DLC_ERR_IO, "cannot open weights file '%s': %s", path,
+                     strerror(errno));
+  }
+  return load_file(d, data, f, path);
 }
 
 dlc_status dlc_session_load(dlc_session *s, const char *path) {
@@ -771,24 +822,34 @@ dlc_status dlc_session_load(dlc_session *s, const char *path) {
   dlc_status access = dlc__cuda_host_access(s);
   if (access != DLC_OK)
     return access;
-  if (!host_is_little_endian())
-    return dlc__fail(DLC_ERR_UNAVAILABLE,
-                     "safetensors files are little-endian; this host is not");
-  load_state ls;
-  memset(&ls, 0, sizeof ls);
-  ls.f = fopen(path, "rb");
-  if (ls.f == NULL) {
-    if (errno == ENOENT)
-      return dlc__fail(DLC_ERR_NOT_FOUND, "weights file '%s' not found", path);
-    return dlc__fail(DLC_ERR_IO, "cannot open weights file '%s': %s", path,
-                     strerror(errno));
-  }
-  dlc_status st = load(s, path, &ls);
-  fclose(ls.f);
-  free(ls.text);
-  header_free(&ls.h);
-  free(ls.param_of);
-  free(ls.stage_off);
-  free(ls.staging);
-  return st;
+  return open_and_load(s->desc, s->data, path);
+}
+
+dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,
+                            const char *path) {
+  dlc_status st = dlc__check_table("dlc_tensors_load", desc, tensors, DLC_ROLE_PARAM);
+  if (st == DLC_OK && path == NULL)
+    st = dlc__fail(DLC_ERR_INVALID_ARGUMENT, "dlc_tensors_load: path must not be NULL");
+  return st == DLC_OK ? open_and_load(desc, tensors, path) : st;
+}
+
+dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *tensors,
+                                   const void *bytes, size_t size) {
+  dlc_status st =
+      dlc__check_table("dlc_tensors_load_memory", desc, tensors, DLC_ROLE_PARAM);
+  if (st != DLC_OK)
+    return st;
+  if (bytes == NULL && size > 0)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_tensors_load_memory: bytes must not be NULL");
+  if (size == 0) /* fmemopen refuses empty buffers */
+    return dlc__fail(DLC_ERR_FORMAT,
+                     "weights file '(memory)' is truncated: it has 0 bytes, fewer "
+                     "than the 8 of a safetensors header length");
+  /* Read-only: fmemopen's "rb" never writes to the buffer. */
+  FILE *f = fmemopen((void *)(uintptr_t)bytes, size, "rb");
+  if (f == NULL)
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "cannot open a buffer of %llu bytes: %s",
+                     (unsigned long long)size, strerror(errno));
+  return load_file(desc, tensors, f, "(memory)");
 }

@@ -12,14 +12,6 @@ static int is_owned(const dlc_tensor_desc *t) {
   return t->role == DLC_ROLE_PARAM || t->role == DLC_ROLE_STATE;
 }
 
-/* Element count of a tensor with fixed dims (validated at load: no overflow). */
-static int64_t fixed_numel(const dlc_tensor_desc *t) {
-  int64_t n = 1;
-  for (int32_t k = 0; k < t->rank; k++)
-    n *= t->dims[k];
-  return n;
-}
-
 dlc_status dlc_session_options_initialize(dlc_session_options *options) {
   if (options == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
@@ -119,7 +111,7 @@ dlc_status dlc_session_create(dlc_program *program,
     const dlc_tensor_desc *t = &d->tensors[i];
     if (!is_owned(t))
       continue;
-    s->bytes[i] = (size_t)fixed_numel(t) * dlc__dtype_size(t->dtype);
+    s->bytes[i] = (size_t)dlc__fixed_numel(t) * dlc__dtype_size(t->dtype);
     s->data[i] = dlc__aligned_alloc(s->bytes[i]);
     ok = s->data[i] != NULL;
   }
@@ -149,11 +141,7 @@ dlc_status dlc_session_init_params(dlc_session *s, uint64_t seed) {
   dlc_status access = dlc__cuda_host_access(s);
   if (access != DLC_OK)
     return access;
-  const dlc_program_desc *d = s->desc;
-  for (int32_t i = 0; i < d->n_tensors; i++)
-    if (is_owned(&d->tensors[i]))
-      dlc__init_tensor(s->data[i], &d->tensors[i], fixed_numel(&d->tensors[i]),
-                       seed, i);
+  dlc__init_tensors(s->desc, s->data, seed);
   return DLC_OK;
 }
 

@@ -104,6 +104,13 @@ const char *dlc__dtype_name(int32_t dtype) {
   }
 }
 
+int64_t dlc__fixed_numel(const dlc_tensor_desc *t) {
+  int64_t n = 1;
+  for (int32_t k = 0; k < t->rank; k++)
+    n *= t->dims[k];
+  return n;
+}
+
 int dlc__mul_ok(int64_t a, int64_t b, int64_t *out) {
   if (a != 0 && b > INT64_MAX / a)
     return 0;

@@ -105,6 +105,9 @@ def test_emit_ptx_cli(tmp_path, capsys):
     assert main(["compile", str(EXAMPLES[0]), "--target", "cuda", "--arch", "gfx90a",
                  "--emit", "ptx", "-o", str(out)]) == 1
     assert "unknown CUDA architecture 'gfx90a'" in capsys.readouterr().err
+    assert main(["compile", str(EXAMPLES[0]), "--target", "cuda", "--emit", "lib",
+                 "-o", str(tmp_path / "m")]) == 1
+    assert "--emit lib builds for --target cpu only" in capsys.readouterr().err
 
 
 def test_cuda_host_library_builds(tmp_path):

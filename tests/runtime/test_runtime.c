@@ -2,6 +2,7 @@
  *   test_runtime <fake_program.so> <fake_program_badabi.so> <scratch dir>
  * They cover what Python cannot reach: NULL handles and pointers everywhere,
  * and the API used without the bindings. */
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,18 @@ static void test_run(dlc_session *s) {
             DLC_ERR_INVALID_ARGUMENT, "dim 1 is 2");
   CHECK_ERR(dlc_session_run(s, "boom", 1, names, &in, 0, NULL), DLC_ERR_INTERNAL,
             "entry 'boom' failed with code 7");
+  const char *wrong[] = {"y"}, *twice[] = {"x", "x"};
+  dlc_tensor two_in[2] = {in, in};
+  CHECK_ERR(dlc_session_run(s, "model", 1, wrong, &in, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "entry 'model' has no input 'y'; its inputs are: x");
+  CHECK_ERR(dlc_session_run(s, "model", 2, twice, two_in, 1, &out),
+            DLC_ERR_INVALID_ARGUMENT, "input 'x' of entry 'model' is given twice");
+  CHECK_ERR(dlc_session_run(s, "model", 0, NULL, NULL, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "entry 'model' needs input 'x', which is missing");
+  in.dtype = DLC_F64;
+  CHECK_ERR(dlc_session_run(s, "model", 1, names, &in, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "dtype is f64 but the program declares f32");
+  in.dtype = DLC_F32;
 
   float t[4 * 2] = {0};
   const char *fit_names[] = {"t", "x"};
@@ -168,11 +181,165 @@ static void test_weights(dlc_session *s, const char *dir) {
   wd[0] = 5.0f;
   CHECK_ERR(dlc_session_load(s, bad), DLC_ERR_FORMAT, "malformed header");
   CHECK(wd[0] == 5.0f);
+  /* Truncated: every prefix of a valid file is refused. */
+  f = fopen(path, "rb");
+  static unsigned char whole[1 << 16];
+  size_t size = f ? fread(whole, 1, sizeof whole, f) : 0;
+  if (f)
+    fclose(f);
+  for (size_t n = 0; n < size; n += 97) {
+    f = fopen(bad, "wb");
+    fwrite(whole, 1, n, f);
+    fclose(f);
+    CHECK(dlc_session_load(s, bad) == DLC_ERR_FORMAT);
+  }
+  CHECK(wd[0] == 5.0f);
   char missing[4200];
   snprintf(missing, sizeof missing, "%s/nope.safetensors", dir);
   CHECK_ERR(dlc_session_load(s, missing), DLC_ERR_NOT_FOUND, "not found");
   snprintf(missing, sizeof missing, "%s/no/such/dir/w.safetensors", dir);
   CHECK_ERR(dlc_session_save(s, missing), DLC_ERR_IO, "cannot write");
+}
+
+/* The descriptor a program library exports, read without the runtime. */
+static const dlc_program_desc *desc_of(const char *path, void **handle) {
+  *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (*handle == NULL)
+    return NULL;
+  void *sym = dlsym(*handle, DLC_PROGRAM_SYMBOL);
+  dlc_program_fn fn;
+  memcpy(&fn, &sym, sizeof fn);
+  return sym ? fn() : NULL;
+}
+
+/* A linked-in program (no dlopen by the runtime) and the no-malloc
+ * functions on caller memory, checked against a session of the same
+ * program. */
+static void test_caller_memory(const char *good, const char *badabi, const char *dir) {
+  void *h_good, *h_bad;
+  const dlc_program_desc *d = desc_of(good, &h_good), *bad = desc_of(badabi, &h_bad);
+  CHECK(d != NULL && bad != NULL);
+  if (d == NULL || bad == NULL)
+    return;
+  dlc_program *p = NULL;
+  CHECK_ERR(dlc_program_from_descriptor(NULL, "x", &p), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_program_from_descriptor(d, "x", NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_program_from_descriptor(bad, "linked", &p), DLC_ERR_ABI,
+            "program 'linked' was compiled for runtime ABI version 99");
+  CHECK(p == NULL);
+  CHECK(dlc_program_from_descriptor(d, "linked", &p) == DLC_OK);
+  dlc_session_options opts;
+  dlc_session_options_initialize(&opts);
+  opts.seed = 11;
+  dlc_session *s = NULL;
+  CHECK(dlc_session_create(p, &opts, &s) == DLC_OK);
+  dlc_program_release(p);
+  if (s == NULL)
+    return;
+
+  /* One aligned region for the params and states, as the generated header
+   * lays them out; NULL for inputs and outputs. */
+  enum { MAX_T = 32 };
+  void *table[MAX_T] = {0};
+  size_t offset[MAX_T], total = 0;
+  CHECK(d->n_tensors <= MAX_T);
+  for (int32_t i = 0; i < d->n_tensors && i < MAX_T; i++) {
+    const dlc_tensor_desc *t = &d->tensors[i];
+    size_t n = t->dtype == DLC_F64 ? 8 : 4;
+    for (int32_t k = 0; k < t->rank; k++)
+      n *= (size_t)(t->dims[k] < 0 ? 0 : t->dims[k]);
+    offset[i] = total;
+    if (t->role <= DLC_ROLE_STATE)
+      total += (n + DLC_ALIGNMENT - 1) / DLC_ALIGNMENT * DLC_ALIGNMENT;
+  }
+  unsigned char *region = (unsigned char *)aligned_alloc(DLC_ALIGNMENT, total);
+  for (int32_t i = 0; i < d->n_tensors && i < MAX_T; i++)
+    if (d->tensors[i].role <= DLC_ROLE_STATE)
+      table[i] = region + offset[i];
+
+  CHECK_ERR(dlc_tensors_init(NULL, table, 1), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_tensors_init(d, NULL, 1), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_tensors_init(bad, table, 1), DLC_ERR_ABI, "ABI version 99");
+  void *w = table[0];
+  table[0] = NULL;
+  CHECK_ERR(dlc_tensors_init(d, table, 1), DLC_ERR_INVALID_ARGUMENT,
+            "tensor 0 ('W') is NULL");
+  table[0] = (unsigned char *)w + 4;
+  CHECK_ERR(dlc_tensors_init(d, table, 1), DLC_ERR_INVALID_ARGUMENT,
+            "tensor 0 ('W') is not 64-byte aligned");
+  table[0] = w;
+  CHECK(dlc_tensors_init(d, table, 11) == DLC_OK);
+  int32_t n = 0;
+  dlc_session_param_count(s, &n);
+  for (int32_t i = 0; i < n; i++) {
+    const char *name;
+    dlc_tensor view;
+    dlc_session_param_at(s, i, &name, &view);
+    size_t bytes = view.dtype == DLC_F64 ? 8 : 4;
+    for (int32_t k = 0; k < view.rank; k++)
+      bytes *= (size_t)view.dims[k];
+    CHECK(memcmp(view.data, table[i], bytes) == 0); /* params come first */
+  }
+
+  /* Save from the session, load into caller memory: from the file, and from
+   * the file's bytes in memory; and the other way round. */
+  char path[4096];
+  snprintf(path, sizeof path, "%s/caller.safetensors", dir);
+  dlc_tensor wv;
+  dlc_session_param(s, "W", &wv);
+  ((float *)wv.data)[0] = 42.0f;
+  CHECK(dlc_session_save(s, path) == DLC_OK);
+  CHECK(dlc_tensors_load(d, table, path) == DLC_OK);
+  CHECK(((float *)table[0])[0] == 42.0f);
+  FILE *f = fopen(path, "rb");
+  static unsigned char file[1 << 16];
+  size_t size = f ? fread(file, 1, sizeof file, f) : 0;
+  if (f)
+    fclose(f);
+  ((float *)table[0])[0] = 1.0f;
+  CHECK(dlc_tensors_load_memory(d, table, file, size) == DLC_OK);
+  CHECK(((float *)table[0])[0] == 42.0f);
+  ((float *)table[0])[0] = 1.0f;
+  CHECK_ERR(dlc_tensors_load_memory(d, table, file, size - 1), DLC_ERR_FORMAT,
+            "weights file '(memory)'");
+  CHECK_ERR(dlc_tensors_load_memory(d, table, file, 5), DLC_ERR_FORMAT, "truncated");
+  CHECK_ERR(dlc_tensors_load_memory(d, table, file, 0), DLC_ERR_FORMAT, "truncated");
+  CHECK_ERR(dlc_tensors_load_memory(d, table, NULL, 10), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  file[20] ^= 0x55; /* inside the JSON header */
+  CHECK(dlc_tensors_load_memory(d, table, file, size) != DLC_OK);
+  CHECK(((float *)table[0])[0] == 1.0f); /* unchanged by failed loads */
+  CHECK(dlc_tensors_save(d, table, path) == DLC_OK);
+  CHECK(dlc_session_load(s, path) == DLC_OK);
+  CHECK(((float *)wv.data)[0] == 1.0f);
+  CHECK_ERR(dlc_tensors_save(d, table, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_tensors_load(d, table, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+
+  /* An entry called directly on caller memory, as generated code does. */
+  float x[2 * 3] = {1, 2, 3, 4, 5, 6}, y[2 * 2];
+  int64_t batch = 2;
+  const dlc_entry_desc *model = &d->entries[0];
+  unsigned char *ws = (unsigned char *)aligned_alloc(DLC_ALIGNMENT, 64 * 4);
+  CHECK(model->workspace_bytes(&batch) <= 64 * 4);
+  for (int32_t k = 0; k < d->n_tensors; k++)
+    if (strcmp(d->tensors[k].name, "x") == 0)
+      table[k] = x;
+    else if (strcmp(d->tensors[k].name, "y") == 0)
+      table[k] = aligned_alloc(DLC_ALIGNMENT, 64);
+  CHECK(model->run(table, &batch, ws, NULL) == 0);
+  const char *names[] = {"x"};
+  dlc_tensor in = tensor2(x, 2, 3), out;
+  dlc_session_run(s, "model", 1, names, &in, 1, &out);
+  for (int32_t k = 0; k < d->n_tensors; k++)
+    if (strcmp(d->tensors[k].name, "y") == 0) {
+      memcpy(y, table[k], sizeof y);
+      free(table[k]);
+    }
+  CHECK(memcmp(y, out.data, sizeof y) == 0);
+  free(ws);
+  free(region);
+  dlc_session_release(s);
+  dlclose(h_good);
+  dlclose(h_bad);
 }
 
 int main(int argc, char **argv) {
@@ -212,6 +379,7 @@ int main(int argc, char **argv) {
   test_run(s);
   test_weights(s, argv[3]);
   dlc_session_release(s);
+  test_caller_memory(argv[1], argv[2], argv[3]);
   printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed != 0;
 }

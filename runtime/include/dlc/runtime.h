@@ -24,6 +24,7 @@
 #ifndef DLC_RUNTIME_H
 #define DLC_RUNTIME_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "dlc/program.h"
@@ -40,6 +41,10 @@ extern "C" {
 
 /* The most dims a tensor may have, in the descriptor and at the API. */
 #define DLC_MAX_RANK 8
+
+/* The alignment, in bytes, of every buffer handed to compiled code: the
+ * runtime's own, and the caller's memory in the no-malloc functions below. */
+#define DLC_ALIGNMENT 64
 
 typedef enum dlc_status {
   DLC_OK = 0,
@@ -88,6 +93,16 @@ DLC_API void dlc_program_release(dlc_program *program);
  * and all its sessions are released. */
 DLC_API dlc_status dlc_program_descriptor(const dlc_program *program,
                                           const dlc_program_desc **out_desc);
+
+/* Wraps the descriptor of a program linked into the application (the
+ * `<name>_program()` function of a static library written by `dlc compile
+ * --emit=lib`) as a dlc_program, validating it as dlc_program_load does;
+ * `name` is used in messages. Errors: INVALID_ARGUMENT (NULL), FORMAT, ABI
+ * (a program compiled for another runtime ABI version), OUT_OF_MEMORY.
+ * Release with dlc_program_release. */
+DLC_API dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
+                                               const char *name,
+                                               dlc_program **out_program);
 
 /* ---- sessions ---------------------------------------------------------- */
 
@@ -184,6 +199,35 @@ DLC_API dlc_status dlc_session_save(const dlc_session *session, const char *path
  * failed load leaves the params unchanged. Errors: NOT_FOUND (no such file),
  * IO, FORMAT (a malformed file or one that does not match the program). */
 DLC_API dlc_status dlc_session_load(dlc_session *session, const char *path);
+
+/* ---- memory the caller owns (no-malloc use) ---------------------------- */
+/* Without a session: the caller holds the program's tensors in its own
+ * memory and calls the descriptor's entries itself (see program.h, and the
+ * header `dlc compile --emit=lib` writes). `tensors` has one pointer per
+ * entry of the descriptor's tensor table; these functions use only the
+ * PARAM (and, for init, STATE) pointers, which must be non-NULL and
+ * DLC_ALIGNMENT-aligned. The descriptor is validated on every call, as
+ * dlc_program_load does (errors FORMAT, ABI). */
+
+/* Initialises every PARAM by its init rule and zeroes every STATE, with the
+ * values dlc_session_init_params gives for `seed`. Allocates nothing. */
+DLC_API dlc_status dlc_tensors_init(const dlc_program_desc *desc,
+                                    void *const *tensors, uint64_t seed);
+
+/* dlc_session_load and dlc_session_save on the caller's PARAM memory: the
+ * same checks, errors and all-or-nothing commit. Loading allocates
+ * temporary memory while it reads. */
+DLC_API dlc_status dlc_tensors_load(const dlc_program_desc *desc,
+                                    void *const *tensors, const char *path);
+DLC_API dlc_status dlc_tensors_save(const dlc_program_desc *desc,
+                                    void *const *tensors, const char *path);
+
+/* dlc_tensors_load from a safetensors file already in memory (`size` bytes
+ * at `bytes`, e.g. linked into the application); messages name it
+ * "(memory)". */
+DLC_API dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc,
+                                           void *const *tensors,
+                                           const void *bytes, size_t size);
 
 #ifdef __cplusplus
 }
