@@ -23,14 +23,19 @@ from .runtime import load_program
 class CompiledProgram:
     """A compiled program and one runtime session holding its parameters."""
 
-    def __init__(self, graph: GraphProgram, library: Path, seed: int, num_threads: int):
-        self.graph, self.library = graph, library
+    def __init__(self, graph: GraphProgram, library: Path, seed: int, num_threads: int,
+                 target: str = "cpu"):
+        self.graph, self.library, self.target = graph, library, target
         self._runtime = load_program(str(library))
         self._session = self._runtime.session(seed=seed, num_threads=num_threads)
 
     @property
     def params(self):
-        """name -> writable numpy view of the runtime's parameter memory."""
+        """name -> writable numpy view of the runtime's parameter memory.
+        cuda: the host copy of the device's params, refreshed by each access
+        of this property; writes to it reach the device on the next run."""
+        if self.target == "cuda":
+            self._session.refresh_params()
         return self._session.params
 
     @property
@@ -112,14 +117,19 @@ def summary(g: GraphProgram) -> str:
 
 
 def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
-            num_threads: int = 0) -> CompiledProgram:
+            num_threads: int = 0, arch: str | None = None) -> CompiledProgram:
     """Compile a .dl file (a path) or source text; returns a program with
-    parameters initialised from `seed`."""
-    if target != "cpu":
-        raise DlcError(f"target '{target}' is not available; targets: cpu")
+    parameters initialised from `seed`. target: 'cpu' or 'cuda' (`arch`: the
+    GPU architecture, default sm_80); without a usable GPU, 'cuda' raises
+    dlc.errors.UnavailableError."""
+    if target not in driver.TARGETS:
+        raise DlcError(f"target '{target}' is not available; targets: {', '.join(driver.TARGETS)}")
+    if arch is not None and target != "cuda":
+        raise DlcError("arch applies to target 'cuda' only")
     text, file = read(source)
-    art = driver.build(text, file)
-    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), seed, num_threads)
+    art = driver.build(text, file, target=target, arch=arch)
+    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), seed, num_threads,
+                           target)
 
 
 def read(source: str | os.PathLike) -> tuple[str, str]:

@@ -13,9 +13,10 @@ from pathlib import Path
 from . import __version__, driver
 from .api import read, summary
 from .codegen import compiler
+from .codegen.ptx import DEFAULT_ARCH
 from .errors import CompileError, DlcError
 
-EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so", "lib")
+EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so", "lib", "ptx")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--emit", choices=EMITS, default="so",
                    help="what to write: ast, graph (after autodiff+fusion), loops (loop IR), "
                         "ll (optimized LLVM IR), asm, obj, so (default), lib (for C: with "
-                        "-o DIR/NAME, DIR/NAME.so, DIR/libNAME.a and the header DIR/NAME.h)")
-    c.add_argument("--target", default="cpu", choices=["cpu"], help="code generation target")
+                        "-o DIR/NAME, DIR/NAME.so, DIR/libNAME.a and the header DIR/NAME.h), "
+                        "ptx (--target cuda: the kernels)")
+    c.add_argument("--target", default="cpu", choices=driver.TARGETS,
+                   help="code generation target: cpu (default) or cuda (PTX kernels in a host "
+                        "library; ll, asm, obj and so are the host side)")
+    c.add_argument("--arch", help=f"CUDA architecture for --target cuda (default {DEFAULT_ARCH}), "
+                   "e.g. sm_90")
     c.add_argument("--cpu", help="LLVM CPU name for a portable build (default: this machine's)")
     c.add_argument("--dump-ir-after", metavar="PASS", choices=driver.PASS_NAMES + ["all"],
                    help=f"print the IR after a pass to stderr: {', '.join(driver.PASS_NAMES)}, all")
@@ -62,7 +68,17 @@ def compile_command(args, source: str, file: str) -> int:
     if args.emit == "ast":
         from . import frontend
         return write(args, (frontend.unparse(frontend.parse(source, file)) + "\n").encode())
-    art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes)
+    if args.emit == "ptx" and args.target != "cuda":
+        raise DlcError("--emit ptx needs --target cuda")
+    if args.arch and args.target != "cuda":
+        raise DlcError("--arch applies to --target cuda only")
+    if args.emit == "lib" and args.target != "cpu":
+        raise DlcError("--emit lib builds for --target cpu only; a cuda program is a .so "
+                       "(--emit so) loaded with dlc_program_load")
+    art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes,
+                       target=args.target, arch=args.arch)
+    if args.emit == "ptx":
+        return write(args, art.ptx.encode())
     if args.emit == "graph":
         from .ir.graph import print_program
         return write(args, print_program(art.graph).encode())
@@ -85,7 +101,8 @@ def compile_command(args, source: str, file: str) -> int:
 
 
 def write(args, data: bytes) -> int:
-    suffix = {"ast": ".ast", "graph": ".graph", "loops": ".loops", "ll": ".ll", "asm": ".s", "obj": ".o"}
+    suffix = {"ast": ".ast", "graph": ".graph", "loops": ".loops", "ll": ".ll", "asm": ".s", "obj": ".o",
+              "ptx": ".ptx"}
     out = args.output or str(Path(args.file).with_suffix(suffix[args.emit]))
     if out == "-":
         sys.stdout.buffer.write(data)

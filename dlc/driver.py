@@ -4,6 +4,9 @@
     -> lower -> lower_reductions -> plan_memory   (loop IR)
     -> render (LLVM IR) -> optimize, emit, link   (object, .so)
 
+The cuda target adds `tile_gpu` and `map_gpu` to the loop passes (TARGET_LOOP_PASSES) and
+renders PTX plus a host module that carries it (dlc/codegen/ptx.py).
+
 Each pass is a pure function; with `verify=True` (tests, DLC_VERIFY=1) the
 IR's verifier runs after every pass; `dump_after` prints a stage.
 """
@@ -18,7 +21,9 @@ from typing import Callable
 
 from . import frontend
 from .autodiff import differentiate
+from .codegen.ptx import DEFAULT_ARCH, render_cuda
 from .codegen.render import render
+from .errors import DlcError
 from .ir import graph as G
 from .ir import loops as L
 from .lower import EntrySlots, lower
@@ -26,6 +31,7 @@ from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
 from .passes.graph_pooling import lower_pooling
 from .passes.loop_memory import plan_memory
+from .passes.loop_gpu import map_to_gpu, tile_matmuls
 from .passes.loop_reductions import lower_reductions
 
 GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
@@ -38,7 +44,14 @@ LOOP_PASSES: list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]] = [
     ("lower_reductions", lower_reductions),
     ("plan_memory", plan_memory),
 ]
-PASS_NAMES = ["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"] + [n for n, _ in LOOP_PASSES] + ["render"]
+# Loop passes of one target, after LOOP_PASSES.
+TARGET_LOOP_PASSES: dict[str, list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]]] = {
+    "cpu": [],
+    "cuda": [("tile_gpu", tile_matmuls), ("map_gpu", map_to_gpu)],
+}
+TARGETS = tuple(TARGET_LOOP_PASSES)
+PASS_NAMES = (["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"] + [n for n, _ in LOOP_PASSES]
+              + [n for t in TARGETS for n, _ in TARGET_LOOP_PASSES[t]] + ["render"])
 
 
 @dataclass
@@ -46,7 +59,8 @@ class Artifact:
     graph: G.Program
     loops: L.LoopProgram
     entries: list[EntrySlots]
-    llvm_ir: str
+    llvm_ir: str              # the module of the host library
+    ptx: str | None = None    # cuda target: the kernels
 
 
 def _log(dump_after: str | None, name: str, text: Callable[[], str], out) -> None:
@@ -56,8 +70,11 @@ def _log(dump_after: str | None, name: str, text: Callable[[], str], out) -> Non
 
 
 def build(source: str, file: str = "<source>", dump_after: str | None = None,
-          verify: bool | None = None, time_passes: bool = False, out=sys.stderr) -> Artifact:
-    """Run the pipeline up to LLVM IR."""
+          verify: bool | None = None, time_passes: bool = False, out=sys.stderr,
+          target: str = "cpu", arch: str | None = None) -> Artifact:
+    """Run the pipeline up to LLVM IR (and PTX for target 'cuda', for `arch`)."""
+    if target not in TARGETS:
+        raise DlcError(f"unknown target '{target}'; targets are: {', '.join(TARGETS)}")
     if dump_after is not None and dump_after != "all" and dump_after not in PASS_NAMES:
         raise ValueError(f"unknown pass '{dump_after}'; passes are: {', '.join(PASS_NAMES)}")
     if verify is None:
@@ -81,17 +98,21 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
     if verify:
         L.verify(loops, "lower", allow_reduce=True)
     _log(dump_after, "lower", lambda: L.print_program(loops), out)
-    for name, p in LOOP_PASSES:
+    for name, p in LOOP_PASSES + TARGET_LOOP_PASSES[target]:
         loops = timed(name, p, loops)
         if verify:
             L.verify(loops, name)
         _log(dump_after, name, lambda: L.print_program(loops), out)
-    llvm_ir = timed("render", render, loops, entries, Path(file).stem)
+    ptx = None
+    if target == "cuda":
+        ptx, llvm_ir = timed("render", render_cuda, loops, entries, Path(file).stem, arch or DEFAULT_ARCH)
+    else:
+        llvm_ir = timed("render", render, loops, entries, Path(file).stem)
     _log(dump_after, "render", lambda: llvm_ir, out)
     if time_passes:
         for name, t in timings:
             print(f"{name:>18}: {t * 1e3:8.2f} ms", file=out)
-    return Artifact(program, loops, entries, llvm_ir)
+    return Artifact(program, loops, entries, llvm_ir, ptx)
 
 
 def read_source(path_or_source: str | os.PathLike) -> tuple[str, str]:

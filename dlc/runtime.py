@@ -119,6 +119,7 @@ dlc_status dlc_session_run(dlc_session *session, const char *entry,
                            int32_t n_inputs, const char *const *input_names,
                            const dlc_tensor *inputs, int32_t n_outputs,
                            dlc_tensor *outputs);
+dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
 dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
@@ -389,6 +390,14 @@ class Session:
                 _NP_DTYPES[view.dtype]))
         self._params = params
         self.params = types.MappingProxyType(params)
+
+    def refresh_params(self):
+        """CUDA sessions: asking the runtime for the params copies them back
+        from the device (the views keep their addresses)."""
+        view = ffi.new("dlc_tensor *")
+        name = ffi.new("const char **")
+        for i in range(len(self._params)):
+            _check(_lib.dlc_session_param_at(self._ptr, i, name, view))
 
     def init_params(self, seed: int):
         """Re-initialises the params from `seed` and zeroes the optimizer state."""

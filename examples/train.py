@@ -43,8 +43,8 @@ TASKS = {  # name: (program, model, data, epochs, batch)
 }
 
 
-def train(task: str, seed: int = 0, verbose: bool = True) -> float:
-    """Train `task` and return the held-out accuracy."""
+def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu") -> float:
+    """Train `task` on `target` (cpu or cuda) and return the held-out accuracy."""
     file, model, data, epochs, batch = TASKS[task]
     x, y = data(seed)
     rng = np.random.default_rng(seed)
@@ -52,7 +52,7 @@ def train(task: str, seed: int = 0, verbose: bool = True) -> float:
     n_test = len(x) // 5
     test, tr = order[:n_test], order[n_test:]
     t0 = time.perf_counter()
-    prog = dlc.compile(HERE / file, seed=seed)
+    prog = dlc.compile(HERE / file, seed=seed, target=target)
     if verbose:
         print(f"compiled {file} in {time.perf_counter() - t0:.2f} s")
         print(prog.summary())
@@ -79,4 +79,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=TASKS, nargs="?", default="moons")
     ap.add_argument("--seed", type=int, default=0)
-    train(ap.parse_args().task, ap.parse_args().seed)
+    ap.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    args = ap.parse_args()
+    train(args.task, args.seed, target=args.target)

@@ -43,9 +43,10 @@ def target_machine(cpu: str | None = None):
                                         opt=OPT_LEVEL, reloc="pic", codemodel="default")
 
 
-def optimize(llvm_ir: str, cpu: str | None = None):
-    """Parse, verify, set the target, run O3; returns (module, target machine)."""
-    tm = target_machine(cpu)
+def optimize(llvm_ir: str, cpu: str | None = None, machine=None):
+    """Parse, verify, set the target, run O3; returns (module, target machine).
+    `machine` overrides the host target (the CUDA target passes NVPTX's)."""
+    tm = machine or target_machine(cpu)
     try:
         mod = llvm.parse_assembly(llvm_ir)
         mod.verify()

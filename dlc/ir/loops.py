@@ -3,8 +3,9 @@
 Expressions are scalars: constants, variables (loop indices and symbolic
 sizes, all i64), loads, arithmetic, intrinsics, selects, casts, and `Reduce`
 (only before `lower_reductions`, which turns each into an accumulator loop).
-Statements: `For` (serial, parallel, vectorized, unrolled), `Store`,
-`Allocate` (a scoped local buffer), `If`, `Seq`.
+Statements: `For` (serial, parallel, vectorized, unrolled; gpu kinds from
+dlc/passes/loop_gpu.py), `Store`, `Allocate` (a scoped local buffer), `If`,
+`Seq`, `Barrier` (GPU block synchronisation).
 
 A `Kernel` is one loop nest over buffers; a `LoopProgram` is, per entry, the
 kernels in run order plus the buffers they use.
@@ -55,7 +56,8 @@ class Var(Expr):
 @dataclass(frozen=True, eq=False)
 class Buffer:
     """A flat array. kind: 'tensor' (slot `index` in the entry's tensor
-    table), 'workspace' (slot `index` of the workspace plan), 'local'."""
+    table), 'workspace' (slot `index` of the workspace plan), 'local', or
+    'shared' (GPU: one per thread block, constant size)."""
     name: str
     dtype: str
     kind: str
@@ -209,6 +211,11 @@ class Seq(Stmt):
 
 
 @dataclass(eq=False)
+class Barrier(Stmt):
+    """GPU: every thread of the block waits here until all have arrived."""
+
+
+@dataclass(eq=False)
 class Kernel:
     name: str
     body: Stmt
@@ -353,7 +360,7 @@ def _verify_stmt(s: Stmt, bound: set, locals_: set, where: str, ctx: str, allow_
     elif isinstance(s, Seq):
         for b in s.body:
             _verify_stmt(b, bound, locals_, where, ctx, allow_reduce)
-    else:
+    elif not isinstance(s, Barrier):
         raise InternalError(where, f"{ctx}: unknown statement {s!r}")
 
 
@@ -398,6 +405,8 @@ def print_stmt(s: Stmt, indent: int = 0) -> str:
         return f"{pad}if {print_expr(s.cond)}:\n" + print_stmt(s.then, indent + 1)
     if isinstance(s, Seq):
         return "".join(print_stmt(b, indent) for b in s.body)
+    if isinstance(s, Barrier):
+        return f"{pad}barrier\n"
     raise TypeError(s)
 
 

@@ -20,6 +20,7 @@
 struct dlc_program {
   void *handle; /* from dlopen; NULL for a program linked into the application */
   const dlc_program_desc *desc;
+  const dlc_cuda_program_desc *cuda; /* NULL for a CPU program */
   int32_t refs; /* the caller's reference plus one per session; atomic */
 };
 
@@ -45,6 +46,7 @@ struct dlc_session {
   int32_t *sym_dim;     /* scratch: and which of its dims */
   int32_t *given;       /* scratch: per entry input, its position in the call */
   int64_t (*out_dims)[DLC_MAX_RANK]; /* scratch: per entry output, its dims */
+  struct dlc_cuda_session *cuda; /* the device side of a CUDA program's session */
 };
 
 /* Records a message for dlc_status_message() and returns `status`. */
@@ -98,5 +100,23 @@ int32_t dlc__find_param(const dlc_program_desc *desc, const char *name);
  * states) has memory, DLC_ALIGNMENT-aligned. */
 dlc_status dlc__check_table(const char *fn, const dlc_program_desc *desc,
                             void *const *tensors, int32_t max_role);
+
+/* CUDA sessions (cuda.c). The session's host buffers (data, outputs) stay
+ * the API's view; params and state live on the device, copied on demand. */
+/* Opens libcuda, loads the program's PTX and allocates params and state on
+ * the device; UNAVAILABLE without a driver or a GPU. */
+dlc_status dlc__cuda_session_create(dlc_session *session);
+void dlc__cuda_session_release(dlc_session *session);
+/* Before the host reads or writes params or state: copies them back from
+ * the device if a run changed them, and marks them to be uploaded before the
+ * next run (the caller may write them). No-op for CPU sessions. */
+dlc_status dlc__cuda_host_access(const dlc_session *session);
+/* Runs entry `ei`: s->table holds host pointers and s->syms the bound sizes;
+ * inputs go to the device, outputs come back into the table's buffers. */
+dlc_status dlc__cuda_run(dlc_session *session, int32_t ei);
+/* With device I/O on (dlc_session_set_device_io), points the outputs of a
+ * run of entry `ei` at their device buffers. No-op otherwise. */
+void dlc__cuda_output_views(const dlc_session *session, int32_t ei,
+                            dlc_tensor *outputs);
 
 #endif /* DLC_INTERNAL_H */

@@ -214,6 +214,11 @@ dlc_status dlc_program_load(const char *path, dlc_program **out_program) {
   p->handle = handle;
   p->desc = desc;
   p->refs = 1;
+  /* A CUDA program also describes its kernels (checked by cuda.c). */
+  dlc_cuda_program_fn cuda_fn;
+  void *cuda_sym = dlsym(handle, DLC_CUDA_SYMBOL);
+  memcpy(&cuda_fn, &cuda_sym, sizeof cuda_fn);
+  p->cuda = cuda_sym != NULL ? cuda_fn() : NULL;
   *out_program = p;
   return DLC_OK;
 }
@@ -234,6 +239,7 @@ dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
                      name);
   p->handle = NULL;
   p->desc = desc;
+  p->cuda = NULL; /* linked programs are CPU programs (dlc compile --emit lib) */
   p->refs = 1;
   *out_program = p;
   return DLC_OK;

@@ -212,6 +212,9 @@ dlc_status dlc_session_save(const dlc_session *s, const char *path) {
   if (s == NULL || path == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_save: session and path must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   return save(s->desc, s->data, path);
 }
 
@@ -816,6 +819,9 @@ dlc_status dlc_session_load(dlc_session *s, const char *path) {
   if (s == NULL || path == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_load: session and path must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   return open_and_load(s->desc, s->data, path);
 }
 

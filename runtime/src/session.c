@@ -24,6 +24,7 @@ dlc_status dlc_session_options_initialize(dlc_session_options *options) {
 void dlc_session_release(dlc_session *s) {
   if (s == NULL)
     return;
+  dlc__cuda_session_release(s);
   const dlc_program_desc *d = s->desc;
   if (s->data != NULL)
     for (int32_t i = 0; i < d->n_tensors; i++)
@@ -122,6 +123,13 @@ dlc_status dlc_session_create(dlc_program *program,
   for (int32_t i = 0; i < d->n_tensors; i++)
     s->table[i] = s->data[i];
   dlc_session_init_params(s, options->seed);
+  if (program->cuda != NULL) {
+    dlc_status st = dlc__cuda_session_create(s);
+    if (st != DLC_OK) {
+      dlc_session_release(s);
+      return st;
+    }
+  }
   *out_session = s;
   return DLC_OK;
 }
@@ -130,6 +138,9 @@ dlc_status dlc_session_init_params(dlc_session *s, uint64_t seed) {
   if (s == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_init_params: session must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   dlc__init_tensors(s->desc, s->data, seed);
   return DLC_OK;
 }
@@ -161,6 +172,9 @@ dlc_status dlc_session_param_at(dlc_session *s, int32_t i, const char **out_name
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_param_at: session, out_name and out_view must "
                      "not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   int32_t n = 0;
   for (int32_t t = 0; t < s->desc->n_tensors; t++) {
     if (s->desc->tensors[t].role != DLC_ROLE_PARAM)
@@ -194,6 +208,9 @@ dlc_status dlc_session_param(dlc_session *s, const char *name, dlc_tensor *out_v
   if (s == NULL || name == NULL || out_view == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_param: session, name and out_view must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   int32_t i = dlc__find_param(s->desc, name);
   if (i < 0)
     return param_not_found(s->desc, name);
@@ -206,6 +223,9 @@ dlc_status dlc_session_set_param(dlc_session *s, const char *name,
   if (s == NULL || name == NULL || value == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_set_param: session, name and value must not be NULL");
+  dlc_status access = dlc__cuda_host_access(s);
+  if (access != DLC_OK)
+    return access;
   const dlc_program_desc *d = s->desc;
   int32_t i = dlc__find_param(d, name);
   if (i < 0)
@@ -435,7 +455,8 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
 
   /* Size the outputs and the workspace; allocate what must grow, and only
    * once every allocation succeeded replace the old buffers. */
-  int64_t ws = e->workspace_bytes(s->syms);
+  /* A CUDA session's workspace is on the device (cuda.c). */
+  int64_t ws = s->cuda != NULL ? 0 : e->workspace_bytes(s->syms);
   if (ws < 0)
     return dlc__fail(DLC_ERR_INTERNAL,
                      "entry '%s' asked for a workspace of %lld bytes; this is a "
@@ -486,12 +507,19 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
     s->table[e->inputs[k]] = inputs[s->given[k]].data;
   for (int32_t k = 0; k < e->n_outputs; k++)
     s->table[e->outputs[k]] = es->out_data[k];
-  int32_t rc = e->run(s->table, s->syms, s->workspace, NULL);
+  dlc_status cuda_st = DLC_OK;
+  int32_t rc = 0;
+  if (s->cuda != NULL)
+    cuda_st = dlc__cuda_run(s, ei);
+  else
+    rc = e->run(s->table, s->syms, s->workspace, NULL);
   /* Leave no caller pointers behind: other entries see NULL there. */
   for (int32_t k = 0; k < e->n_inputs; k++)
     s->table[e->inputs[k]] = NULL;
   for (int32_t k = 0; k < e->n_outputs; k++)
     s->table[e->outputs[k]] = NULL;
+  if (cuda_st != DLC_OK)
+    return cuda_st;
   if (rc != 0)
     return dlc__fail(DLC_ERR_INTERNAL,
                      "entry '%s' failed with code %d; this is a bug in dlc", entry,
@@ -504,5 +532,6 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
     out->rank = t->rank;
     memcpy(out->dims, s->out_dims[k], sizeof out->dims);
   }
+  dlc__cuda_output_views(s, ei, outputs);
   return DLC_OK;
 }

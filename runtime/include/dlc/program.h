@@ -105,6 +105,33 @@ typedef struct dlc_program_desc {
 typedef const dlc_program_desc *(*dlc_program_fn)(void);
 #define DLC_PROGRAM_SYMBOL "dlc_program"
 
+/* ---- CUDA programs --------------------------------------------------------
+ * A program compiled for the cuda target also exports DLC_CUDA_SYMBOL. Its
+ * kernels are PTX text; its descriptor is the same, but each entry's `run`
+ * is the entry's launch plan: it must be called with device pointers in
+ * `tensors` (one per tensor the entry uses), a device `workspace` of
+ * workspace_bytes(syms) bytes, and, in place of the dlc_host, a
+ * dlc_cuda_host through which it launches the kernels in order on one
+ * stream. It returns the first nonzero status of `launch`, or 0. */
+typedef struct dlc_cuda_host {
+  void *ctx;
+  /* Launches kernel number `kernel` (an index into kernel_names) on `grid`
+   * blocks of `block` threads (x dimension only), with cuLaunchKernel-style
+   * `params` (pointers to each argument). Returns 0 on success. */
+  int32_t (*launch)(void *ctx, int32_t kernel, int64_t grid, int32_t block,
+                    void **params);
+} dlc_cuda_host;
+
+typedef struct dlc_cuda_program_desc {
+  const char *ptx;  /* NUL-terminated PTX module text */
+  const char *arch; /* the architecture it was compiled for, e.g. "sm_80" */
+  int32_t n_kernels;
+  const char *const *kernel_names; /* entry names of the PTX module */
+} dlc_cuda_program_desc;
+
+typedef const dlc_cuda_program_desc *(*dlc_cuda_program_fn)(void);
+#define DLC_CUDA_SYMBOL "dlc_cuda_program"
+
 #ifdef __cplusplus
 }
 #endif

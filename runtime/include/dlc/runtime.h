@@ -118,7 +118,15 @@ DLC_API dlc_status dlc_session_options_initialize(dlc_session_options *options);
 /* Creates a session: allocates every PARAM and STATE tensor (64-byte
  * aligned), initialises the params from options->seed and zeroes the states.
  * `options` may be NULL for the defaults. The session holds a reference to
- * the program. */
+ * the program.
+ *
+ * A program compiled for the cuda target runs on the first CUDA device: its
+ * params and state live in device memory, and the buffers this API shows
+ * are their host copies. A param view shows the values as of the call that
+ * returned it (ask again after a train step), and what is written through
+ * it reaches the device on the next run. Without libcuda.so.1 or a GPU (or
+ * for a GPU older than the program's architecture), creation fails with
+ * DLC_ERR_UNAVAILABLE. */
 DLC_API dlc_status dlc_session_create(dlc_program *program,
                                       const dlc_session_options *options,
                                       dlc_session **out_session);
@@ -169,6 +177,14 @@ DLC_API dlc_status dlc_session_run(dlc_session *session, const char *entry,
                                    const char *const *input_names,
                                    const dlc_tensor *inputs, int32_t n_outputs,
                                    dlc_tensor *outputs);
+
+/* For a session of a program compiled for the cuda target: with `enabled`
+ * nonzero, dlc_session_run takes each input's data as a device pointer (a
+ * CUdeviceptr of the first device, cast to void *) and gives outputs whose
+ * data are device pointers owned by the session, valid until the next run
+ * of the same entry: no copies between host and device. Off by default.
+ * Errors: UNAVAILABLE for a session of a CPU program. */
+DLC_API dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 
 /* ---- weights (safetensors) --------------------------------------------- */
 

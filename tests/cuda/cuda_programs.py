@@ -1,0 +1,59 @@
+"""Small programs that together use every op, forward and backward, shared
+by the PTX tests (everywhere) and the GPU parity tests (`pytest -m gpu`).
+
+A new op needs a program here: test_ptx.py fails, naming it, until one of
+these programs' graphs (after autodiff) uses it.
+"""
+from pathlib import Path
+
+EXAMPLES = sorted((Path(__file__).parent.parent.parent / "examples").glob("*.dl"))
+
+
+def regression(expr: str, optimizer: str = "adam(lr=1e-3)") -> str:
+    """A model y = expr(x) of 5 features to 4, trained by mse."""
+    return f"""
+model m {{
+    input x: f32[batch, 5]
+    output y = {expr}
+}}
+train g {{
+    input x: f32[batch, 5]
+    input t: f32[batch, 4]
+    loss = mse(m(x), t)
+    optimizer = {optimizer}
+}}
+"""
+
+
+def classifier(loss: str, head: str) -> str:
+    label = "i32[batch]" if loss == "cross_entropy" else "f32[batch, 3]"
+    return f"""
+model m {{
+    input x: f32[batch, 5]
+    h = dense(x, 8, name="fc1") |> tanh
+    output y = {head}
+}}
+train g {{
+    input x: f32[batch, 5]
+    input t: {label}
+    loss = {loss}(m(x), t)
+    optimizer = sgd(lr=0.1, momentum=0.9)
+}}
+"""
+
+
+def d(name: str, units: int = 4) -> str:
+    return f'dense(x, {units}, name="{name}")'
+
+
+PROGRAMS = {
+    "activations": regression(f"relu({d('a')}) + sigmoid({d('b')}) + tanh({d('c')}) "
+                              f"+ leaky_relu({d('e')}, slope=0.2) + softmax({d('f')}) "
+                              f"+ log_softmax({d('g')})"),
+    "math": regression(f"exp({d('a')}) + log(sigmoid({d('b')})) + sqrt(sigmoid({d('c')})) "
+                       f"- {d('e')} * 2.5 + 1 - {d('f')} / (sigmoid({d('q', 1)}) + 1)", "sgd(lr=0.1)"),
+    "no_bias": regression('dense(x, 4, name="p", bias=false) * dense(x, 1, name="q")',
+                          "sgd(lr=0.1, momentum=0.9)"),
+    "cross_entropy": classifier("cross_entropy", 'dense(h, 3, name="out")'),
+    "bce": classifier("bce", 'sigmoid(dense(h, 3, name="out"))'),
+}
