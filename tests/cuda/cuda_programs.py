@@ -7,6 +7,7 @@ these programs' graphs (after autodiff) uses it.
 from pathlib import Path
 
 EXAMPLES = sorted((Path(__file__).parent.parent.parent / "examples").glob("*.dl"))
+DIGITS_MLP = next(p for p in EXAMPLES if p.stem == "digits_mlp")   # the small example most tests use
 
 
 def regression(expr: str, optimizer: str = "adam(lr=1e-3)") -> str:
@@ -56,4 +57,21 @@ PROGRAMS = {
                           "sgd(lr=0.1, momentum=0.9)"),
     "cross_entropy": classifier("cross_entropy", 'dense(h, 3, name="out")'),
     "bce": classifier("bce", 'sigmoid(dense(h, 3, name="out"))'),
+    # Pools of every lowering (avgpool, 3x3 stride-1 maxpool saves argmax
+    # indices), global pooling, concat (its gradient slices), flatten.
+    "cnn": """
+model m {
+    input x: f32[batch, 2, 7, 7]
+    a = conv2d(x, 3, 3, padding=1, name="c1") |> relu |> maxpool(3, stride=1, padding=1)
+    b = avgpool(x, 2, stride=1, padding=1) |> conv2d(2, (2, 2), name="c2")
+    h = concat(a, b, axis=1)
+    output y = dense(flatten(global_avgpool(h)) + flatten(avgpool(h, 7)), 4, name="out")
+}
+train g {
+    input x: f32[batch, 2, 7, 7]
+    input t: f32[batch, 4]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+""",
 }

@@ -6,7 +6,7 @@ import dlc
 from dlc.errors import DlcError, UnavailableError
 
 from conftest import gpu_available
-from cuda_programs import EXAMPLES
+from cuda_programs import DIGITS_MLP
 
 no_gpu = gpu_available()
 
@@ -14,26 +14,26 @@ no_gpu = gpu_available()
 @pytest.mark.skipif(no_gpu is None, reason="a GPU is present: the no-GPU path cannot be taken")
 def test_cuda_target_without_gpu_raises_unavailable():
     with pytest.raises(UnavailableError, match="CUDA is unavailable") as info:
-        dlc.compile(EXAMPLES[0], target="cuda")
+        dlc.compile(DIGITS_MLP, target="cuda")
     assert isinstance(info.value, DlcError)
     assert "target 'cuda'" in str(info.value)
 
 
 def test_arch_needs_cuda_target():
     with pytest.raises(DlcError, match="arch applies to target 'cuda' only"):
-        dlc.compile(EXAMPLES[0], arch="sm_90")
+        dlc.compile(DIGITS_MLP, arch="sm_90")
 
 
 def test_unknown_target_is_a_dlc_error():
     with pytest.raises(DlcError, match="targets: cpu, cuda"):
-        dlc.compile(EXAMPLES[0], target="rocm")
+        dlc.compile(DIGITS_MLP, target="rocm")
 
 
 def test_device_io_needs_a_cuda_session():
     import ctypes
 
     from dlc.runtime import ffi, find_library
-    cpu = dlc.compile(EXAMPLES[0])
+    cpu = dlc.compile(DIGITS_MLP)
     runtime = ctypes.CDLL(str(find_library()))
     runtime.dlc_status_message.restype = ctypes.c_char_p
     session = ctypes.c_void_p(int(ffi.cast("uintptr_t", cpu._session._ptr)))

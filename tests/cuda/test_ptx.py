@@ -13,7 +13,7 @@ from dlc.ir import loops as L
 from dlc.ops.base import REGISTRY
 from dlc.passes.loop_gpu import GRID, map_to_gpu
 
-from cuda_programs import EXAMPLES, PROGRAMS
+from cuda_programs import DIGITS_MLP, EXAMPLES, PROGRAMS
 
 ARCHS = ["sm_80", "sm_90"]
 PTXAS = shutil.which("ptxas")
@@ -97,15 +97,15 @@ def test_map_gpu_index_recovery():
 
 def test_emit_ptx_cli(tmp_path, capsys):
     out = tmp_path / "moons.ptx"
-    assert main(["compile", str(EXAMPLES[0]), "--target", "cuda", "--emit", "ptx",
+    assert main(["compile", str(DIGITS_MLP), "--target", "cuda", "--emit", "ptx",
                  "--arch", "sm_90", "-o", str(out)]) == 0
     assert ".target sm_90" in out.read_text()
-    assert main(["compile", str(EXAMPLES[0]), "--emit", "ptx", "-o", str(out)]) == 1
+    assert main(["compile", str(DIGITS_MLP), "--emit", "ptx", "-o", str(out)]) == 1
     assert "--emit ptx needs --target cuda" in capsys.readouterr().err
-    assert main(["compile", str(EXAMPLES[0]), "--target", "cuda", "--arch", "gfx90a",
+    assert main(["compile", str(DIGITS_MLP), "--target", "cuda", "--arch", "gfx90a",
                  "--emit", "ptx", "-o", str(out)]) == 1
     assert "unknown CUDA architecture 'gfx90a'" in capsys.readouterr().err
-    assert main(["compile", str(EXAMPLES[0]), "--target", "cuda", "--emit", "lib",
+    assert main(["compile", str(DIGITS_MLP), "--target", "cuda", "--emit", "lib",
                  "-o", str(tmp_path / "m")]) == 1
     assert "--emit lib builds for --target cpu only" in capsys.readouterr().err
 
@@ -113,7 +113,7 @@ def test_emit_ptx_cli(tmp_path, capsys):
 def test_cuda_host_library_builds(tmp_path):
     """--target cuda --emit so: the host library with the PTX inside."""
     out = tmp_path / "m.so"
-    assert main(["compile", str(EXAMPLES[0]), "--target", "cuda", "-o", str(out)]) == 0
+    assert main(["compile", str(DIGITS_MLP), "--target", "cuda", "-o", str(out)]) == 0
     data = out.read_bytes()
     assert b"dlc_cuda_program" in data and b".target sm_80" in data
 
@@ -128,7 +128,7 @@ def test_tile_gpu_tiles_matmuls_only():
     output's column, B of its row) get shared-memory tiles with barriers;
     elementwise kernels and other reductions stay for map_gpu."""
     from dlc.passes.loop_gpu import BLOCKS, THREADS, tile_matmuls
-    art = driver.build(EXAMPLES[0].read_text(), "digits", target="cpu")
+    art = driver.build(DIGITS_MLP.read_text(), "digits", target="cpu")
     tiled = tile_matmuls(art.loops)
     L.verify(tiled, "tile_gpu")
     tiled_count = {}
@@ -148,5 +148,5 @@ def test_tile_gpu_tiles_matmuls_only():
     # 3 dense layers forward; training adds 3 weight and 2 input gradients
     # (fit fuses the relu masks into them).
     assert tiled_count == {"digits": 3, "fit": 8, "fit.grads": 8}
-    ptx = driver.build(EXAMPLES[0].read_text(), "digits", target="cuda").ptx
+    ptx = driver.build(DIGITS_MLP.read_text(), "digits", target="cuda").ptx
     assert "bar.sync" in ptx and ".shared" in ptx
