@@ -2,7 +2,7 @@
 
 One op = one class in one module, holding its signature, shape rule,
 gradient rule, lowering and NumPy reference (see base.Op)."""
-from . import elementwise, loss, nn, reduce, shape  # noqa: F401  (registration)
+from . import elementwise, loss, nn, reduce, sequence, shape  # noqa: F401  (registration)
 from .base import REGISTRY, Arg, Op, OpError, bind
 from .optim import OPTIMIZERS
 

@@ -8,6 +8,8 @@ A value is inlined into its consumers when that costs no repeated work:
   single consumer that reads each element once (an elementwise op or another
   reduction), never into one that re-reads it (a matmul, a broadcast).
 So dense + bias + activation becomes one kernel, and so do loss chains.
+An op lowered as a whole statement (`lower_kernel`) is never inlined, and
+counts as a consumer that re-reads its inputs.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ from ..ops.elementwise import CONSTANT, NUMEL
 from ..ops.loss import SCATTER_LAST
 from ..ops.nn import MATMUL
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
+from ..ops.sequence import SEQ_PROJECT
 from ..ops.shape import BROADCAST_TO, SUM_TO
 
-REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO}
+REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, SEQ_PROJECT}
 # Consumers that read an input element more than once.
-REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST}
+REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, SEQ_PROJECT}
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
 
 
@@ -52,10 +55,11 @@ def plan(fn: Function) -> set[int]:
             has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
         users = consumers.get(key, [])
         n_users = len(users) + assigned[key]
-        if key in pinned or n_users == 0:
+        if key in pinned or n_users == 0 or n.op.lower_kernel is not None:
             continue
         if has_reduce[key]:
-            ok = n_users == 1 and all(u.op not in REREADS for u in users)
+            ok = n_users == 1 and all(u.op not in REREADS and u.op.lower_kernel is None
+                                      for u in users)
         else:
             ok = n.op in TRIVIAL or n_users == 1
         if ok:

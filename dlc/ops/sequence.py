@@ -1,0 +1,540 @@
+"""Sequences: embedding, recurrent layers (tanh RNN, LSTM) and picking steps.
+
+Tensors are [batch, time, features]; `time` may be a symbol, so one program
+runs any length. Parameters follow PyTorch: `embedding` owns `<name>.weight`
+[vocab, dim] ~ N(0, 1) (nn.Embedding); `rnn` and `lstm` own
+`<name>.weight_ih` [G*hidden, features], `<name>.weight_hh` [G*hidden, hidden],
+`<name>.bias_ih` and `<name>.bias_hh` [G*hidden], G = 1 (rnn) or 4 (lstm,
+gates in PyTorch's order i, f, g, o), all ~ U(-1/sqrt(hidden), 1/sqrt(hidden)),
+so torch.nn.LSTM's `*_l0` weights load by name (`*_l0_reverse` onto
+`<name>.*_reverse` when bidirectional).
+
+A recurrent layer is two nodes:
+- the input projection of every step at once, x @ W_ih^T as one large
+  product over [batch, time] (`seq_project`);
+- a scan over time (`recurrence`, lowered by `lower_kernel` as one kernel)
+  that per step adds the biases and h_{t-1} @ W_hh^T and applies the gates.
+  Its output packs, per step, what the backward pass needs: for the LSTM
+  [h | c | i f g o] (6*hidden), for the RNN h alone. `slice_last` exposes h.
+Its gradient is a reverse-time scan (`recurrence_grad`) producing the
+gradient of the pre-activation gates, from which the input, W_ih and the
+biases get theirs by products and sums, and W_hh by one product with the
+shifted hidden states (`seq_outer`).
+
+`lengths` (i32[batch]) gives packed-sequence semantics: an example's steps
+at and after its length leave its state unchanged and output zeros. Indices
+out of range (tokens outside the vocabulary, lengths outside [1, time] in
+`last`) give NaN, so bad data shows in the loss rather than reading stray
+memory.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import loops as L
+from ..ir.graph import Builder, Init, TensorType, Value
+from ..lower import flat_index
+from .base import Arg, Op, OpError, need_float, register
+from .elementwise import SIGMOID, TANH, add
+from .shape import sum_to
+
+def _nan(dtype: str) -> L.Expr:
+    return L.const_like(float("nan"), dtype)
+
+
+def _index(e: L.Expr) -> L.Expr:
+    return L.Cast(e, L.INDEX)
+
+
+def _in_range(i: L.Expr, lo, hi: L.Expr) -> L.Expr:
+    return L.Bin("and", L.cmp(">=", i, lo), L.cmp("<", i, hi), "bool")
+
+
+def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
+    for v, n in reversed(vars_extents):
+        body = L.For(v, n, body)
+    return body
+
+
+def _dot(ctx, n: L.Expr, term) -> L.Expr:
+    k = ctx.var("k")
+    return L.Reduce("sum", (k,), (n,), term(k))
+
+
+# ---------------------------------------------------------------- embedding
+
+class Gather(Op):
+    """out[b, t, :] = weight[tokens[b, t], :] (NaN for tokens out of range)."""
+    name = "gather_rows"
+
+    def infer(self, ins, attrs) -> TensorType:
+        w, tok = ins
+        return TensorType(w.dtype, tok.shape + w.shape[1:])
+
+    def grad(self, b, node, g):
+        w, tok = node.inputs
+        return [b.node(SCATTER_ROWS, [g, tok], rows=w.type.shape[0]), None]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        rows = ctx.dim(node.inputs[0].type.shape[0])
+        tok = _index(ins[1](idx[:-1]))
+        safe = L.minimum(L.maximum(tok, 0), rows - 1)
+        return L.Select(_in_range(tok, 0, rows), ins[0]([safe, idx[-1]]), _nan(node.out.type.dtype))
+
+    def reference(self, w, tok):
+        return w[tok]
+
+
+class ScatterRows(Op):
+    """out[r, :] = sum of g[b, t, :] over the (b, t) with tokens[b, t] == r:
+    gather_rows' adjoint, as a scatter-add (one pass over g, not one per row)."""
+    name = "scatter_rows"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g, tok = ins
+        return TensorType(g.dtype, (attrs["rows"],) + g.shape[tok.rank:])
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        g_t, tok_t = (v.type for v in node.inputs)
+        rows, dim = node.attrs["rows"], g_t.shape[-1]
+        r, d = ctx.var("r"), ctx.var("d")
+        zero = _loops([(r, ctx.dim(rows)), (d, ctx.dim(dim))],
+                      L.Store(out, flat_index(ctx, [r, d], node.out.type.shape),
+                              L.const_like(0, out.dtype)))
+        pos = [ctx.var(f"i{k}") for k in range(tok_t.rank)]
+        tok = _index(ins[1](pos))
+        d2 = ctx.var("d")
+        add_row = L.For(d2, ctx.dim(dim), L.Store(
+            out, flat_index(ctx, [tok, d2], node.out.type.shape), ins[0](pos + [d2]), accumulate=True))
+        scatter = _loops([(v, ctx.dim(n)) for v, n in zip(pos, tok_t.shape)],
+                         L.If(_in_range(tok, 0, ctx.dim(rows)), add_row))
+        return L.Seq([zero, scatter])
+
+    def reference(self, g, tok, *, rows):
+        out = np.zeros((rows,) + g.shape[tok.ndim:], g.dtype)
+        np.add.at(out, tok, g)
+        return out
+
+
+class Embedding(Op):
+    name = "embedding"
+    owns_params = True
+    signature = (Arg("tokens", "tensor"), Arg("vocab", "int"), Arg("dim", "int"),
+                 Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        tok, vocab, dim = args["tokens"], args["vocab"], args["dim"]
+        if tok.type.dtype != "i32":
+            raise OpError(f"'embedding' expects integer tokens (i32), got {tok.type}", arg="tokens")
+        for what in ("vocab", "dim"):
+            if args[what] < 1:
+                raise OpError(f"'embedding' needs {what} >= 1, got {args[what]}", arg=what)
+        w = b.param(f"{args['name']}.weight", TensorType("f32", (vocab, dim)),
+                    Init("normal", 0.0, 1.0), layer=args["name"])
+        y = b.node(GATHER_ROWS, [w, tok])
+        b.layer(args["name"], self.name, y)
+        return y
+
+
+# ------------------------------------------------- products over [batch, time]
+
+class SeqProject(Op):
+    """out[b, t, n] = sum_k x[b, t, k] * w[n, k] (tw) or w[k, n]: the matrix
+    product of all steps' features at once."""
+    name = "seq_project"
+
+    def infer(self, ins, attrs) -> TensorType:
+        x, w = ins
+        n = w.shape[0] if attrs["tw"] else w.shape[1]
+        return TensorType(x.dtype, x.shape[:-1] + (n,))
+
+    def grad(self, b, node, g):
+        x, w = node.inputs
+        gx = b.node(SEQ_PROJECT, [g, w], tw=not node.attrs["tw"])
+        gw = b.node(SEQ_OUTER, [g, x]) if node.attrs["tw"] else b.node(SEQ_OUTER, [x, g])
+        return [gx, gw]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        *bt, n = idx
+        x_t = node.inputs[0].type
+        w = (lambda k: ins[1]([n, k])) if node.attrs["tw"] else (lambda k: ins[1]([k, n]))
+        return _dot(ctx, ctx.dim(x_t.shape[-1]), lambda k: ins[0](bt + [k]) * w(k))
+
+    def reference(self, x, w, *, tw):
+        return x @ (w.T if tw else w)
+
+
+class SeqOuter(Op):
+    """out[n, k] = sum over b, t of a[b, t, n] * x[b, t, k]: a weight's
+    gradient. One pass of rank-1 updates whose inner loop runs along
+    contiguous rows of x and out."""
+    name = "seq_outer"
+
+    def infer(self, ins, attrs) -> TensorType:
+        a, x = ins
+        return TensorType(a.dtype, (a.shape[-1], x.shape[-1]))
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        a_t = node.inputs[0].type
+        shape = node.out.type.shape
+        n, k, n2, k2 = ctx.var("n"), ctx.var("k"), ctx.var("n"), ctx.var("k")
+        pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
+        zero = _loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
+                      L.Store(out, flat_index(ctx, [n, k], shape), L.const_like(0, out.dtype)))
+        update = L.Store(out, flat_index(ctx, [n2, k2], shape),
+                         ins[0](pos + [n2]) * ins[1](pos + [k2]), accumulate=True)
+        acc = _loops([(n2, ctx.dim(shape[0]))] + [(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
+                     + [(k2, ctx.dim(shape[1]))], update)
+        return L.Seq([zero, acc])
+
+    def reference(self, a, x):
+        return np.einsum("...n,...k->nk", a, x)
+
+
+# ------------------------------------------------------------ cheap reshapes
+
+class SliceLast(Op):
+    """x[..., start:start + size]."""
+    name = "slice_last"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return TensorType(ins[0].dtype, ins[0].shape[:-1] + (attrs["size"],))
+
+    def grad(self, b, node, g):
+        return [b.node(PAD_LAST, [g], start=node.attrs["start"],
+                       width=node.inputs[0].type.shape[-1])]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        return ins[0](idx[:-1] + [idx[-1] + node.attrs["start"]])
+
+    def reference(self, x, *, start, size):
+        return x[..., start:start + size]
+
+
+class PadLast(Op):
+    """x placed at [start, start + size) of a zero last axis of `width`."""
+    name = "pad_last"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return TensorType(ins[0].dtype, ins[0].shape[:-1] + (attrs["width"],))
+
+    def grad(self, b, node, g):
+        return [b.node(SLICE_LAST, [g], start=node.attrs["start"],
+                       size=node.inputs[0].type.shape[-1])]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        start, size = node.attrs["start"], node.inputs[0].type.shape[-1]
+        j = idx[-1] - start
+        safe = L.minimum(L.maximum(j, 0), size - 1)
+        return L.Select(_in_range(j, 0, L.Const(size, L.INDEX)), ins[0](idx[:-1] + [safe]),
+                        L.const_like(0, node.out.type.dtype))
+
+    def reference(self, x, *, start, width):
+        out = np.zeros(x.shape[:-1] + (width,), x.dtype)
+        out[..., start:start + x.shape[-1]] = x
+        return out
+
+
+def _length(ctx, ins, node, b: L.Expr, time_axis_len) -> L.Expr:
+    """Example b's length: the `lengths` input (the op's last) or the time dim."""
+    if node.attrs.get("lengths"):
+        return _index(ins[-1]([b]))
+    return ctx.dim(time_axis_len)
+
+
+class ShiftTime(Op):
+    """out[b, t] = x[b, t - 1], zero at t = 0: the states h_{t-1}."""
+    name = "shift_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return ins[0]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, t, *rest = idx
+        prev = ins[0]([b, L.maximum(t - 1, 0)] + rest)
+        return L.Select(L.cmp(">", t, 0), prev, L.const_like(0, node.out.type.dtype))
+
+    def reference(self, x):
+        out = np.zeros_like(x)
+        out[:, 1:] = x[:, :-1]
+        return out
+
+
+class ReverseTime(Op):
+    """out[b, t] = x[b, n - 1 - t] for t < n (example b's length), else 0:
+    each sequence reversed within its length; its own adjoint."""
+    name = "reverse_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return ins[0]
+
+    def grad(self, b, node, g):
+        return [b.node(REVERSE_TIME, [g] + list(node.inputs[1:]), **node.attrs)] + [None] * (len(node.inputs) - 1)
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, t, *rest = idx
+        n = L.minimum(_length(ctx, ins, node, b, node.out.type.shape[1]), ctx.dim(node.out.type.shape[1]))
+        src = L.minimum(L.maximum(n - 1 - t, 0), ctx.dim(node.out.type.shape[1]) - 1)
+        return L.Select(L.cmp("<", t, n), ins[0]([b, src] + rest), L.const_like(0, node.out.type.dtype))
+
+    def reference(self, x, lengths=None, **attrs):
+        out = np.zeros_like(x)
+        for b in range(x.shape[0]):
+            n = x.shape[1] if lengths is None else min(int(lengths[b]), x.shape[1])
+            out[b, :n] = x[b, :n][::-1]
+        return out
+
+
+# ------------------------------------------------------------ picking steps
+
+class PickTime(Op):
+    """out[b, :] = h[b, n - 1, :] for example b's length n (NaN if n is not
+    in [1, time])."""
+    name = "pick_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        h = ins[0]
+        return TensorType(h.dtype, h.shape[:1] + h.shape[2:])
+
+    def grad(self, b, node, g):
+        return [b.node(PLACE_TIME, [g] + list(node.inputs[1:]), time=node.inputs[0].type.shape[1],
+                       **node.attrs)] + [None] * (len(node.inputs) - 1)
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, *rest = idx
+        steps = ctx.dim(node.inputs[0].type.shape[1])
+        t = _length(ctx, ins, node, b, node.inputs[0].type.shape[1]) - 1
+        safe = L.minimum(L.maximum(t, 0), steps - 1)
+        return L.Select(_in_range(t, 0, steps), ins[0]([b, safe] + rest), _nan(node.out.type.dtype))
+
+    def reference(self, h, lengths=None, **attrs):
+        n = np.full(h.shape[0], h.shape[1]) if lengths is None else lengths
+        return h[np.arange(h.shape[0]), n - 1]
+
+
+class PlaceTime(Op):
+    """out[b, t, :] = g[b, :] at t = n - 1, else 0: pick_time's adjoint."""
+    name = "place_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g = ins[0]
+        return TensorType(g.dtype, g.shape[:1] + (attrs["time"],) + g.shape[1:])
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, t, *rest = idx
+        n = _length(ctx, ins, node, b, node.attrs["time"])
+        return L.Select(L.cmp("==", t, n - 1), ins[0]([b] + rest), L.const_like(0, node.out.type.dtype))
+
+
+class Last(Op):
+    """last(h, lengths): each example's state at its last valid step;
+    last(h): the final step's."""
+    name = "last"
+    signature = (Arg("h", "tensor"), Arg("lengths", "tensor", None))
+
+    def build(self, b: Builder, args) -> Value:
+        h = args["h"]
+        if h.type.rank < 3:
+            raise OpError(f"'last' expects a sequence [batch, time, features], got {h.type}", arg="h")
+        lengths = check_lengths(self.name, h, args["lengths"])
+        return b.node(PICK_TIME, [h] + lengths, lengths=bool(lengths))
+
+
+def check_lengths(op: str, x: Value, lengths: Value | None) -> list[Value]:
+    """[lengths] if given and an i32[batch] for x's batch, else []."""
+    if lengths is None:
+        return []
+    want = TensorType("i32", x.type.shape[:1])
+    if lengths.type != want:
+        raise OpError(f"'{op}' expects lengths {want} (one per example of {x.type}), "
+                      f"got {lengths.type}", arg="lengths")
+    return [lengths]
+
+
+# ------------------------------------------------------------- recurrences
+
+CELLS = {"rnn": 1, "lstm": 4}   # gates per cell
+
+
+def packed_width(cell: str, hidden: int) -> int:
+    return hidden if cell == "rnn" else 6 * hidden
+
+
+class Recurrence(Op):
+    """The scan over time. Inputs: the projected inputs xp [batch, time,
+    G*hidden], weight_hh, bias_ih, bias_hh and, with attr lengths, the
+    lengths. Output per step: the packed state (see the module docstring).
+
+    One kernel: for t, for each example still running, each hidden unit
+    computes its G gate rows (dot products of contiguous W_hh rows with
+    h_{t-1}, read back from the previous step's output) and the cell update."""
+    name = "recurrence"
+
+    def infer(self, ins, attrs) -> TensorType:
+        xp = ins[0]
+        return TensorType(xp.dtype, xp.shape[:2] + (packed_width(attrs["cell"], attrs["hidden"]),))
+
+    def grad(self, b, node, g):
+        xp, w_hh, b_ih, b_hh, *lengths = node.inputs
+        hidden = node.attrs["hidden"]
+        d_pre = b.node(RECURRENCE_GRAD, [g, node.out, w_hh] + lengths, **node.attrs)
+        h_prev = b.node(SHIFT_TIME, [b.node(SLICE_LAST, [node.out], start=0, size=hidden)])
+        d_bias = sum_to(b, d_pre, b_ih.type.shape)
+        return [d_pre, b.node(SEQ_OUTER, [d_pre, h_prev]), d_bias, d_bias] + [None] * len(lengths)
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        cell, H = node.attrs["cell"], node.attrs["hidden"]
+        B, T, P = node.out.type.shape
+        xp, w_hh, b_ih, b_hh = ins[:4]
+        b, t, j = ctx.var("b"), ctx.var("t"), ctx.var("j")
+        at = lambda step, col: flat_index(ctx, [b, step, col], node.out.type.shape)
+        first = L.cmp("==", t, 0)
+        prev_t = L.maximum(t - 1, 0)
+        zero = L.const_like(0, out.dtype)
+
+        def prev(col):  # state column `col` at t - 1; zero before the first step
+            return L.Select(first, zero, L.Load(out, at(prev_t, col)))
+
+        def pre(row):  # pre-activation of gate row `row`
+            rec = _dot(ctx, L.Const(H, L.INDEX), lambda k: w_hh([row, k]) * L.Load(out, at(prev_t, k)))
+            return xp([b, t, row]) + b_ih([row]) + b_hh([row]) + L.Select(first, zero, rec)
+
+        if cell == "rnn":
+            step = L.Store(out, at(t, j), TANH.scalar(pre(j)))
+        else:
+            gate = lambda k: L.Load(out, at(t, (2 + k) * H + j))
+            step = L.Seq([
+                L.Store(out, at(t, 2 * H + j), SIGMOID.scalar(pre(j))),
+                L.Store(out, at(t, 3 * H + j), SIGMOID.scalar(pre(H + j))),
+                L.Store(out, at(t, 4 * H + j), TANH.scalar(pre(2 * H + j))),
+                L.Store(out, at(t, 5 * H + j), SIGMOID.scalar(pre(3 * H + j))),
+                L.Store(out, at(t, H + j), gate(1) * prev(H + j) + gate(0) * gate(2)),
+                L.Store(out, at(t, j), gate(3) * TANH.scalar(L.Load(out, at(t, H + j)))),
+            ])
+        n = _length(ctx, ins, node, b, T)
+        p = ctx.var("p")
+        body = L.Seq([L.If(L.cmp("<", t, n), L.For(j, L.Const(H, L.INDEX), step)),
+                      L.If(L.cmp(">=", t, n), L.For(p, L.Const(P, L.INDEX), L.Store(out, at(t, p), zero)))])
+        return _loops([(t, ctx.dim(T)), (b, ctx.dim(B))], body)
+
+
+class RecurrenceGrad(Op):
+    """Backpropagation through time. Inputs: the gradient of the packed
+    output, the packed output, weight_hh and (attr lengths) the lengths.
+    Output: the gradient of the pre-activation gates [batch, time, G*hidden],
+    zero past each example's length.
+
+    One kernel, t from last to first, carrying per example the gradient
+    reaching h_{t-1} and c_{t-1} in a scratch buffer [batch, 2*hidden]."""
+    name = "recurrence_grad"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g = ins[0]
+        return TensorType(g.dtype, g.shape[:2] + (CELLS[attrs["cell"]] * attrs["hidden"],))
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        cell, H = node.attrs["cell"], node.attrs["hidden"]
+        G = CELLS[cell]
+        B, T, GH = node.out.type.shape
+        g, packed, w_hh = ins[:3]
+        carry = ctx.scratch(out.dtype, ctx.dim(B) * (2 * H))
+        b, s, j, k, r = (ctx.var(v) for v in "bsjkr")
+        t = ctx.dim(T) - 1 - s
+        one, zero = L.const_like(1, out.dtype), L.const_like(0, out.dtype)
+        at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
+        carried = lambda col: flat_index(ctx, [b, col], (B, 2 * H))
+        state = lambda col: packed([b, t, col])
+        dh = g([b, t, j]) + L.Load(carry, carried(j))
+        if cell == "rnn":
+            h = state(j)
+            units = L.Store(out, at(j), dh * (one - h * h))
+        else:
+            i, f, gg, o = (state((2 + q) * H + j) for q in range(4))
+            tc = TANH.scalar(state(H + j))
+            c_prev = L.Select(L.cmp("==", t, 0), zero,
+                              packed([b, L.maximum(t - 1, 0), H + j]))
+            # dc is stored in the carry first, then read back for each gate.
+            dc = L.Load(carry, carried(H + j))
+            units = L.Seq([
+                L.Store(carry, carried(H + j),
+                        L.Load(carry, carried(H + j)) + g([b, t, H + j]) + dh * o * (one - tc * tc)),
+                L.Store(out, at(j), dc * gg * i * (one - i)),
+                L.Store(out, at(H + j), dc * c_prev * f * (one - f)),
+                L.Store(out, at(2 * H + j), dc * i * (one - gg * gg)),
+                L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
+                L.Store(carry, carried(H + j), dc * f),
+            ])
+        k2 = ctx.var("k")
+        # The gradient reaching h_{t-1}: rows of W_hh scaled and summed, the
+        # inner loop along contiguous W_hh rows.
+        to_prev_h = L.Seq([
+            L.For(k, L.Const(H, L.INDEX), L.Store(carry, carried(k), zero)),
+            L.For(r, L.Const(G * H, L.INDEX), L.For(k2, L.Const(H, L.INDEX), L.Store(
+                carry, carried(k2), L.Load(out, at(r)) * w_hh([r, k2]), accumulate=True))),
+        ])
+        n = _length(ctx, ins, node, b, T)
+        q = ctx.var("q")
+        c0 = ctx.var("c")
+        clear = _loops([(b, ctx.dim(B)), (c0, L.Const(2 * H, L.INDEX))],
+                       L.Store(carry, carried(c0), zero))
+        step = L.Seq([L.If(L.cmp("<", t, n), L.Seq([L.For(j, L.Const(H, L.INDEX), units), to_prev_h])),
+                      L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))])
+        return L.Seq([clear, _loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
+
+
+class Recurrent(Op):
+    """rnn(x, hidden) and lstm(x, hidden): all hidden states [batch, time, hidden]
+    (2*hidden with bidirectional=true: forward then backward direction)."""
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("hidden", "int"), Arg("name", "str", None),
+                 Arg("lengths", "tensor", None), Arg("bidirectional", "bool", False))
+
+    def __init__(self, cell: str):
+        self.name = self.cell = cell
+
+    def build(self, b: Builder, args) -> Value:
+        x, hidden, name = args["x"], args["hidden"], args["name"]
+        if x.type.rank != 3:
+            raise OpError(f"'{self.name}' expects a sequence [batch, time, features], got {x.type}", arg="x")
+        need_float(self.name, x.type)
+        if not isinstance(x.type.shape[2], int):
+            raise OpError(f"'{self.name}' needs a fixed number of features, got {x.type}", arg="x")
+        if hidden < 1:
+            raise OpError(f"'{self.name}' needs hidden >= 1, got {hidden}", arg="hidden")
+        lengths = check_lengths(self.name, x, args["lengths"])
+        h = self.direction(b, x, hidden, name, "", lengths)
+        if args["bidirectional"]:
+            rev = lambda v: b.node(REVERSE_TIME, [v] + lengths, lengths=bool(lengths))
+            h_rev = rev(self.direction(b, rev(x), hidden, name, "_reverse", lengths))
+            width = 2 * hidden
+            h = add(b, b.node(PAD_LAST, [h], start=0, width=width),
+                    b.node(PAD_LAST, [h_rev], start=hidden, width=width))
+        b.layer(name, self.name, h)
+        return h
+
+    def direction(self, b: Builder, x: Value, hidden: int, name: str, suffix: str,
+                  lengths: list[Value]) -> Value:
+        dtype, rows = x.type.dtype, CELLS[self.cell] * hidden
+        bound = 1.0 / math.sqrt(hidden)
+        init = Init("uniform", -bound, bound)
+        p = lambda what, shape: b.param(f"{name}.{what}{suffix}", TensorType(dtype, shape), init, layer=name)
+        w_ih, w_hh = p("weight_ih", (rows, x.type.shape[2])), p("weight_hh", (rows, hidden))
+        b_ih, b_hh = p("bias_ih", (rows,)), p("bias_hh", (rows,))
+        xp = b.node(SEQ_PROJECT, [x, w_ih], tw=True)
+        packed = b.node(RECURRENCE, [xp, w_hh, b_ih, b_hh] + lengths,
+                        cell=self.cell, hidden=hidden, lengths=bool(lengths))
+        if self.cell == "rnn":
+            return packed
+        return b.node(SLICE_LAST, [packed], start=0, size=hidden)
+
+
+GATHER_ROWS, SCATTER_ROWS = register(Gather()), register(ScatterRows())
+EMBEDDING = register(Embedding())
+SEQ_PROJECT, SEQ_OUTER = register(SeqProject()), register(SeqOuter())
+SLICE_LAST, PAD_LAST = register(SliceLast()), register(PadLast())
+SHIFT_TIME, REVERSE_TIME = register(ShiftTime()), register(ReverseTime())
+PICK_TIME, PLACE_TIME, LAST = register(PickTime()), register(PlaceTime()), register(Last())
+RECURRENCE, RECURRENCE_GRAD = register(Recurrence()), register(RecurrenceGrad())
+RNN, LSTM = register(Recurrent("rnn")), register(Recurrent("lstm"))
