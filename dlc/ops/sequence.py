@@ -37,8 +37,7 @@ from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
 from ..lower import flat_index
 from .base import Arg, Op, OpError, need_float, register
-from .elementwise import SIGMOID, TANH, add
-from .shape import sum_to
+from .elementwise import add
 
 def _nan(dtype: str) -> L.Expr:
     return L.const_like(float("nan"), dtype)
@@ -56,6 +55,17 @@ def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
     for v, n in reversed(vars_extents):
         body = L.For(v, n, body)
     return body
+
+
+def _sigmoid(x: L.Expr) -> L.Expr:
+    # One exp, no libm tanh: exp(-x) may overflow to inf, giving exactly 0.
+    return 1.0 / (1.0 + L.call("exp", -x))
+
+
+def _tanh(x: L.Expr) -> L.Expr:
+    # 1 - 2 / (exp(2x) + 1): saturates to +-1 through inf and 0, and costs
+    # one exp instead of libm's tanh (half the recurrence's time otherwise).
+    return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
 
 
 def _dot(ctx, n: L.Expr, term) -> L.Expr:
@@ -166,6 +176,28 @@ class SeqProject(Op):
         return x @ (w.T if tw else w)
 
 
+class SumSteps(Op):
+    """out[n] = sum over b, t of a[b, t, n]: a bias's gradient, accumulated
+    along contiguous rows (a sum_to would read each column with a stride)."""
+    name = "sum_steps"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return TensorType(ins[0].dtype, ins[0].shape[-1:])
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        a_t = node.inputs[0].type
+        n, n2 = ctx.var("n"), ctx.var("n")
+        pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
+        width = ctx.dim(a_t.shape[-1])
+        zero = L.For(n, width, L.Store(out, n, L.const_like(0, out.dtype)))
+        acc = _loops([(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)] + [(n2, width)],
+                     L.Store(out, n2, ins[0](pos + [n2]), accumulate=True))
+        return L.Seq([zero, acc])
+
+    def reference(self, a):
+        return a.reshape(-1, a.shape[-1]).sum(0)
+
+
 class SeqOuter(Op):
     """out[n, k] = sum over b, t of a[b, t, n] * x[b, t, k]: a weight's
     gradient. One pass of rank-1 updates whose inner loop runs along
@@ -185,8 +217,10 @@ class SeqOuter(Op):
                       L.Store(out, flat_index(ctx, [n, k], shape), L.const_like(0, out.dtype)))
         update = L.Store(out, flat_index(ctx, [n2, k2], shape),
                          ins[0](pos + [n2]) * ins[1](pos + [k2]), accumulate=True)
-        acc = _loops([(n2, ctx.dim(shape[0]))] + [(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
-                     + [(k2, ctx.dim(shape[1]))], update)
+        # Steps outermost: consecutive updates touch different rows of out, so
+        # no update waits on the store of the one before.
+        acc = _loops([(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
+                     + [(n2, ctx.dim(shape[0])), (k2, ctx.dim(shape[1]))], update)
         return L.Seq([zero, acc])
 
     def reference(self, a, x):
@@ -381,7 +415,7 @@ class Recurrence(Op):
         hidden = node.attrs["hidden"]
         d_pre = b.node(RECURRENCE_GRAD, [g, node.out, w_hh] + lengths, **node.attrs)
         h_prev = b.node(SHIFT_TIME, [b.node(SLICE_LAST, [node.out], start=0, size=hidden)])
-        d_bias = sum_to(b, d_pre, b_ih.type.shape)
+        d_bias = b.node(SUM_STEPS, [d_pre])
         return [d_pre, b.node(SEQ_OUTER, [d_pre, h_prev]), d_bias, d_bias] + [None] * len(lengths)
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
@@ -402,20 +436,24 @@ class Recurrence(Op):
             return xp([b, t, row]) + b_ih([row]) + b_hh([row]) + L.Select(first, zero, rec)
 
         if cell == "rnn":
-            step = L.Store(out, at(t, j), TANH.scalar(pre(j)))
+            step = L.For(j, L.Const(H, L.INDEX), L.Store(out, at(t, j), _tanh(pre(j))))
         else:
+            # The 4H gate rows' products first (into the gate slots), then the
+            # cell update per unit, reading them back.
+            r = ctx.var("r")
             gate = lambda k: L.Load(out, at(t, (2 + k) * H + j))
+            activate = lambda k, f: L.Store(out, at(t, (2 + k) * H + j), f(gate(k)))
             step = L.Seq([
-                L.Store(out, at(t, 2 * H + j), SIGMOID.scalar(pre(j))),
-                L.Store(out, at(t, 3 * H + j), SIGMOID.scalar(pre(H + j))),
-                L.Store(out, at(t, 4 * H + j), TANH.scalar(pre(2 * H + j))),
-                L.Store(out, at(t, 5 * H + j), SIGMOID.scalar(pre(3 * H + j))),
-                L.Store(out, at(t, H + j), gate(1) * prev(H + j) + gate(0) * gate(2)),
-                L.Store(out, at(t, j), gate(3) * TANH.scalar(L.Load(out, at(t, H + j)))),
-            ])
+                L.For(r, L.Const(4 * H, L.INDEX), L.Store(out, at(t, 2 * H + r), pre(r))),
+                L.For(j, L.Const(H, L.INDEX), L.Seq([
+                    activate(0, _sigmoid), activate(1, _sigmoid), activate(2, _tanh),
+                    activate(3, _sigmoid),
+                    L.Store(out, at(t, H + j), gate(1) * prev(H + j) + gate(0) * gate(2)),
+                    L.Store(out, at(t, j), gate(3) * _tanh(L.Load(out, at(t, H + j)))),
+                ]))])
         n = _length(ctx, ins, node, b, T)
         p = ctx.var("p")
-        body = L.Seq([L.If(L.cmp("<", t, n), L.For(j, L.Const(H, L.INDEX), step)),
+        body = L.Seq([L.If(L.cmp("<", t, n), step),
                       L.If(L.cmp(">=", t, n), L.For(p, L.Const(P, L.INDEX), L.Store(out, at(t, p), zero)))])
         return _loops([(t, ctx.dim(T)), (b, ctx.dim(B))], body)
 
@@ -452,7 +490,7 @@ class RecurrenceGrad(Op):
             units = L.Store(out, at(j), dh * (one - h * h))
         else:
             i, f, gg, o = (state((2 + q) * H + j) for q in range(4))
-            tc = TANH.scalar(state(H + j))
+            tc = _tanh(state(H + j))
             c_prev = L.Select(L.cmp("==", t, 0), zero,
                               packed([b, L.maximum(t - 1, 0), H + j]))
             # dc is stored in the carry first, then read back for each gate.
@@ -533,6 +571,7 @@ class Recurrent(Op):
 GATHER_ROWS, SCATTER_ROWS = register(Gather()), register(ScatterRows())
 EMBEDDING = register(Embedding())
 SEQ_PROJECT, SEQ_OUTER = register(SeqProject()), register(SeqOuter())
+SUM_STEPS = register(SumSteps())
 SLICE_LAST, PAD_LAST = register(SliceLast()), register(PadLast())
 SHIFT_TIME, REVERSE_TIME = register(ShiftTime()), register(ReverseTime())
 PICK_TIME, PLACE_TIME, LAST = register(PickTime()), register(PlaceTime()), register(Last())
