@@ -57,15 +57,35 @@ def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
     return body
 
 
-def _sigmoid(x: L.Expr) -> L.Expr:
-    # One exp, no libm tanh: exp(-x) may overflow to inf, giving exactly 0.
-    return 1.0 / (1.0 + L.call("exp", -x))
+# Eigen's rational approximation of tanh in f32 (a few ulp, clamped where
+# f32 tanh is +-1): only multiplies, adds, a divide and min/max, so the
+# gate loops vectorize, where a libm call per element would dominate the scan.
+TANH_CLAMP = 7.90531110763549805
+TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+            5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+            -2.76076847742355e-16)
+TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+            1.19825839466702e-06)
+
+
+def _poly(x2: L.Expr, coefs) -> L.Expr:
+    out: L.Expr = L.const_like(coefs[-1], x2.dtype)
+    for c in reversed(coefs[:-1]):
+        out = out * x2 + c
+    return out
 
 
 def _tanh(x: L.Expr) -> L.Expr:
-    # 1 - 2 / (exp(2x) + 1): saturates to +-1 through inf and 0, and costs
-    # one exp instead of libm's tanh (half the recurrence's time otherwise).
-    return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
+    if x.dtype != "f32":   # f64: exactly, through exp (inf and 0 saturate it)
+        return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
+    xc = L.maximum(L.minimum(x, TANH_CLAMP), -TANH_CLAMP)
+    x2 = xc * xc
+    return L.Select(L.cmp("<", L.call("abs", x), 0.0004), x,
+                    xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN))
+
+
+def _sigmoid(x: L.Expr) -> L.Expr:
+    return 0.5 + 0.5 * _tanh(x * 0.5)
 
 
 def _dot(ctx, n: L.Expr, term) -> L.Expr:
@@ -504,14 +524,14 @@ class RecurrenceGrad(Op):
                 L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
                 L.Store(carry, carried(H + j), dc * f),
             ])
+        # The gradient reaching h_{t-1} is d_pre @ W_hh: with W_hh transposed
+        # once into scratch, a dot product along contiguous memory per unit.
+        w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
+        transpose = _loops([(r, L.Const(G * H, L.INDEX)), (k, L.Const(H, L.INDEX))],
+                           L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
         k2 = ctx.var("k")
-        # The gradient reaching h_{t-1}: rows of W_hh scaled and summed, the
-        # inner loop along contiguous W_hh rows.
-        to_prev_h = L.Seq([
-            L.For(k, L.Const(H, L.INDEX), L.Store(carry, carried(k), zero)),
-            L.For(r, L.Const(G * H, L.INDEX), L.For(k2, L.Const(H, L.INDEX), L.Store(
-                carry, carried(k2), L.Load(out, at(r)) * w_hh([r, k2]), accumulate=True))),
-        ])
+        to_prev_h = L.For(k2, L.Const(H, L.INDEX), L.Store(carry, carried(k2), _dot(
+            ctx, L.Const(G * H, L.INDEX), lambda q: L.Load(w_t, k2 * (G * H) + q) * L.Load(out, at(q)))))
         n = _length(ctx, ins, node, b, T)
         q = ctx.var("q")
         c0 = ctx.var("c")
@@ -519,7 +539,7 @@ class RecurrenceGrad(Op):
                        L.Store(carry, carried(c0), zero))
         step = L.Seq([L.If(L.cmp("<", t, n), L.Seq([L.For(j, L.Const(H, L.INDEX), units), to_prev_h])),
                       L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))])
-        return L.Seq([clear, _loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
+        return L.Seq([clear, transpose, _loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
 
 
 class Recurrent(Op):
