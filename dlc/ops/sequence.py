@@ -172,7 +172,10 @@ class Embedding(Op):
 
 class SeqProject(Op):
     """out[b, t, n] = sum_k x[b, t, k] * w[n, k] (tw) or w[k, n]: the matrix
-    product of all steps' features at once."""
+    product of all steps' features at once. Lowered as one kernel: per step,
+    the output row accumulates rows of w^T (transposed once into scratch) or
+    of w scaled by x's features, so the row stays in registers and every
+    load runs along contiguous memory."""
     name = "seq_project"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -186,11 +189,26 @@ class SeqProject(Op):
         gw = b.node(SEQ_OUTER, [g, x]) if node.attrs["tw"] else b.node(SEQ_OUTER, [x, g])
         return [gx, gw]
 
-    def lower(self, ctx, idx, ins, node) -> L.Expr:
-        *bt, n = idx
-        x_t = node.inputs[0].type
-        w = (lambda k: ins[1]([n, k])) if node.attrs["tw"] else (lambda k: ins[1]([k, n]))
-        return _dot(ctx, ctx.dim(x_t.shape[-1]), lambda k: ins[0](bt + [k]) * w(k))
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        x_t, w_t = (v.type for v in node.inputs)
+        K, N = ctx.dim(x_t.shape[-1]), ctx.dim(node.out.type.shape[-1])
+        n, k, n2, k2, n3 = (ctx.var(v) for v in ("n", "k", "n", "k", "n"))
+        stmts: list[L.Stmt] = []
+        if node.attrs["tw"]:   # rows of w^T: w [N, K] transposed into scratch [K, N]
+            rows = ctx.scratch(out.dtype, K * N)
+            stmts.append(_loops([(n, N), (k, K)], L.Store(rows, k * N + n, ins[1]([n, k]))))
+            row = lambda kk, nn: L.Load(rows, kk * N + nn)
+        else:
+            row = lambda kk, nn: ins[1]([kk, nn])
+        pos = [ctx.var(f"i{j}") for j in range(x_t.rank - 1)]
+        at = lambda nn: flat_index(ctx, pos + [nn], node.out.type.shape)
+        per_step = L.Seq([
+            L.For(n2, N, L.Store(out, at(n2), L.const_like(0, out.dtype))),
+            _loops([(k2, K), (n3, N)], L.Store(out, at(n3), ins[0](pos + [k2]) * row(k2, n3),
+                                                 accumulate=True)),
+        ])
+        stmts.append(_loops([(v, ctx.dim(d)) for v, d in zip(pos, x_t.shape[:-1])], per_step))
+        return L.Seq(stmts)
 
     def reference(self, x, w, *, tw):
         return x @ (w.T if tw else w)
@@ -451,31 +469,46 @@ class Recurrence(Op):
         def prev(col):  # state column `col` at t - 1; zero before the first step
             return L.Select(first, zero, L.Load(out, at(prev_t, col)))
 
-        def pre(row):  # pre-activation of gate row `row`
-            rec = _dot(ctx, L.Const(H, L.INDEX), lambda k: w_hh([row, k]) * L.Load(out, at(prev_t, k)))
-            return xp([b, t, row]) + b_ih([row]) + b_hh([row]) + L.Select(first, zero, rec)
-
+        # Per step and example: h_{t-1} and c_{t-1} are copied into scratch,
+        # the G*H gate pre-activations accumulate in scratch (inputs and
+        # biases, then one scaled row of W_hh^T per hidden unit, along
+        # contiguous memory; W_hh^T is transposed once per call), and the
+        # cell update reads only scratch. Distinct buffers cannot alias, so
+        # LLVM keeps the gate row in registers and vectorizes the update.
+        G = CELLS[cell]
+        GH = L.Const(G * H, L.INDEX)
+        HH = L.Const(H, L.INDEX)
+        w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
+        pre = ctx.scratch(out.dtype, GH)
+        state = ctx.scratch(out.dtype, L.Const(2 * H, L.INDEX))   # h_{t-1} | c_{t-1}
+        r, r2, r3, k, k2, q = (ctx.var(v) for v in ("r", "r", "r", "k", "k", "q"))
+        transpose = _loops([(r, GH), (k, HH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
+        saved = 1 if cell == "rnn" else 2
+        step = [
+            L.For(q, L.Const(saved * H, L.INDEX), L.Store(state, q, prev(q))),
+            L.For(r2, GH, L.Store(pre, r2, xp([b, t, r2]) + b_ih([r2]) + b_hh([r2]))),
+            _loops([(k2, HH), (r3, GH)], L.Store(
+                pre, r3, L.Load(w_t, k2 * (G * H) + r3) * L.Load(state, k2), accumulate=True)),
+        ]
+        gate = lambda g: L.Load(pre, g * H + j)
         if cell == "rnn":
-            step = L.For(j, L.Const(H, L.INDEX), L.Store(out, at(t, j), _tanh(pre(j))))
+            step.append(L.For(j, HH, L.Store(out, at(t, j), _tanh(gate(0)))))
         else:
-            # The 4H gate rows' products first (into the gate slots), then the
-            # cell update per unit, reading them back.
-            r = ctx.var("r")
-            gate = lambda k: L.Load(out, at(t, (2 + k) * H + j))
-            activate = lambda k, f: L.Store(out, at(t, (2 + k) * H + j), f(gate(k)))
-            step = L.Seq([
-                L.For(r, L.Const(4 * H, L.INDEX), L.Store(out, at(t, 2 * H + r), pre(r))),
-                L.For(j, L.Const(H, L.INDEX), L.Seq([
-                    activate(0, _sigmoid), activate(1, _sigmoid), activate(2, _tanh),
-                    activate(3, _sigmoid),
-                    L.Store(out, at(t, H + j), gate(1) * prev(H + j) + gate(0) * gate(2)),
-                    L.Store(out, at(t, j), gate(3) * _tanh(L.Load(out, at(t, H + j)))),
-                ]))])
+            i, f, g, o = _sigmoid(gate(0)), _sigmoid(gate(1)), _tanh(gate(2)), _sigmoid(gate(3))
+            saved_gate = lambda q, v: L.Store(out, at(t, (2 + q) * H + j), v)
+            load = lambda q: L.Load(out, at(t, (2 + q) * H + j))
+            c = load(1) * L.Load(state, H + j) + load(0) * load(2)
+            step.append(L.For(j, HH, L.Seq([
+                saved_gate(0, i), saved_gate(1, f), saved_gate(2, g), saved_gate(3, o),
+                L.Store(out, at(t, H + j), c),
+                L.Store(out, at(t, j), load(3) * _tanh(L.Load(out, at(t, H + j)))),
+            ])))
+        step = L.Seq(step)
         n = _length(ctx, ins, node, b, T)
         p = ctx.var("p")
         body = L.Seq([L.If(L.cmp("<", t, n), step),
                       L.If(L.cmp(">=", t, n), L.For(p, L.Const(P, L.INDEX), L.Store(out, at(t, p), zero)))])
-        return _loops([(t, ctx.dim(T)), (b, ctx.dim(B))], body)
+        return L.Seq([transpose, _loops([(t, ctx.dim(T)), (b, ctx.dim(B))], body)])
 
 
 class RecurrenceGrad(Op):

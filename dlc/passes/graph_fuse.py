@@ -22,12 +22,12 @@ from ..ops.elementwise import CONSTANT, NUMEL
 from ..ops.loss import SCATTER_LAST
 from ..ops.nn import MATMUL
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
-from ..ops.sequence import PAD_LAST, PLACE_TIME, SEQ_PROJECT
+from ..ops.sequence import PAD_LAST, PLACE_TIME
 from ..ops.shape import BROADCAST_TO, SUM_TO
 
-REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, SEQ_PROJECT}
+REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO}
 # Consumers that read an input element more than once.
-REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, SEQ_PROJECT}
+REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST}
 # Consumers whose most elements are a constant: a reduction inlined into them
 # would be evaluated for every element, even where it is not selected.
 REREADS |= {PLACE_TIME, PAD_LAST}
