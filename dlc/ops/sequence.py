@@ -255,10 +255,14 @@ class SeqOuter(Op):
                       L.Store(out, flat_index(ctx, [n, k], shape), L.const_like(0, out.dtype)))
         update = L.Store(out, flat_index(ctx, [n2, k2], shape),
                          ins[0](pos + [n2]) * ins[1](pos + [k2]), accumulate=True)
-        # Steps outermost: consecutive updates touch different rows of out, so
-        # no update waits on the store of the one before.
-        acc = _loops([(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
-                     + [(n2, ctx.dim(shape[0])), (k2, ctx.dim(shape[1]))], update)
+        steps = [(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
+        rows, cols = (n2, ctx.dim(shape[0])), (k2, ctx.dim(shape[1]))
+        # Short rows (measured: up to 32) stay in registers across all steps
+        # with the rows outermost; longer ones stream through cache with the
+        # steps outermost, where consecutive updates touch different rows.
+        short = isinstance(shape[1], int) and shape[1] <= 32
+        order = [rows] + steps + [cols] if short else steps + [rows, cols]
+        acc = _loops(order, update)
         return L.Seq([zero, acc])
 
     def reference(self, a, x):
@@ -557,14 +561,23 @@ class RecurrenceGrad(Op):
                 L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
                 L.Store(carry, carried(H + j), dc * f),
             ])
-        # The gradient reaching h_{t-1} is d_pre @ W_hh: with W_hh transposed
-        # once into scratch, a dot product along contiguous memory per unit.
-        w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
-        transpose = _loops([(r, L.Const(G * H, L.INDEX)), (k, L.Const(H, L.INDEX))],
-                           L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
-        k2 = ctx.var("k")
-        to_prev_h = L.For(k2, L.Const(H, L.INDEX), L.Store(carry, carried(k2), _dot(
-            ctx, L.Const(G * H, L.INDEX), lambda q: L.Load(w_t, k2 * (G * H) + q) * L.Load(out, at(q)))))
+        # The gradient reaching h_{t-1} is d_pre @ W_hh. Rows of W_hh scaled
+        # and accumulated keep the carried row in registers; for short rows
+        # (measured: hidden <= 32) LLVM vectorizes that badly, so there each
+        # unit is a dot product with a row of W_hh^T, transposed once.
+        k2, r2 = ctx.var("k"), ctx.var("r")
+        GHc, HH = L.Const(G * H, L.INDEX), L.Const(H, L.INDEX)
+        if H <= 32:
+            w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
+            prepare = [_loops([(r, GHc), (k, HH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))]
+            to_prev_h = L.For(k2, HH, L.Store(carry, carried(k2), _dot(
+                ctx, GHc, lambda q: L.Load(w_t, k2 * (G * H) + q) * L.Load(out, at(q)))))
+        else:
+            prepare = []
+            to_prev_h = L.Seq([
+                L.For(k2, HH, L.Store(carry, carried(k2), zero)),
+                _loops([(r2, GHc), (k, HH)], L.Store(carry, carried(k), L.Load(out, at(r2)) * w_hh([r2, k]),
+                                                     accumulate=True))])
         n = _length(ctx, ins, node, b, T)
         q = ctx.var("q")
         c0 = ctx.var("c")
@@ -572,7 +585,7 @@ class RecurrenceGrad(Op):
                        L.Store(carry, carried(c0), zero))
         step = L.Seq([L.If(L.cmp("<", t, n), L.Seq([L.For(j, L.Const(H, L.INDEX), units), to_prev_h])),
                       L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))])
-        return L.Seq([clear, transpose, _loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
+        return L.Seq([clear] + prepare + [_loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
 
 
 class Recurrent(Op):
