@@ -39,6 +39,7 @@ from ..lower import flat_index
 from .base import Arg, Op, OpError, need_float, register
 from .elementwise import add
 
+
 def _nan(dtype: str) -> L.Expr:
     return L.const_like(float("nan"), dtype)
 
@@ -443,9 +444,9 @@ class Recurrence(Op):
     G*hidden], weight_hh, bias_ih, bias_hh and, with attr lengths, the
     lengths. Output per step: the packed state (see the module docstring).
 
-    One kernel: for t, for each example still running, each hidden unit
-    computes its G gate rows (dot products of contiguous W_hh rows with
-    h_{t-1}, read back from the previous step's output) and the cell update."""
+    One kernel: for t, for each example still running, the G*hidden gate
+    pre-activations (h_{t-1} read back from the previous step's output) and
+    the cell update; past its length, zeros."""
     name = "recurrence"
 
     def infer(self, ins, attrs) -> TensorType:
