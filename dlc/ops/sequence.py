@@ -197,7 +197,7 @@ class SeqProject(Op):
         stmts: list[L.Stmt] = []
         if node.attrs["tw"]:   # rows of w^T: w [N, K] transposed into scratch [K, N]
             rows = ctx.scratch(out.dtype, K * N)
-            stmts.append(_loops([(n, N), (k, K)], L.Store(rows, k * N + n, ins[1]([n, k]))))
+            stmts.append(_loops([(k, K), (n, N)], L.Store(rows, k * N + n, ins[1]([n, k]))))
             row = lambda kk, nn: L.Load(rows, kk * N + nn)
         else:
             row = lambda kk, nn: ins[1]([kk, nn])
@@ -487,7 +487,7 @@ class Recurrence(Op):
         pre = ctx.scratch(out.dtype, GH)
         state = ctx.scratch(out.dtype, L.Const(2 * H, L.INDEX))   # h_{t-1} | c_{t-1}
         r, r2, r3, k, k2, q = (ctx.var(v) for v in ("r", "r", "r", "k", "k", "q"))
-        transpose = _loops([(r, GH), (k, HH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
+        transpose = _loops([(k, HH), (r, GH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
         saved = 1 if cell == "rnn" else 2
         step = [
             L.For(q, L.Const(saved * H, L.INDEX), L.Store(state, q, prev(q))),
@@ -570,7 +570,7 @@ class RecurrenceGrad(Op):
         GHc, HH = L.Const(G * H, L.INDEX), L.Const(H, L.INDEX)
         if H <= 32:
             w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
-            prepare = [_loops([(r, GHc), (k, HH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))]
+            prepare = [_loops([(k, HH), (r, GHc)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))]
             to_prev_h = L.For(k2, HH, L.Store(carry, carried(k2), _dot(
                 ctx, GHc, lambda q: L.Load(w_t, k2 * (G * H) + q) * L.Load(out, at(q)))))
         else:
