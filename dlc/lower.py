@@ -4,8 +4,9 @@ Every node that is not inlined gets a kernel: a loop nest over its output
 shape storing the op's lowering expression, in which inlined producers are
 expanded in place. An op whose output is not a per-element expression (a
 recurrence over time, a scatter-add) provides `lower_kernel` instead, and
-its statement becomes the kernel's body (see `Op.lower_kernel`). After this pass no graph op survives; `Reduce`
-expressions remain until `lower_reductions`.
+its statement becomes the kernel's body (see `Op.lower_kernel`). After this
+pass no graph op survives; `Reduce` expressions remain until
+`lower_reductions`.
 
 The tensor table (what the runtime sees) is laid out here: parameters,
 optimizer states, then each entry's inputs and outputs.
@@ -159,9 +160,7 @@ class FunctionLowering:
         return entry, EntrySlots(fn.name, ENTRY_KIND[fn.kind], inputs, outputs)
 
     def workspace_buffer(self, v: Value) -> L.Buffer:
-        buf = L.Buffer(f"t{len(self.workspace)}", v.type.dtype, "workspace",
-                       len(self.workspace), size_of(self.ctx, v.type.shape))
-        self.workspace.append(buf)
+        buf = self.scratch_buffer(v.type.dtype, size_of(self.ctx, v.type.shape))
         self.buffers[id(v)] = buf
         return buf
 
