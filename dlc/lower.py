@@ -2,8 +2,11 @@
 
 Every node that is not inlined gets a kernel: a loop nest over its output
 shape storing the op's lowering expression, in which inlined producers are
-expanded in place. After this pass no graph op survives; `Reduce`
-expressions remain until `lower_reductions`.
+expanded in place. An op whose output is not a per-element expression (a
+recurrence over time, a scatter-add) provides `lower_kernel` instead, and
+its statement becomes the kernel's body (see `Op.lower_kernel`). After this
+pass no graph op survives; `Reduce` expressions remain until
+`lower_reductions`.
 
 The tensor table (what the runtime sees) is laid out here: parameters,
 optimizer states, then each entry's inputs and outputs.
@@ -57,6 +60,15 @@ class LowerCtx:
 
     def var(self, name: str) -> L.Var:
         return L.Var(name)
+
+
+class KernelCtx(LowerCtx):
+    """What a statement-level lowering (`Op.lower_kernel`) may also ask for:
+    scratch workspace that lives for its kernel only."""
+
+    def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer]):
+        super().__init__(syms)
+        self.scratch = scratch   # (dtype, number of elements) -> a workspace buffer
 
 
 def flat_index(ctx: LowerCtx, idx: list[L.Expr], shape: tuple[Dim, ...]) -> L.Expr:
@@ -131,8 +143,14 @@ class FunctionLowering:
             if id(n.out) in fn.inlined:
                 continue
             buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
-            self.kernels.append(self.store_kernel(f"{n.op.name}_{len(self.kernels)}",
-                                                  n.out.type.shape, [(buf, self.define(n))]))
+            name = f"{n.op.name}_{len(self.kernels)}"
+            if n.op.lower_kernel is not None:
+                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer)
+                body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
+                self.kernels.append(L.Kernel(name, body))
+            else:
+                self.kernels.append(self.store_kernel(name, n.out.type.shape,
+                                                      [(buf, self.define(n))]))
         for slot, v in copies:
             self.kernels.append(self.store_kernel(f"copy_{len(self.kernels)}", v.type.shape,
                                                   [(self.tensor_buffer(slot, v), self.access(v))]))
@@ -142,10 +160,13 @@ class FunctionLowering:
         return entry, EntrySlots(fn.name, ENTRY_KIND[fn.kind], inputs, outputs)
 
     def workspace_buffer(self, v: Value) -> L.Buffer:
-        buf = L.Buffer(f"t{len(self.workspace)}", v.type.dtype, "workspace",
-                       len(self.workspace), size_of(self.ctx, v.type.shape))
-        self.workspace.append(buf)
+        buf = self.scratch_buffer(v.type.dtype, size_of(self.ctx, v.type.shape))
         self.buffers[id(v)] = buf
+        return buf
+
+    def scratch_buffer(self, dtype: str, size: L.Expr) -> L.Buffer:
+        buf = L.Buffer(f"t{len(self.workspace)}", dtype, "workspace", len(self.workspace), size)
+        self.workspace.append(buf)
         return buf
 
     def define(self, node: Node) -> Accessor:

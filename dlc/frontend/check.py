@@ -49,6 +49,7 @@ HPARAM_RULES = {
     "weight_decay": (lambda v: v >= 0, "at least 0"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "clip": (lambda v: v > 0, "positive"),
 }
 
 
@@ -252,6 +253,7 @@ class _Checker:
             self.fail(call.span, f"unknown optimizer '{call.func}'{suggest(call.func, OPTIMIZERS)}; "
                                  f"dlc has {', '.join(OPTIMIZERS)}")
         hparams = self.bind(call, call.func, OPTIMIZERS[call.func], s)
+        hparams = {k: v for k, v in hparams.items() if v is not None}   # options not given
         for name, v in hparams.items():
             valid, words = HPARAM_RULES.get(name, (lambda v: True, ""))
             if not valid(v):

@@ -74,6 +74,14 @@ class Op:
     def grad(self, b: Builder, node: Node, g: Value) -> list[Value | None]:
         raise OpError(f"'{self.name}' is not differentiable")
 
+    # -- statement-level lowering, for outputs that are not a per-element
+    # expression (a recurrence over time, a scatter-add). When set, it is
+    # called as lower_kernel(ctx: KernelCtx, out: Buffer, ins: [accessor], node)
+    # and returns the kernel's whole body (an L.Stmt) that fills `out`
+    # (flat, row-major); `lower` is then unused. Such a node is never inlined
+    # into its consumers, and producers with reductions are not inlined into it.
+    lower_kernel: Callable | None = None
+
     # -- NumPy reference, used by tests
     def reference(self, *xs: np.ndarray, **attrs) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no reference")

@@ -1,5 +1,7 @@
 """Optimizers: their signatures in the language and their update rules,
 written as elementwise graph ops with exactly torch.optim's arithmetic.
+`clip=c` first scales all gradients by min(1, c / (global norm + 1e-6)),
+as torch.nn.utils.clip_grad_norm_(params, c) before the step does.
 
 `updates` returns (target, new value) pairs; the target is a parameter or an
 optimizer state value, and the lowering writes all new values of one shape
@@ -9,14 +11,28 @@ from __future__ import annotations
 
 from ..ir.graph import Builder, OptimizerSpec, TensorType, Value
 from .base import Arg
-from .elementwise import EXP_BASE, SQRT, add, broadcast, div, mul, scalar_like, sub
+from .elementwise import EXP_BASE, RELU, SQRT, add, broadcast, div, mul, scalar_like, sub
+from .reduce import SUM_ALL
 
 OPTIMIZERS: dict[str, tuple[Arg, ...]] = {
     "sgd": (Arg("lr", "float"), Arg("momentum", "float", 0.0),
-            Arg("weight_decay", "float", 0.0)),
+            Arg("weight_decay", "float", 0.0), Arg("clip", "float", None)),
     "adam": (Arg("lr", "float"), Arg("beta1", "float", 0.9), Arg("beta2", "float", 0.999),
-             Arg("eps", "float", 1e-8), Arg("weight_decay", "float", 0.0)),
+             Arg("eps", "float", 1e-8), Arg("weight_decay", "float", 0.0),
+             Arg("clip", "float", None)),
 }
+
+
+def clip_by_global_norm(b: Builder, grads: dict[str, Value], max_norm: float) -> dict[str, Value]:
+    squares = [b.node(SUM_ALL, [mul(b, g, g)]) for g in grads.values()]
+    total = squares[0]
+    for s in squares[1:]:
+        total = add(b, total, s)
+    one = scalar_like(b, 1.0, total)
+    coef = div(b, scalar_like(b, max_norm, total),
+               add(b, b.node(SQRT, [total]), scalar_like(b, 1e-6, total)))
+    coef = sub(b, one, b.node(RELU, [sub(b, one, coef)]))   # min(coef, 1)
+    return {k: mul(b, g, broadcast(b, coef, g.type.shape)) for k, g in grads.items()}
 
 
 def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
@@ -24,6 +40,8 @@ def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
     h = spec.hparams
     out: list[tuple[Value, Value]] = []
     prefix = b.fn.name
+    if "clip" in h and grads:
+        grads = clip_by_global_norm(b, grads, h["clip"])
     if spec.kind == "adam":
         dtype = next(iter(params.values())).type.dtype
         step = b.state(f"{prefix}.step", TensorType(dtype, ()))

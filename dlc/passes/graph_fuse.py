@@ -8,6 +8,8 @@ A value is inlined into its consumers when that costs no repeated work:
   single consumer that reads each element once (an elementwise op or another
   reduction), never into one that re-reads it (a matmul, a broadcast).
 So dense + bias + activation becomes one kernel, and so do loss chains.
+An op lowered as a whole statement (`lower_kernel`) is never inlined, and
+counts as a consumer that re-reads its inputs.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..ops.loss import SCATTER_LAST
 from ..ops.nn import MATMUL
 from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_GRAD, non_overlapping
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
+from ..ops.sequence import PAD_LAST, PLACE_TIME
 from ..ops.shape import BROADCAST_TO, SUM_TO
 
 CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
@@ -30,6 +33,9 @@ REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, AVGPOOL_GRAD, MAXPOOL
               MAXPOOL_ARGMAX} | CONVS | POOLS
 # Consumers that read an input element more than once.
 REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
+# Consumers whose most elements are a constant: a reduction inlined into them
+# would be evaluated for every element, even where it is not selected.
+REREADS |= {PLACE_TIME, PAD_LAST}
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
 
 
@@ -64,10 +70,11 @@ def plan(fn: Function) -> set[int]:
             has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
         users = consumers.get(key, [])
         n_users = len(users) + assigned[key]
-        if key in pinned or n_users == 0:
+        if key in pinned or n_users == 0 or n.op.lower_kernel is not None:
             continue
         if has_reduce[key]:
-            ok = n_users == 1 and not any(rereads(u) for u in users)
+            ok = n_users == 1 and not any(rereads(u) or u.op.lower_kernel is not None
+                                          for u in users)
         else:
             ok = n.op in TRIVIAL or n_users == 1
         if ok:

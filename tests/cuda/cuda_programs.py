@@ -74,4 +74,18 @@ train g {
     optimizer = sgd(lr=0.1)
 }
 """,
+    # Recurrences (statement-level kernels), both directions, stacked.
+    "sequence": """
+model m {
+    input x: f32[batch, 4, 5]
+    h = lstm(x, 3, name="l", bidirectional=true) |> rnn(4, name="r")
+    output y = last(h)
+}
+train g {
+    input x: f32[batch, 4, 5]
+    input t: f32[batch, 4]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+""",
 }

@@ -1,0 +1,646 @@
+"""Sequences: embedding, recurrent layers (tanh RNN, LSTM) and picking steps.
+
+Tensors are [batch, time, features]; `time` may be a symbol, so one program
+runs any length. Parameters follow PyTorch: `embedding` owns `<name>.weight`
+[vocab, dim] ~ N(0, 1) (nn.Embedding); `rnn` and `lstm` own
+`<name>.weight_ih` [G*hidden, features], `<name>.weight_hh` [G*hidden, hidden],
+`<name>.bias_ih` and `<name>.bias_hh` [G*hidden], G = 1 (rnn) or 4 (lstm,
+gates in PyTorch's order i, f, g, o), all ~ U(-1/sqrt(hidden), 1/sqrt(hidden)),
+so torch.nn.LSTM's `*_l0` weights load by name (`*_l0_reverse` onto
+`<name>.*_reverse` when bidirectional).
+
+A recurrent layer is two nodes:
+- the input projection of every step at once, x @ W_ih^T as one large
+  product over [batch, time] (`seq_project`);
+- a scan over time (`recurrence`, lowered by `lower_kernel` as one kernel)
+  that per step adds the biases and h_{t-1} @ W_hh^T and applies the gates.
+  Its output packs, per step, what the backward pass needs: for the LSTM
+  [h | c | i f g o] (6*hidden), for the RNN h alone. `slice_last` exposes h.
+Its gradient is a reverse-time scan (`recurrence_grad`) producing the
+gradient of the pre-activation gates, from which the input, W_ih and the
+biases get theirs by products and sums, and W_hh by one product with the
+shifted hidden states (`seq_outer`).
+
+`lengths` (i32[batch]) gives packed-sequence semantics: an example's steps
+at and after its length leave its state unchanged and output zeros. Indices
+out of range (tokens outside the vocabulary, lengths outside [1, time] in
+`last`) give NaN, so bad data shows in the loss rather than reading stray
+memory.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import loops as L
+from ..ir.graph import Builder, Init, TensorType, Value
+from ..lower import flat_index
+from .base import Arg, Op, OpError, need_float, register
+from .elementwise import add
+
+
+def _nan(dtype: str) -> L.Expr:
+    return L.const_like(float("nan"), dtype)
+
+
+def _index(e: L.Expr) -> L.Expr:
+    return L.Cast(e, L.INDEX)
+
+
+def _in_range(i: L.Expr, lo, hi: L.Expr) -> L.Expr:
+    return L.Bin("and", L.cmp(">=", i, lo), L.cmp("<", i, hi), "bool")
+
+
+def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
+    for v, n in reversed(vars_extents):
+        body = L.For(v, n, body)
+    return body
+
+
+# Eigen's rational approximation of tanh in f32 (a few ulp, clamped where
+# f32 tanh is +-1): only multiplies, adds, a divide and min/max, so the
+# gate loops vectorize, where a libm call per element would dominate the scan.
+TANH_CLAMP = 7.90531110763549805
+TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+            5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+            -2.76076847742355e-16)
+TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+            1.19825839466702e-06)
+
+
+def _poly(x2: L.Expr, coefs) -> L.Expr:
+    out: L.Expr = L.const_like(coefs[-1], x2.dtype)
+    for c in reversed(coefs[:-1]):
+        out = out * x2 + c
+    return out
+
+
+def _tanh(x: L.Expr) -> L.Expr:
+    if x.dtype != "f32":   # f64: exactly, through exp (inf and 0 saturate it)
+        return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
+    xc = L.maximum(L.minimum(x, TANH_CLAMP), -TANH_CLAMP)
+    x2 = xc * xc
+    return L.Select(L.cmp("<", L.call("abs", x), 0.0004), x,
+                    xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN))
+
+
+def _sigmoid(x: L.Expr) -> L.Expr:
+    return 0.5 + 0.5 * _tanh(x * 0.5)
+
+
+def _dot(ctx, n: L.Expr, term) -> L.Expr:
+    k = ctx.var("k")
+    return L.Reduce("sum", (k,), (n,), term(k))
+
+
+# ---------------------------------------------------------------- embedding
+
+class Gather(Op):
+    """out[b, t, :] = weight[tokens[b, t], :] (NaN for tokens out of range)."""
+    name = "gather_rows"
+
+    def infer(self, ins, attrs) -> TensorType:
+        w, tok = ins
+        return TensorType(w.dtype, tok.shape + w.shape[1:])
+
+    def grad(self, b, node, g):
+        w, tok = node.inputs
+        return [b.node(SCATTER_ROWS, [g, tok], rows=w.type.shape[0]), None]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        rows = ctx.dim(node.inputs[0].type.shape[0])
+        tok = _index(ins[1](idx[:-1]))
+        safe = L.minimum(L.maximum(tok, 0), rows - 1)
+        return L.Select(_in_range(tok, 0, rows), ins[0]([safe, idx[-1]]), _nan(node.out.type.dtype))
+
+    def reference(self, w, tok):
+        return w[tok]
+
+
+class ScatterRows(Op):
+    """out[r, :] = sum of g[b, t, :] over the (b, t) with tokens[b, t] == r:
+    gather_rows' adjoint, as a scatter-add (one pass over g, not one per row)."""
+    name = "scatter_rows"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g, tok = ins
+        return TensorType(g.dtype, (attrs["rows"],) + g.shape[tok.rank:])
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        g_t, tok_t = (v.type for v in node.inputs)
+        rows, dim = node.attrs["rows"], g_t.shape[-1]
+        r, d = ctx.var("r"), ctx.var("d")
+        zero = _loops([(r, ctx.dim(rows)), (d, ctx.dim(dim))],
+                      L.Store(out, flat_index(ctx, [r, d], node.out.type.shape),
+                              L.const_like(0, out.dtype)))
+        pos = [ctx.var(f"i{k}") for k in range(tok_t.rank)]
+        tok = _index(ins[1](pos))
+        d2 = ctx.var("d")
+        add_row = L.For(d2, ctx.dim(dim), L.Store(
+            out, flat_index(ctx, [tok, d2], node.out.type.shape), ins[0](pos + [d2]), accumulate=True))
+        scatter = _loops([(v, ctx.dim(n)) for v, n in zip(pos, tok_t.shape)],
+                         L.If(_in_range(tok, 0, ctx.dim(rows)), add_row))
+        return L.Seq([zero, scatter])
+
+    def reference(self, g, tok, *, rows):
+        out = np.zeros((rows,) + g.shape[tok.ndim:], g.dtype)
+        np.add.at(out, tok, g)
+        return out
+
+
+class Embedding(Op):
+    name = "embedding"
+    owns_params = True
+    signature = (Arg("tokens", "tensor"), Arg("vocab", "int"), Arg("dim", "int"),
+                 Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        tok, vocab, dim = args["tokens"], args["vocab"], args["dim"]
+        if tok.type.dtype != "i32":
+            raise OpError(f"'embedding' expects integer tokens (i32), got {tok.type}", arg="tokens")
+        for what in ("vocab", "dim"):
+            if args[what] < 1:
+                raise OpError(f"'embedding' needs {what} >= 1, got {args[what]}", arg=what)
+        w = b.param(f"{args['name']}.weight", TensorType("f32", (vocab, dim)),
+                    Init("normal", 0.0, 1.0), layer=args["name"])
+        y = b.node(GATHER_ROWS, [w, tok])
+        b.layer(args["name"], self.name, y)
+        return y
+
+
+# ------------------------------------------------- products over [batch, time]
+
+class SeqProject(Op):
+    """out[b, t, n] = sum_k x[b, t, k] * w[n, k] (tw) or w[k, n]: the matrix
+    product of all steps' features at once. Lowered as one kernel: per step,
+    the output row accumulates rows of w^T (transposed once into scratch) or
+    of w scaled by x's features, so the row stays in registers and every
+    load runs along contiguous memory."""
+    name = "seq_project"
+
+    def infer(self, ins, attrs) -> TensorType:
+        x, w = ins
+        n = w.shape[0] if attrs["tw"] else w.shape[1]
+        return TensorType(x.dtype, x.shape[:-1] + (n,))
+
+    def grad(self, b, node, g):
+        x, w = node.inputs
+        gx = b.node(SEQ_PROJECT, [g, w], tw=not node.attrs["tw"])
+        gw = b.node(SEQ_OUTER, [g, x]) if node.attrs["tw"] else b.node(SEQ_OUTER, [x, g])
+        return [gx, gw]
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        x_t, w_t = (v.type for v in node.inputs)
+        K, N = ctx.dim(x_t.shape[-1]), ctx.dim(node.out.type.shape[-1])
+        n, k, n2, k2, n3 = (ctx.var(v) for v in ("n", "k", "n", "k", "n"))
+        stmts: list[L.Stmt] = []
+        if node.attrs["tw"]:   # rows of w^T: w [N, K] transposed into scratch [K, N]
+            rows = ctx.scratch(out.dtype, K * N)
+            stmts.append(_loops([(k, K), (n, N)], L.Store(rows, k * N + n, ins[1]([n, k]))))
+            row = lambda kk, nn: L.Load(rows, kk * N + nn)
+        else:
+            row = lambda kk, nn: ins[1]([kk, nn])
+        pos = [ctx.var(f"i{j}") for j in range(x_t.rank - 1)]
+        at = lambda nn: flat_index(ctx, pos + [nn], node.out.type.shape)
+        per_step = L.Seq([
+            L.For(n2, N, L.Store(out, at(n2), L.const_like(0, out.dtype))),
+            _loops([(k2, K), (n3, N)], L.Store(out, at(n3), ins[0](pos + [k2]) * row(k2, n3),
+                                                 accumulate=True)),
+        ])
+        stmts.append(_loops([(v, ctx.dim(d)) for v, d in zip(pos, x_t.shape[:-1])], per_step))
+        return L.Seq(stmts)
+
+    def reference(self, x, w, *, tw):
+        return x @ (w.T if tw else w)
+
+
+class SumSteps(Op):
+    """out[n] = sum over b, t of a[b, t, n]: a bias's gradient, accumulated
+    along contiguous rows (a sum_to would read each column with a stride)."""
+    name = "sum_steps"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return TensorType(ins[0].dtype, ins[0].shape[-1:])
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        a_t = node.inputs[0].type
+        n, n2 = ctx.var("n"), ctx.var("n")
+        pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
+        width = ctx.dim(a_t.shape[-1])
+        zero = L.For(n, width, L.Store(out, n, L.const_like(0, out.dtype)))
+        acc = _loops([(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)] + [(n2, width)],
+                     L.Store(out, n2, ins[0](pos + [n2]), accumulate=True))
+        return L.Seq([zero, acc])
+
+    def reference(self, a):
+        return a.reshape(-1, a.shape[-1]).sum(0)
+
+
+class SeqOuter(Op):
+    """out[n, k] = sum over b, t of a[b, t, n] * x[b, t, k]: a weight's
+    gradient. One pass of rank-1 updates whose inner loop runs along
+    contiguous rows of x and out."""
+    name = "seq_outer"
+
+    def infer(self, ins, attrs) -> TensorType:
+        a, x = ins
+        return TensorType(a.dtype, (a.shape[-1], x.shape[-1]))
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        a_t = node.inputs[0].type
+        shape = node.out.type.shape
+        n, k, n2, k2 = ctx.var("n"), ctx.var("k"), ctx.var("n"), ctx.var("k")
+        pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
+        zero = _loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
+                      L.Store(out, flat_index(ctx, [n, k], shape), L.const_like(0, out.dtype)))
+        update = L.Store(out, flat_index(ctx, [n2, k2], shape),
+                         ins[0](pos + [n2]) * ins[1](pos + [k2]), accumulate=True)
+        steps = [(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
+        rows, cols = (n2, ctx.dim(shape[0])), (k2, ctx.dim(shape[1]))
+        # Short rows (measured: up to 32) stay in registers across all steps
+        # with the rows outermost; longer ones stream through cache with the
+        # steps outermost, where consecutive updates touch different rows.
+        short = isinstance(shape[1], int) and shape[1] <= 32
+        order = [rows] + steps + [cols] if short else steps + [rows, cols]
+        acc = _loops(order, update)
+        return L.Seq([zero, acc])
+
+    def reference(self, a, x):
+        return np.einsum("...n,...k->nk", a, x)
+
+
+# ------------------------------------------------------------ cheap reshapes
+
+class SliceLast(Op):
+    """x[..., start:start + size]."""
+    name = "slice_last"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return TensorType(ins[0].dtype, ins[0].shape[:-1] + (attrs["size"],))
+
+    def grad(self, b, node, g):
+        return [b.node(PAD_LAST, [g], start=node.attrs["start"],
+                       width=node.inputs[0].type.shape[-1])]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        return ins[0](idx[:-1] + [idx[-1] + node.attrs["start"]])
+
+    def reference(self, x, *, start, size):
+        return x[..., start:start + size]
+
+
+class PadLast(Op):
+    """x placed at [start, start + size) of a zero last axis of `width`."""
+    name = "pad_last"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return TensorType(ins[0].dtype, ins[0].shape[:-1] + (attrs["width"],))
+
+    def grad(self, b, node, g):
+        return [b.node(SLICE_LAST, [g], start=node.attrs["start"],
+                       size=node.inputs[0].type.shape[-1])]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        start, size = node.attrs["start"], node.inputs[0].type.shape[-1]
+        j = idx[-1] - start
+        safe = L.minimum(L.maximum(j, 0), size - 1)
+        return L.Select(_in_range(j, 0, L.Const(size, L.INDEX)), ins[0](idx[:-1] + [safe]),
+                        L.const_like(0, node.out.type.dtype))
+
+    def reference(self, x, *, start, width):
+        out = np.zeros(x.shape[:-1] + (width,), x.dtype)
+        out[..., start:start + x.shape[-1]] = x
+        return out
+
+
+def _length(ctx, ins, node, b: L.Expr, time_axis_len) -> L.Expr:
+    """Example b's length: the `lengths` input (the op's last) or the time dim."""
+    if node.attrs.get("lengths"):
+        return _index(ins[-1]([b]))
+    return ctx.dim(time_axis_len)
+
+
+class ShiftTime(Op):
+    """out[b, t] = x[b, t - 1], zero at t = 0: the states h_{t-1}."""
+    name = "shift_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return ins[0]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, t, *rest = idx
+        prev = ins[0]([b, L.maximum(t - 1, 0)] + rest)
+        return L.Select(L.cmp(">", t, 0), prev, L.const_like(0, node.out.type.dtype))
+
+    def reference(self, x):
+        out = np.zeros_like(x)
+        out[:, 1:] = x[:, :-1]
+        return out
+
+
+class ReverseTime(Op):
+    """out[b, t] = x[b, n - 1 - t] for t < n (example b's length), else 0:
+    each sequence reversed within its length; its own adjoint."""
+    name = "reverse_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        return ins[0]
+
+    def grad(self, b, node, g):
+        return [b.node(REVERSE_TIME, [g] + list(node.inputs[1:]), **node.attrs)] + [None] * (len(node.inputs) - 1)
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, t, *rest = idx
+        n = L.minimum(_length(ctx, ins, node, b, node.out.type.shape[1]), ctx.dim(node.out.type.shape[1]))
+        src = L.minimum(L.maximum(n - 1 - t, 0), ctx.dim(node.out.type.shape[1]) - 1)
+        return L.Select(L.cmp("<", t, n), ins[0]([b, src] + rest), L.const_like(0, node.out.type.dtype))
+
+    def reference(self, x, lengths=None, **attrs):
+        out = np.zeros_like(x)
+        for b in range(x.shape[0]):
+            n = x.shape[1] if lengths is None else min(int(lengths[b]), x.shape[1])
+            out[b, :n] = x[b, :n][::-1]
+        return out
+
+
+# ------------------------------------------------------------ picking steps
+
+class PickTime(Op):
+    """out[b, :] = h[b, n - 1, :] for example b's length n (NaN if n is not
+    in [1, time])."""
+    name = "pick_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        h = ins[0]
+        return TensorType(h.dtype, h.shape[:1] + h.shape[2:])
+
+    def grad(self, b, node, g):
+        return [b.node(PLACE_TIME, [g] + list(node.inputs[1:]), time=node.inputs[0].type.shape[1],
+                       **node.attrs)] + [None] * (len(node.inputs) - 1)
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, *rest = idx
+        steps = ctx.dim(node.inputs[0].type.shape[1])
+        t = _length(ctx, ins, node, b, node.inputs[0].type.shape[1]) - 1
+        safe = L.minimum(L.maximum(t, 0), steps - 1)
+        return L.Select(_in_range(t, 0, steps), ins[0]([b, safe] + rest), _nan(node.out.type.dtype))
+
+    def reference(self, h, lengths=None, **attrs):
+        n = np.full(h.shape[0], h.shape[1]) if lengths is None else lengths
+        return h[np.arange(h.shape[0]), n - 1]
+
+
+class PlaceTime(Op):
+    """out[b, t, :] = g[b, :] at t = n - 1, else 0: pick_time's adjoint."""
+    name = "place_time"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g = ins[0]
+        return TensorType(g.dtype, g.shape[:1] + (attrs["time"],) + g.shape[1:])
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        b, t, *rest = idx
+        n = _length(ctx, ins, node, b, node.attrs["time"])
+        return L.Select(L.cmp("==", t, n - 1), ins[0]([b] + rest), L.const_like(0, node.out.type.dtype))
+
+
+class Last(Op):
+    """last(h, lengths): each example's state at its last valid step;
+    last(h): the final step's."""
+    name = "last"
+    signature = (Arg("h", "tensor"), Arg("lengths", "tensor", None))
+
+    def build(self, b: Builder, args) -> Value:
+        h = args["h"]
+        if h.type.rank < 3:
+            raise OpError(f"'last' expects a sequence [batch, time, features], got {h.type}", arg="h")
+        lengths = check_lengths(self.name, h, args["lengths"])
+        return b.node(PICK_TIME, [h] + lengths, lengths=bool(lengths))
+
+
+def check_lengths(op: str, x: Value, lengths: Value | None) -> list[Value]:
+    """[lengths] if given and an i32[batch] for x's batch, else []."""
+    if lengths is None:
+        return []
+    want = TensorType("i32", x.type.shape[:1])
+    if lengths.type != want:
+        raise OpError(f"'{op}' expects lengths {want} (one per example of {x.type}), "
+                      f"got {lengths.type}", arg="lengths")
+    return [lengths]
+
+
+# ------------------------------------------------------------- recurrences
+
+CELLS = {"rnn": 1, "lstm": 4}   # gates per cell
+
+
+def packed_width(cell: str, hidden: int) -> int:
+    return hidden if cell == "rnn" else 6 * hidden
+
+
+class Recurrence(Op):
+    """The scan over time. Inputs: the projected inputs xp [batch, time,
+    G*hidden], weight_hh, bias_ih, bias_hh and, with attr lengths, the
+    lengths. Output per step: the packed state (see the module docstring).
+
+    One kernel: for t, for each example still running, the G*hidden gate
+    pre-activations (h_{t-1} read back from the previous step's output) and
+    the cell update; past its length, zeros."""
+    name = "recurrence"
+
+    def infer(self, ins, attrs) -> TensorType:
+        xp = ins[0]
+        return TensorType(xp.dtype, xp.shape[:2] + (packed_width(attrs["cell"], attrs["hidden"]),))
+
+    def grad(self, b, node, g):
+        xp, w_hh, b_ih, b_hh, *lengths = node.inputs
+        hidden = node.attrs["hidden"]
+        d_pre = b.node(RECURRENCE_GRAD, [g, node.out, w_hh] + lengths, **node.attrs)
+        h_prev = b.node(SHIFT_TIME, [b.node(SLICE_LAST, [node.out], start=0, size=hidden)])
+        d_bias = b.node(SUM_STEPS, [d_pre])
+        return [d_pre, b.node(SEQ_OUTER, [d_pre, h_prev]), d_bias, d_bias] + [None] * len(lengths)
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        cell, H = node.attrs["cell"], node.attrs["hidden"]
+        B, T, P = node.out.type.shape
+        xp, w_hh, b_ih, b_hh = ins[:4]
+        b, t, j = ctx.var("b"), ctx.var("t"), ctx.var("j")
+        at = lambda step, col: flat_index(ctx, [b, step, col], node.out.type.shape)
+        first = L.cmp("==", t, 0)
+        prev_t = L.maximum(t - 1, 0)
+        zero = L.const_like(0, out.dtype)
+
+        def prev(col):  # state column `col` at t - 1; zero before the first step
+            return L.Select(first, zero, L.Load(out, at(prev_t, col)))
+
+        # Per step and example: h_{t-1} and c_{t-1} are copied into scratch,
+        # the G*H gate pre-activations accumulate in scratch (inputs and
+        # biases, then one scaled row of W_hh^T per hidden unit, along
+        # contiguous memory; W_hh^T is transposed once per call), and the
+        # cell update reads only scratch. Distinct buffers cannot alias, so
+        # LLVM keeps the gate row in registers and vectorizes the update.
+        G = CELLS[cell]
+        GH = L.Const(G * H, L.INDEX)
+        HH = L.Const(H, L.INDEX)
+        w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
+        pre = ctx.scratch(out.dtype, GH)
+        state = ctx.scratch(out.dtype, L.Const(2 * H, L.INDEX))   # h_{t-1} | c_{t-1}
+        r, r2, r3, k, k2, q = (ctx.var(v) for v in ("r", "r", "r", "k", "k", "q"))
+        transpose = _loops([(k, HH), (r, GH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
+        saved = 1 if cell == "rnn" else 2
+        step = [
+            L.For(q, L.Const(saved * H, L.INDEX), L.Store(state, q, prev(q))),
+            L.For(r2, GH, L.Store(pre, r2, xp([b, t, r2]) + b_ih([r2]) + b_hh([r2]))),
+            _loops([(k2, HH), (r3, GH)], L.Store(
+                pre, r3, L.Load(w_t, k2 * (G * H) + r3) * L.Load(state, k2), accumulate=True)),
+        ]
+        gate = lambda g: L.Load(pre, g * H + j)
+        if cell == "rnn":
+            step.append(L.For(j, HH, L.Store(out, at(t, j), _tanh(gate(0)))))
+        else:
+            i, f, g, o = _sigmoid(gate(0)), _sigmoid(gate(1)), _tanh(gate(2)), _sigmoid(gate(3))
+            saved_gate = lambda q, v: L.Store(out, at(t, (2 + q) * H + j), v)
+            load = lambda q: L.Load(out, at(t, (2 + q) * H + j))
+            c = load(1) * L.Load(state, H + j) + load(0) * load(2)
+            step.append(L.For(j, HH, L.Seq([
+                saved_gate(0, i), saved_gate(1, f), saved_gate(2, g), saved_gate(3, o),
+                L.Store(out, at(t, H + j), c),
+                L.Store(out, at(t, j), load(3) * _tanh(L.Load(out, at(t, H + j)))),
+            ])))
+        step = L.Seq(step)
+        n = _length(ctx, ins, node, b, T)
+        p = ctx.var("p")
+        body = L.Seq([L.If(L.cmp("<", t, n), step),
+                      L.If(L.cmp(">=", t, n), L.For(p, L.Const(P, L.INDEX), L.Store(out, at(t, p), zero)))])
+        return L.Seq([transpose, _loops([(t, ctx.dim(T)), (b, ctx.dim(B))], body)])
+
+
+class RecurrenceGrad(Op):
+    """Backpropagation through time. Inputs: the gradient of the packed
+    output, the packed output, weight_hh and (attr lengths) the lengths.
+    Output: the gradient of the pre-activation gates [batch, time, G*hidden],
+    zero past each example's length.
+
+    One kernel, t from last to first, carrying per example the gradient
+    reaching h_{t-1} and c_{t-1} in a scratch buffer [batch, 2*hidden]."""
+    name = "recurrence_grad"
+
+    def infer(self, ins, attrs) -> TensorType:
+        g = ins[0]
+        return TensorType(g.dtype, g.shape[:2] + (CELLS[attrs["cell"]] * attrs["hidden"],))
+
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        cell, H = node.attrs["cell"], node.attrs["hidden"]
+        G = CELLS[cell]
+        B, T, GH = node.out.type.shape
+        g, packed, w_hh = ins[:3]
+        carry = ctx.scratch(out.dtype, ctx.dim(B) * (2 * H))
+        b, s, j, k, r = (ctx.var(v) for v in "bsjkr")
+        t = ctx.dim(T) - 1 - s
+        one, zero = L.const_like(1, out.dtype), L.const_like(0, out.dtype)
+        at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
+        carried = lambda col: flat_index(ctx, [b, col], (B, 2 * H))
+        state = lambda col: packed([b, t, col])
+        dh = g([b, t, j]) + L.Load(carry, carried(j))
+        if cell == "rnn":
+            h = state(j)
+            units = L.Store(out, at(j), dh * (one - h * h))
+        else:
+            i, f, gg, o = (state((2 + q) * H + j) for q in range(4))
+            tc = _tanh(state(H + j))
+            c_prev = L.Select(L.cmp("==", t, 0), zero,
+                              packed([b, L.maximum(t - 1, 0), H + j]))
+            # dc is stored in the carry first, then read back for each gate.
+            dc = L.Load(carry, carried(H + j))
+            units = L.Seq([
+                L.Store(carry, carried(H + j),
+                        L.Load(carry, carried(H + j)) + g([b, t, H + j]) + dh * o * (one - tc * tc)),
+                L.Store(out, at(j), dc * gg * i * (one - i)),
+                L.Store(out, at(H + j), dc * c_prev * f * (one - f)),
+                L.Store(out, at(2 * H + j), dc * i * (one - gg * gg)),
+                L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
+                L.Store(carry, carried(H + j), dc * f),
+            ])
+        # The gradient reaching h_{t-1} is d_pre @ W_hh. Rows of W_hh scaled
+        # and accumulated keep the carried row in registers; for short rows
+        # (measured: hidden <= 32) LLVM vectorizes that badly, so there each
+        # unit is a dot product with a row of W_hh^T, transposed once.
+        k2, r2 = ctx.var("k"), ctx.var("r")
+        GHc, HH = L.Const(G * H, L.INDEX), L.Const(H, L.INDEX)
+        if H <= 32:
+            w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
+            prepare = [_loops([(k, HH), (r, GHc)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))]
+            to_prev_h = L.For(k2, HH, L.Store(carry, carried(k2), _dot(
+                ctx, GHc, lambda q: L.Load(w_t, k2 * (G * H) + q) * L.Load(out, at(q)))))
+        else:
+            prepare = []
+            to_prev_h = L.Seq([
+                L.For(k2, HH, L.Store(carry, carried(k2), zero)),
+                _loops([(r2, GHc), (k, HH)], L.Store(carry, carried(k), L.Load(out, at(r2)) * w_hh([r2, k]),
+                                                     accumulate=True))])
+        n = _length(ctx, ins, node, b, T)
+        q = ctx.var("q")
+        c0 = ctx.var("c")
+        clear = _loops([(b, ctx.dim(B)), (c0, L.Const(2 * H, L.INDEX))],
+                       L.Store(carry, carried(c0), zero))
+        step = L.Seq([L.If(L.cmp("<", t, n), L.Seq([L.For(j, L.Const(H, L.INDEX), units), to_prev_h])),
+                      L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))])
+        return L.Seq([clear] + prepare + [_loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
+
+
+class Recurrent(Op):
+    """rnn(x, hidden) and lstm(x, hidden): all hidden states [batch, time, hidden]
+    (2*hidden with bidirectional=true: forward then backward direction)."""
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("hidden", "int"), Arg("name", "str", None),
+                 Arg("lengths", "tensor", None), Arg("bidirectional", "bool", False))
+
+    def __init__(self, cell: str):
+        self.name = self.cell = cell
+
+    def build(self, b: Builder, args) -> Value:
+        x, hidden, name = args["x"], args["hidden"], args["name"]
+        if x.type.rank != 3:
+            raise OpError(f"'{self.name}' expects a sequence [batch, time, features], got {x.type}", arg="x")
+        need_float(self.name, x.type)
+        if not isinstance(x.type.shape[2], int):
+            raise OpError(f"'{self.name}' needs a fixed number of features, got {x.type}", arg="x")
+        if hidden < 1:
+            raise OpError(f"'{self.name}' needs hidden >= 1, got {hidden}", arg="hidden")
+        lengths = check_lengths(self.name, x, args["lengths"])
+        h = self.direction(b, x, hidden, name, "", lengths)
+        if args["bidirectional"]:
+            rev = lambda v: b.node(REVERSE_TIME, [v] + lengths, lengths=bool(lengths))
+            h_rev = rev(self.direction(b, rev(x), hidden, name, "_reverse", lengths))
+            width = 2 * hidden
+            h = add(b, b.node(PAD_LAST, [h], start=0, width=width),
+                    b.node(PAD_LAST, [h_rev], start=hidden, width=width))
+        b.layer(name, self.name, h)
+        return h
+
+    def direction(self, b: Builder, x: Value, hidden: int, name: str, suffix: str,
+                  lengths: list[Value]) -> Value:
+        dtype, rows = x.type.dtype, CELLS[self.cell] * hidden
+        bound = 1.0 / math.sqrt(hidden)
+        init = Init("uniform", -bound, bound)
+        p = lambda what, shape: b.param(f"{name}.{what}{suffix}", TensorType(dtype, shape), init, layer=name)
+        w_ih, w_hh = p("weight_ih", (rows, x.type.shape[2])), p("weight_hh", (rows, hidden))
+        b_ih, b_hh = p("bias_ih", (rows,)), p("bias_hh", (rows,))
+        xp = b.node(SEQ_PROJECT, [x, w_ih], tw=True)
+        packed = b.node(RECURRENCE, [xp, w_hh, b_ih, b_hh] + lengths,
+                        cell=self.cell, hidden=hidden, lengths=bool(lengths))
+        if self.cell == "rnn":
+            return packed
+        return b.node(SLICE_LAST, [packed], start=0, size=hidden)
+
+
+GATHER_ROWS, SCATTER_ROWS = register(Gather()), register(ScatterRows())
+EMBEDDING = register(Embedding())
+SEQ_PROJECT, SEQ_OUTER = register(SeqProject()), register(SeqOuter())
+SUM_STEPS = register(SumSteps())
+SLICE_LAST, PAD_LAST = register(SliceLast()), register(PadLast())
+SHIFT_TIME, REVERSE_TIME = register(ShiftTime()), register(ReverseTime())
+PICK_TIME, PLACE_TIME, LAST = register(PickTime()), register(PlaceTime()), register(Last())
+RECURRENCE, RECURRENCE_GRAD = register(Recurrence()), register(RecurrenceGrad())
+RNN, LSTM = register(Recurrent("rnn")), register(Recurrent("lstm"))
