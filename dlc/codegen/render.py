@@ -30,7 +30,12 @@ ALIGN = 64
 
 
 class ExprEmitter:
-    """Emits loop-IR expressions at a builder's position."""
+    """Emits loop-IR expressions at a builder's position.
+
+    Inside a vectorized loop (`lanes` = (var, W)) an expression that uses the
+    loop's variable becomes a W-lane vector: loads with stride 1 in it are
+    vector loads, other loads are gathered lane by lane, and operands that do
+    not use it stay scalar until combined with a vector (then splatted)."""
 
     def __init__(self, module: ir.Module, builder: ir.IRBuilder, syms_ptr, sym_vars: list[L.Var]):
         self.module, self.b = module, builder
@@ -39,9 +44,13 @@ class ExprEmitter:
             p = builder.gep(syms_ptr, [I64(k)], source_etype=I64)
             self.values[v] = builder.load(p, typ=I64, name=v.name)
         self.pointers: dict[L.Buffer, ir.Value] = {}
+        self.lanes: tuple[L.Var, int] | None = None
 
     def intrinsic(self, name: str, t: ir.Type, n: int = 1) -> ir.Function:
-        suffix = {"f32": "f32", "f64": "f64", "i64": "i64"}[_dtype_of(t)]
+        if isinstance(t, ir.VectorType):
+            suffix = f"v{t.count}{_SUFFIX[_dtype_of(t.element)]}"
+        else:
+            suffix = _SUFFIX[_dtype_of(t)]
         full = f"llvm.{name}.{suffix}"
         fn = self.module.globals.get(full)
         return fn or ir.Function(self.module, ir.FunctionType(t, [t] * n), name=full)
@@ -49,6 +58,40 @@ class ExprEmitter:
     def address(self, buf: L.Buffer, index: L.Expr) -> ir.Value:
         return self.b.gep(self.pointers[buf], [self.emit(index)], inbounds=True,
                           source_etype=TYPES[buf.dtype])
+
+    def varies(self, e: L.Expr) -> bool:
+        """e differs between the lanes of the enclosing vectorized loop."""
+        return self.lanes is not None and L.depends_on(e, self.lanes[0])
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        if self.lanes is None or isinstance(v.type, ir.VectorType):
+            return v
+        w = self.lanes[1]
+        one = self.b.insert_element(ir.Constant(ir.VectorType(v.type, w), None), v, I32(0))
+        return self.b.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, w), [0] * w))
+
+    def matched(self, *values: ir.Value) -> list[ir.Value]:
+        """values, all splatted to vectors if any of them is one."""
+        if any(isinstance(v.type, ir.VectorType) for v in values):
+            return [self.splat(v) for v in values]
+        return list(values)
+
+    def per_lane(self, f) -> ir.Value:
+        """A vector whose lane l is f() emitted with the lane variable = l."""
+        var, w = self.lanes
+        out = None
+        self.lanes = None
+        try:
+            for lane in range(w):
+                self.values[var] = I64(lane)
+                v = f()
+                if out is None:
+                    out = ir.Constant(ir.VectorType(v.type, w), None)
+                out = self.b.insert_element(out, v, I32(lane))
+        finally:
+            self.lanes = (var, w)
+            self.values[var] = _lane_ids(w)
+        return out
 
     def emit(self, e: L.Expr) -> ir.Value:
         b = self.b
@@ -59,25 +102,38 @@ class ExprEmitter:
                 raise InternalError("render", f"unbound variable {e.name}")
             return self.values[e]
         if isinstance(e, L.Load):
+            if self.varies(e.index):
+                return self.vector_load(e)
             return b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype])
         if isinstance(e, L.Bin):
             return self.binary(e)
         if isinstance(e, L.Call):
-            args = [self.emit(a) for a in e.args]
-            t = TYPES[e.dtype]
+            args = self.matched(*(self.emit(a) for a in e.args))
+            t = args[0].type
             if e.fn == "neg":
                 return b.fneg(args[0]) if e.dtype in ("f32", "f64") else b.neg(args[0])
             name = {"abs": "fabs"}.get(e.fn, e.fn)
             return b.call(self.intrinsic(name, t, len(args)), args)
         if isinstance(e, L.Select):
-            return b.select(self.emit(e.cond), self.emit(e.a), self.emit(e.b))
+            cond = self.emit(e.cond)
+            x, y = self.matched(self.emit(e.a), self.emit(e.b))
+            return b.select(cond, x, y)
         if isinstance(e, L.Cast):
             return self.cast(self.emit(e.value), e.value.dtype, e.dtype)
         raise InternalError("render", f"cannot render {type(e).__name__}")
 
+    def vector_load(self, e: L.Load) -> ir.Value:
+        var, w = self.lanes
+        if L.stride_of(e.index, var) == 1:
+            first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
+            v = self.b.load(self.address(e.buf, first), typ=ir.VectorType(TYPES[e.dtype], w))
+            v.align = L.DTYPE_BYTES[e.dtype]
+            return v
+        return self.per_lane(lambda: self.b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype]))
+
     def binary(self, e: L.Bin) -> ir.Value:
         b = self.b
-        x, y = self.emit(e.a), self.emit(e.b)
+        x, y = self.matched(self.emit(e.a), self.emit(e.b))
         dt = e.a.dtype
         is_float = dt in ("f32", "f64")
         if e.op == "and":
@@ -87,7 +143,7 @@ class ExprEmitter:
         if e.op in ("min", "max"):
             name = ("minnum" if e.op == "min" else "maxnum") if is_float else \
                    ("smin" if e.op == "min" else "smax")
-            return b.call(self.intrinsic(name, TYPES[dt], 2), [x, y])
+            return b.call(self.intrinsic(name, x.type, 2), [x, y])
         return self.arith(e.op, x, y, dt)
 
     def arith(self, op: str, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
@@ -100,6 +156,8 @@ class ExprEmitter:
 
     def cast(self, v: ir.Value, src: str, dst: str) -> ir.Value:
         b, t = self.b, TYPES[dst]
+        if isinstance(v.type, ir.VectorType):
+            t = ir.VectorType(t, v.type.count)
         fs, fd = src in ("f32", "f64"), dst in ("f32", "f64")
         if src == dst:
             return v
@@ -109,7 +167,15 @@ class ExprEmitter:
             return b.fptosi(v, t)
         if fd:
             return b.sitofp(v, t)
-        return b.sext(v, t) if t.width > v.type.width else b.trunc(v, t)
+        wider = TYPES[dst].width > TYPES[src].width
+        return b.sext(v, t) if wider else b.trunc(v, t)
+
+
+_SUFFIX = {"f32": "f32", "f64": "f64", "i64": "i64", "i32": "i32"}
+
+
+def _lane_ids(w: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I64, w), list(range(w)))
 
 
 def _dtype_of(t: ir.Type) -> str:
@@ -120,31 +186,109 @@ def _dtype_of(t: ir.Type) -> str:
 
 
 class StmtEmitter(ExprEmitter):
+    """Emits statements. `host` is the kernel's dlc_host pointer (parallel
+    loops call its parallel_for), or None to run parallel loops serially."""
+
+    def __init__(self, module: ir.Module, builder: ir.IRBuilder, syms_ptr, sym_vars: list[L.Var],
+                 host: ir.Value | None = None):
+        super().__init__(module, builder, syms_ptr, sym_vars)
+        self.host = host
+
     def emit_stmt(self, s: L.Stmt) -> None:
         b = self.b
         if isinstance(s, L.Seq):
             for x in s.body:
                 self.emit_stmt(x)
         elif isinstance(s, L.Store):
-            v = self.emit(s.value)
-            p = self.address(s.buf, s.index)
-            if s.accumulate:
-                old = b.load(p, typ=TYPES[s.buf.dtype])
-                v = self.arith("+", old, v, s.buf.dtype)
-            b.store(v, p)
+            self.store(s)
         elif isinstance(s, L.Allocate):
-            self.emit_stmt(s.body)  # its alloca was placed in the entry block
+            self.pointers[s.buf] = self.alloca(s.buf)
+            self.emit_stmt(s.body)
         elif isinstance(s, L.If):
             with b.if_then(self.emit(s.cond)):
                 self.emit_stmt(s.then)
         elif isinstance(s, L.For):
-            self.loop(s)
+            {"serial": self.loop, "unrolled": self.unrolled_loop, "vectorized": self.vectorized_loop,
+             "parallel": self.parallel_loop}[s.kind](s)
         else:
             raise InternalError("render", f"cannot render {type(s).__name__}")
 
-    def loop(self, s: L.For) -> None:
+    def alloca(self, buf: L.Buffer) -> ir.Value:
+        """Local storage in the function's entry block, where LLVM promotes
+        small arrays (register-blocked accumulators) to registers."""
+        if not isinstance(buf.size, L.Const):
+            raise InternalError("render", f"local {buf.name} has a non-constant size")
+        p = self.entry_alloca(TYPES[buf.dtype], I64(buf.size.value), buf.name)
+        p.align = ALIGN
+        return p
+
+    def entry_alloca(self, t: ir.Type, size: ir.Value | None = None, name: str = "") -> ir.Value:
+        entry = self.b.function.entry_basic_block
+        if self.b.block is entry:
+            return self.b.alloca(t, size=size, name=name)
+        # Another builder: inserting before this builder's position in its
+        # own block would shift the instruction index it keeps.
+        ab = ir.IRBuilder(entry)
+        ab.position_at_start(entry)
+        return ab.alloca(t, size=size, name=name)
+
+    def store(self, s: L.Store) -> None:
         b = self.b
-        n = self.emit(s.extent)
+        t = TYPES[s.buf.dtype]
+        if self.varies(s.index):
+            var, w = self.lanes
+            if L.stride_of(s.index, var) != 1:
+                self.scatter(s)
+                return
+            v = self.splat(self.emit(s.value))
+            first = L.substitute(s.index, {var: L.Const(0, L.INDEX)})
+            p = self.address(s.buf, first)
+            vt = ir.VectorType(t, w)
+            if s.accumulate:
+                old = b.load(p, typ=vt)
+                old.align = L.DTYPE_BYTES[s.buf.dtype]
+                v = self.arith("+", old, v, s.buf.dtype)
+            b.store(v, p).align = L.DTYPE_BYTES[s.buf.dtype]
+            return
+        v = self.emit(s.value)
+        if isinstance(v.type, ir.VectorType):  # one address for every lane: the last lane wins
+            v = b.extract_element(v, I32(v.type.count - 1))
+        p = self.address(s.buf, s.index)
+        if s.accumulate:
+            v = self.arith("+", b.load(p, typ=t), v, s.buf.dtype)
+        b.store(v, p)
+
+    def scatter(self, s: L.Store) -> None:
+        var, w = self.lanes
+        self.lanes = None
+        try:
+            for lane in range(w):
+                self.values[var] = I64(lane)
+                self.store(s)
+        finally:
+            self.lanes = (var, w)
+            self.values[var] = _lane_ids(w)
+
+    def unrolled_loop(self, s: L.For) -> None:
+        for k in range(s.extent.value):
+            self.values[s.var] = I64(k)
+            self.emit_stmt(s.body)
+
+    def vectorized_loop(self, s: L.For) -> None:
+        w = s.extent.value
+        if self.lanes is not None:
+            raise InternalError("render", f"vectorized loop {s.var.name} inside another")
+        self.lanes = (s.var, w)
+        self.values[s.var] = _lane_ids(w)
+        try:
+            self.emit_stmt(s.body)
+        finally:
+            self.lanes = None
+
+    def loop(self, s: L.For, start: ir.Value | None = None, end: ir.Value | None = None) -> None:
+        """A serial loop over [start, end) (default [0, extent))."""
+        b = self.b
+        n = self.emit(s.extent) if end is None else end
         pre = b.block
         header = b.append_basic_block(f"{s.var.name}.header")
         body = b.append_basic_block(f"{s.var.name}.body")
@@ -152,7 +296,7 @@ class StmtEmitter(ExprEmitter):
         b.branch(header)
         b.position_at_end(header)
         i = b.phi(I64, name=s.var.name)
-        i.add_incoming(I64(0), pre)
+        i.add_incoming(I64(0) if start is None else start, pre)
         b.cbranch(b.icmp_signed("<", i, n), body, exit_)
         b.position_at_end(body)
         self.values[s.var] = i
@@ -161,6 +305,64 @@ class StmtEmitter(ExprEmitter):
         i.add_incoming(nxt, b.block)
         b.branch(header)
         b.position_at_end(exit_)
+
+    def parallel_loop(self, s: L.For) -> None:
+        """Outlines the body into `void task(closure, begin, end)`; the
+        closure holds the buffers and the values of the variables the body
+        uses. Runs it through host->parallel_for, or directly without one."""
+        b = self.b
+        free = [v for v in dict.fromkeys(x for e in L.exprs_of(s.body) for x in L.subexprs(e)
+                                         if isinstance(x, L.Var))
+                if v in self.values and v is not s.var]
+        bufs = [buf for buf in dict.fromkeys(L.buffers_of(s.body)) if buf.kind != "local"]
+        closure_t = ir.LiteralStructType([PTR] * len(bufs) + [I64] * len(free))
+        fn = b.function
+        name = self.module.get_unique_name(f"{fn.name}.{s.var.name}")
+        # The body gets its buffers as noalias arguments (kept as scoped
+        # metadata when LLVM inlines it into the task), like a kernel.
+        body = ir.Function(self.module, ir.FunctionType(
+            ir.VoidType(), [PTR] * len(bufs) + [I64] * (len(free) + 2)), name=f"{name}.body")
+        body.linkage = "internal"
+        bb = ir.IRBuilder(body.append_basic_block("entry"))
+        inner = type(self)(self.module, bb, None, [], None)
+        for buf, arg in zip(bufs, body.args):
+            arg.add_attribute("noalias")
+            inner.pointers[buf] = arg
+        for v, arg in zip(free, body.args[len(bufs):]):
+            inner.values[v] = arg
+        inner.loop(L.For(s.var, s.extent, s.body), body.args[-2], body.args[-1])
+        bb.ret_void()
+
+        task = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
+                           name=f"{name}.task")
+        task.linkage = "internal"
+        tb = ir.IRBuilder(task.append_basic_block("entry"))
+        closure_arg, begin, end = task.args
+        fields = [tb.load(tb.gep(closure_arg, [I32(0), I32(k)], source_etype=closure_t),
+                          typ=closure_t.elements[k]) for k in range(len(bufs) + len(free))]
+        tb.call(body, fields + [begin, end])
+        tb.ret_void()
+
+        closure = self.entry_alloca(closure_t, name="closure")
+        for k, buf in enumerate(bufs):
+            b.store(self.pointers[buf], b.gep(closure, [I32(0), I32(k)], source_etype=closure_t))
+        for k, v in enumerate(free):
+            b.store(self.values[v], b.gep(closure, [I32(0), I32(len(bufs) + k)], source_etype=closure_t))
+        n = self.emit(s.extent)
+        if self.host is None:
+            b.call(task, [closure, I64(0), n])
+            return
+        host_t = ir.LiteralStructType([PTR, PTR])
+        pf = b.load(b.gep(self.host, [I32(0), I32(1)], source_etype=host_t), typ=PTR)
+        with b.if_else(b.icmp_unsigned("==", pf, ir.Constant(PTR, None))) as (serial, threaded):
+            with serial:
+                b.call(task, [closure, I64(0), n])
+            with threaded:
+                pool = b.load(b.gep(self.host, [I32(0), I32(0)], source_etype=host_t), typ=PTR)
+                grain = I64(1) if s.grain is None else self.emit(s.grain)
+                # An indirect call: llvmlite takes the callee's type from the value.
+                pf.function_type = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, PTR, PTR])
+                b.call(pf, [pool, n, grain, task, closure])
 
 
 def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
@@ -189,18 +391,17 @@ class Renderer:
 
     # -- kernels
     def kernel(self, name: str, k: L.Kernel) -> tuple[ir.Function, list[L.Buffer]]:
+        """An internal function (buffers..., syms, host)."""
         bufs = _global_buffers(k.body)
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 1)),
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2)),
                          name=f"dlc.kernel.{name}")
         fn.linkage = "internal"
-        for a in fn.args[:-1]:
+        for a in fn.args[:-2]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        em = StmtEmitter(self.module, b, fn.args[-1], self.prog.syms)
+        em = StmtEmitter(self.module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
         for buf, arg in zip(bufs, fn.args):
             em.pointers[buf] = arg
-        for buf in (st.buf for st in L.stmts_of(k.body) if isinstance(st, L.Allocate)):
-            em.pointers[buf] = b.alloca(TYPES[buf.dtype], name=buf.name)
         em.emit_stmt(k.body)
         b.ret_void()
         return fn, bufs
@@ -223,7 +424,7 @@ class Renderer:
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
                          name=f"dlc.entry.{entry.name}")
         fn.linkage = "internal"
-        tensors, syms, ws, _host = fn.args
+        tensors, syms, ws, host = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, syms, self.prog.syms)
         offsets, _ = self.slot_offsets(em, entry)
@@ -236,7 +437,7 @@ class Renderer:
                 else:
                     off = offsets[entry.slot_of[buf.index]]
                     args.append(b.gep(ws, [off], source_etype=ir.IntType(8)))
-            b.call(kfn, args + [syms])
+            b.call(kfn, args + [syms, host])
         b.ret(I32(0))
         return fn
 
