@@ -45,6 +45,10 @@ class ExprEmitter:
             self.values[v] = builder.load(p, typ=I64, name=v.name)
         self.pointers: dict[L.Buffer, ir.Value] = {}
         self.lanes: tuple[L.Var, int] | None = None
+        # Index arithmetic already emitted in the current basic block, by
+        # structure: unrolled micro-kernels repeat the same index terms.
+        self.index_cache: dict[tuple, ir.Value] = {}
+        self.cache_block = None
 
     def intrinsic(self, name: str, t: ir.Type, n: int = 1) -> ir.Function:
         if isinstance(t, ir.VectorType):
@@ -56,8 +60,10 @@ class ExprEmitter:
         return fn or ir.Function(self.module, ir.FunctionType(t, [t] * n), name=full)
 
     def address(self, buf: L.Buffer, index: L.Expr) -> ir.Value:
-        return self.b.gep(self.pointers[buf], [self.emit(index)], inbounds=True,
-                          source_etype=TYPES[buf.dtype])
+        p = self.b.gep(self.pointers[buf], [self.emit(index)], inbounds=True,
+                       source_etype=TYPES[buf.dtype])
+        p.type = PTR  # opaque, so vectors load and store through it too
+        return p
 
     def varies(self, e: L.Expr) -> bool:
         """e differs between the lanes of the enclosing vectorized loop."""
@@ -67,6 +73,8 @@ class ExprEmitter:
         if self.lanes is None or isinstance(v.type, ir.VectorType):
             return v
         w = self.lanes[1]
+        if isinstance(v, ir.Constant):
+            return ir.Constant(ir.VectorType(v.type, w), [v.constant] * w)
         one = self.b.insert_element(ir.Constant(ir.VectorType(v.type, w), None), v, I32(0))
         return self.b.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, w), [0] * w))
 
@@ -93,7 +101,36 @@ class ExprEmitter:
             self.values[var] = _lane_ids(w)
         return out
 
+    def index_key(self, e: L.Expr) -> tuple | None:
+        """A key equal for index expressions that compute the same value
+        here (None for those that read memory)."""
+        if isinstance(e, L.Const):
+            return ("c", e.value)
+        if isinstance(e, L.Var):
+            v = self.values.get(e)
+            return ("c", str(v)) if isinstance(v, ir.Constant) else ("v", id(v))
+        if isinstance(e, L.Bin) and e.dtype == L.INDEX:
+            a, c = self.index_key(e.a), self.index_key(e.b)
+            return None if a is None or c is None else (e.op, a, c)
+        if isinstance(e, L.Call) and e.dtype == L.INDEX:
+            keys = [self.index_key(x) for x in e.args]
+            return None if None in keys else (e.fn, *keys)
+        return None
+
     def emit(self, e: L.Expr) -> ir.Value:
+        if isinstance(e, (L.Bin, L.Call)) and e.dtype == L.INDEX:
+            if self.cache_block is not self.b.block:
+                self.index_cache, self.cache_block = {}, self.b.block
+            key = self.index_key(e)
+            if key is not None:
+                v = self.index_cache.get(key)
+                if v is None:
+                    v = self.index_cache[key] = self.emit_uncached(e)
+                    self.cache_block = self.b.block
+                return v
+        return self.emit_uncached(e)
+
+    def emit_uncached(self, e: L.Expr) -> ir.Value:
         b = self.b
         if isinstance(e, L.Const):
             return TYPES[e.dtype](e.value)
@@ -101,6 +138,14 @@ class ExprEmitter:
             if e not in self.values:
                 raise InternalError("render", f"unbound variable {e.name}")
             return self.values[e]
+        if isinstance(e, L.LaneSum):
+            v = b.load(self.address(e.buf, e.index), typ=ir.VectorType(TYPES[e.dtype], e.lanes))
+            v.align = L.DTYPE_BYTES[e.dtype]
+            t = TYPES[e.dtype]
+            fn = self.module.globals.get(f"llvm.vector.reduce.fadd.v{e.lanes}{_SUFFIX[e.dtype]}") or \
+                ir.Function(self.module, ir.FunctionType(t, [t, v.type]),
+                            name=f"llvm.vector.reduce.fadd.v{e.lanes}{_SUFFIX[e.dtype]}")
+            return b.call(fn, [t(-0.0), v], fastmath=FAST)  # reassoc: a tree of shuffles
         if isinstance(e, L.Load):
             if self.varies(e.index):
                 return self.vector_load(e)
@@ -152,6 +197,8 @@ class ExprEmitter:
             inst = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv}[op](x, y)
             inst.flags.extend(FAST)
             return inst
+        if isinstance(x, ir.Constant) and isinstance(y, ir.Constant) and isinstance(x.type, ir.IntType):
+            return _fold(op, x, y)  # unrolled loops make many index terms constant
         return {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv}[op](x, y)
 
     def cast(self, v: ir.Value, src: str, dst: str) -> ir.Value:
@@ -169,6 +216,16 @@ class ExprEmitter:
             return b.sitofp(v, t)
         wider = TYPES[dst].width > TYPES[src].width
         return b.sext(v, t) if wider else b.trunc(v, t)
+
+
+def _fold(op: str, x: ir.Constant, y: ir.Constant) -> ir.Value:
+    a, c = x.constant, y.constant
+    if op == "/":
+        if c == 0:
+            return ir.Constant(x.type, ir.Undefined)
+        q = abs(a) // abs(c)
+        return ir.Constant(x.type, q if (a >= 0) == (c > 0) else -q)  # C's truncation
+    return ir.Constant(x.type, {"+": a + c, "-": a - c, "*": a * c}[op])
 
 
 _SUFFIX = {"f32": "f32", "f64": "f64", "i64": "i64", "i32": "i32"}
@@ -218,19 +275,21 @@ class StmtEmitter(ExprEmitter):
         small arrays (register-blocked accumulators) to registers."""
         if not isinstance(buf.size, L.Const):
             raise InternalError("render", f"local {buf.name} has a non-constant size")
-        p = self.entry_alloca(TYPES[buf.dtype], I64(buf.size.value), buf.name)
-        p.align = ALIGN
-        return p
+        return self.entry_alloca(TYPES[buf.dtype], I64(buf.size.value), buf.name)
 
     def entry_alloca(self, t: ir.Type, size: ir.Value | None = None, name: str = "") -> ir.Value:
+        """An alloca in the entry block (an opaque pointer, like buffers)."""
         entry = self.b.function.entry_basic_block
-        if self.b.block is entry:
-            return self.b.alloca(t, size=size, name=name)
-        # Another builder: inserting before this builder's position in its
-        # own block would shift the instruction index it keeps.
-        ab = ir.IRBuilder(entry)
-        ab.position_at_start(entry)
-        return ab.alloca(t, size=size, name=name)
+        ab = self.b
+        if ab.block is not entry:
+            # Another builder: inserting before this builder's position in its
+            # own block would shift the instruction index it keeps.
+            ab = ir.IRBuilder(entry)
+            ab.position_at_start(entry)
+        p = ab.alloca(t, size=size, name=name)
+        p.align = ALIGN
+        p.type = PTR
+        return p
 
     def store(self, s: L.Store) -> None:
         b = self.b

@@ -1,7 +1,8 @@
 """Loop IR: kernels over flat buffers, as in Halide and TVM.
 
 Expressions are scalars: constants, variables (loop indices and symbolic
-sizes, all i64), loads, arithmetic, intrinsics, selects, casts, and `Reduce`
+sizes, all i64), loads (and `LaneSum`, a load of several consecutive
+elements summed), arithmetic, intrinsics, selects, casts, and `Reduce`
 (only before `lower_reductions`, which turns each into an accumulator loop).
 Statements: `For` (serial, parallel, vectorized, unrolled), `Store`,
 `Allocate` (a scoped local buffer), `If`, `Seq`.
@@ -80,6 +81,14 @@ class Load(Expr):
     @property
     def dtype(self) -> str:
         return self.buf.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class LaneSum(Load):
+    """buf[index] + buf[index + 1] + ... + buf[index + lanes - 1]: the sum
+    across the lanes of a vector accumulator (rendered as one vector load
+    and a horizontal add)."""
+    lanes: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,6 +356,8 @@ def substitute(e: Expr, env: dict) -> Expr:
         return env.get(e, e)
     if isinstance(e, Const):
         return e
+    if isinstance(e, LaneSum):
+        return LaneSum(e.buf, substitute(e.index, env), e.lanes)
     if isinstance(e, Load):
         return Load(e.buf, substitute(e.index, env))
     if isinstance(e, Bin):
@@ -462,6 +473,8 @@ def print_expr(e: Expr) -> str:
         return repr(e.value)
     if isinstance(e, Var):
         return e.name
+    if isinstance(e, LaneSum):
+        return f"lanesum({e.buf.name}[{print_expr(e.index)} : +{e.lanes}])"
     if isinstance(e, Load):
         return f"{e.buf.name}[{print_expr(e.index)}]"
     if isinstance(e, Bin):
