@@ -412,15 +412,15 @@ class StmtEmitter(ExprEmitter):
             b.call(task, [closure, I64(0), n])
             return
         host_t = ir.LiteralStructType([PTR, PTR])
-        pf = b.load(b.gep(self.host, [I32(0), I32(1)], source_etype=host_t), typ=PTR)
-        with b.if_else(b.icmp_unsigned("==", pf, ir.Constant(PTR, None))) as (serial, threaded):
+        # Typed as a function pointer so that llvmlite can call through it.
+        pf_t = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, PTR, PTR]).as_pointer()
+        pf = b.load(b.gep(self.host, [I32(0), I32(1)], source_etype=host_t), typ=pf_t)
+        with b.if_else(b.icmp_unsigned("==", pf, ir.Constant(pf_t, None))) as (serial, threaded):
             with serial:
                 b.call(task, [closure, I64(0), n])
             with threaded:
                 pool = b.load(b.gep(self.host, [I32(0), I32(0)], source_etype=host_t), typ=PTR)
                 grain = I64(1) if s.grain is None else self.emit(s.grain)
-                # An indirect call: llvmlite takes the callee's type from the value.
-                pf.function_type = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, PTR, PTR])
                 b.call(pf, [pool, n, grain, task, closure])
 
 
