@@ -1,7 +1,8 @@
 """The pipeline: one table of named passes from source to shared library.
 
     parse+check -> autodiff -> dce -> fuse        (graph IR)
-    -> lower -> tile -> lower_reductions -> parallelize -> plan_memory   (loop IR)
+    -> lower -> tile -> lower_reductions -> parallelize -> vectorize
+    -> plan_memory                                (loop IR)
     -> render (LLVM IR) -> optimize, emit, link   (object, .so)
 
 Each pass is a pure function; with `verify=True` (tests, DLC_VERIFY=1) the
@@ -28,6 +29,7 @@ from .passes.loop_memory import plan_memory
 from .passes.loop_parallel import parallelize
 from .passes.loop_reductions import lower_reductions
 from .passes.loop_tile import tile
+from .passes.loop_vectorize import vectorize
 
 GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("autodiff", differentiate),
@@ -38,6 +40,7 @@ LOOP_PASSES: list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]] = [
     ("tile", tile),
     ("lower_reductions", lower_reductions),
     ("parallelize", parallelize),
+    ("vectorize", vectorize),
     ("plan_memory", plan_memory),
 ]
 PASS_NAMES = ["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"] + [n for n, _ in LOOP_PASSES] + ["render"]

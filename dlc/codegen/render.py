@@ -49,6 +49,7 @@ class ExprEmitter:
         # structure: unrolled micro-kernels repeat the same index terms.
         self.index_cache: dict[tuple, ir.Value] = {}
         self.cache_block = None
+        self.vary_cache: dict[int, tuple[L.Expr, bool]] = {}
 
     def intrinsic(self, name: str, t: ir.Type, n: int = 1) -> ir.Function:
         if isinstance(t, ir.VectorType):
@@ -67,7 +68,12 @@ class ExprEmitter:
 
     def varies(self, e: L.Expr) -> bool:
         """e differs between the lanes of the enclosing vectorized loop."""
-        return self.lanes is not None and L.depends_on(e, self.lanes[0])
+        if self.lanes is None:
+            return False
+        hit = self.vary_cache.get(id(e))
+        if hit is None or hit[0] is not e:  # the node is kept: its id stays its own
+            hit = self.vary_cache[id(e)] = (e, L.depends_on(e, self.lanes[0]))
+        return hit[1]
 
     def splat(self, v: ir.Value) -> ir.Value:
         if self.lanes is None or isinstance(v.type, ir.VectorType):
@@ -160,8 +166,7 @@ class ExprEmitter:
             name = {"abs": "fabs"}.get(e.fn, e.fn)
             return b.call(self.intrinsic(name, t, len(args)), args)
         if isinstance(e, L.Select):
-            cond = self.emit(e.cond)
-            x, y = self.matched(self.emit(e.a), self.emit(e.b))
+            cond, x, y = self.matched(self.emit(e.cond), self.emit(e.a), self.emit(e.b))
             return b.select(cond, x, y)
         if isinstance(e, L.Cast):
             return self.cast(self.emit(e.value), e.value.dtype, e.dtype)
@@ -339,6 +344,7 @@ class StmtEmitter(ExprEmitter):
             raise InternalError("render", f"vectorized loop {s.var.name} inside another")
         self.lanes = (s.var, w)
         self.values[s.var] = _lane_ids(w)
+        self.vary_cache = {}
         try:
             self.emit_stmt(s.body)
         finally:
@@ -424,6 +430,56 @@ class StmtEmitter(ExprEmitter):
                 b.call(pf, [pool, n, grain, task, closure])
 
 
+class _Shape:
+    """A kernel's structure as a hashable key: buffers and loop variables
+    numbered by first appearance (with their dtypes), symbols by identity."""
+
+    def __init__(self, syms: set):
+        self.syms = syms
+        self.ids: dict[object, int] = {}
+
+    def ref(self, x) -> tuple:
+        if isinstance(x, L.Var) and x in self.syms:
+            return ("sym", x.name)
+        n = self.ids.setdefault(x, len(self.ids))
+        return ("buf", n, x.dtype) if isinstance(x, L.Buffer) else ("var", n)
+
+    def expr(self, e: L.Expr | None) -> tuple | None:
+        if e is None:
+            return None
+        if isinstance(e, L.Const):
+            return ("c", e.value, e.dtype)
+        if isinstance(e, L.Var):
+            return self.ref(e)
+        if isinstance(e, L.LaneSum):
+            return ("lanesum", self.ref(e.buf), self.expr(e.index), e.lanes)
+        if isinstance(e, L.Load):
+            return ("load", self.ref(e.buf), self.expr(e.index))
+        if isinstance(e, L.Bin):
+            return (e.op, self.expr(e.a), self.expr(e.b), e.dtype)
+        if isinstance(e, L.Call):
+            return (e.fn, e.dtype) + tuple(self.expr(a) for a in e.args)
+        if isinstance(e, L.Select):
+            return ("select", self.expr(e.cond), self.expr(e.a), self.expr(e.b))
+        if isinstance(e, L.Cast):
+            return ("cast", e.dtype, self.expr(e.value))
+        raise InternalError("render", f"cannot render {type(e).__name__}")
+
+    def stmt(self, s: L.Stmt) -> tuple:
+        if isinstance(s, L.For):
+            return ("for", self.ref(s.var), self.expr(s.extent), s.kind, self.expr(s.grain),
+                    self.stmt(s.body))
+        if isinstance(s, L.Store):
+            return ("store", self.ref(s.buf), self.expr(s.index), self.expr(s.value), s.accumulate)
+        if isinstance(s, L.Allocate):
+            return ("allocate", self.ref(s.buf), self.expr(s.buf.size), self.stmt(s.body))
+        if isinstance(s, L.If):
+            return ("if", self.expr(s.cond), self.stmt(s.then))
+        if isinstance(s, L.Seq):
+            return ("seq",) + tuple(self.stmt(b) for b in s.body)
+        raise InternalError("render", f"cannot render {type(s).__name__}")
+
+
 def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
     seen: dict[L.Buffer, None] = {}
     for buf in L.buffers_of(s):
@@ -437,6 +493,7 @@ class Renderer:
         self.prog, self.entries = prog, entries
         self.module = ir.Module(name=name)
         self.strings: dict[str, ir.GlobalVariable] = {}
+        self.kernel_fns: dict[tuple, ir.Function] = {}
 
     def render(self) -> ir.Module:
         descs = []
@@ -450,8 +507,13 @@ class Renderer:
 
     # -- kernels
     def kernel(self, name: str, k: L.Kernel) -> tuple[ir.Function, list[L.Buffer]]:
-        """An internal function (buffers..., syms, host)."""
+        """An internal function (buffers..., syms, host). Kernels that differ
+        only in their buffers (a model's forward pass inside its train and
+        grads entries) share one function."""
         bufs = _global_buffers(k.body)
+        key = _Shape(set(self.prog.syms)).stmt(k.body)
+        if key in self.kernel_fns:
+            return self.kernel_fns[key], bufs
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2)),
                          name=f"dlc.kernel.{name}")
         fn.linkage = "internal"
@@ -463,6 +525,7 @@ class Renderer:
             em.pointers[buf] = arg
         em.emit_stmt(k.body)
         b.ret_void()
+        self.kernel_fns[key] = fn
         return fn, bufs
 
     def slot_offsets(self, em: ExprEmitter, entry: L.LoopEntry) -> tuple[list[ir.Value], ir.Value]:

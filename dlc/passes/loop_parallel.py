@@ -113,6 +113,9 @@ def _fuse(chain: list[L.For], body: L.Stmt) -> L.For:
     env, stride = {}, L.Const(1, L.INDEX)
     for lp in reversed(chain):
         q = t / stride if not (isinstance(stride, L.Const) and stride.value == 1) else t
-        env[lp.var] = q - (q / lp.extent) * lp.extent if lp is not chain[0] else q
+        if isinstance(lp.extent, L.Const) and lp.extent.value == 1:
+            env[lp.var] = L.Const(0, L.INDEX)
+        else:
+            env[lp.var] = q - (q / lp.extent) * lp.extent if lp is not chain[0] else q
         stride = stride * lp.extent
     return L.For(t, stride, L.substitute_stmt(body, env))

@@ -29,7 +29,7 @@ Block sizes come from a register model (`choose_blocks`): for the host's
 vector width W and register count R, the (MR, NR) with MR*NR accumulators
 plus the registers each k step needs fitting in R that maximizes
 FMAs per load, MR*NR / (MR + NR), weighted by how much of each constant
-extent full blocks cover.
+extent full blocks cover; at most MAX_BLOCK accumulators (code size).
 """
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ from ..codegen.compiler import vector_registers
 from ..ir import loops as L
 
 MAX_MR, MAX_NR = 8, 4
+# The micro-kernel is unrolled MR x NR times in each of its variants: beyond
+# 16 accumulators the gain is small and LLVM's compile time is not.
+MAX_BLOCK = 16
+MIN_LANES = 8
 ZERO = L.Const(0, L.INDEX)
 
 
@@ -123,7 +127,7 @@ def choose_blocks(form: str, m: int | None, n: int | None, lanes: int, regs: int
             # outer: MR*NR accumulators, NR vectors of b, one broadcast of a;
             # dot: MR*NR accumulators, MR vectors of a (b is an FMA operand).
             need = mr * nr + (nr + 1 if form == "outer" else mr + 1)
-            if need > regs:
+            if need > regs or mr * nr > MAX_BLOCK:
                 continue
             width = nr * lanes if form == "outer" else nr
             score = mr * nr / (mr + nr)
@@ -283,11 +287,12 @@ def _tile_kernel(body: L.Stmt, vbytes: int, regs: int) -> L.Stmt | None:
     ext = {lp.var: lp.extent for lp in mt.loops}
     m = _const(ext[mt.i]) if mt.i is not None else 1
     n = _const(ext[mt.j]) if mt.j is not None else 1
-    if mt.form == "dot":
-        kext = _const(mt.red.extents[-1])
-        if kext is not None and kext < lanes:
-            lanes = max(1, 1 << (kext.bit_length() - 1))
-    elif n is not None and n < lanes:
-        lanes = max(1, 1 << (n.bit_length() - 1))
+    # The vectorized extent: along k (dot) or j (outer). Below MIN_LANES
+    # elements a vector does not pay; below a full vector, narrower ones.
+    vext = _const(mt.red.extents[-1]) if mt.form == "dot" else n
+    if vext is not None:
+        if vext < MIN_LANES:
+            return None
+        lanes = min(lanes, 1 << (vext.bit_length() - 1))
     mr, nr = choose_blocks(mt.form, m, n, lanes, regs)
     return Tiler(mt, lanes, mr, nr).build()
