@@ -33,6 +33,8 @@ struct dlc_pool {
   pthread_cond_t wake;
   int busy; /* a parallel loop is running: nested or concurrent calls run inline */
   atomic_uint_fast64_t generation; /* bumped per job; workers wait for a change */
+  uint_fast64_t born; /* the generation when the workers started: their first
+                         job is the next one, however late a thread starts */
   atomic_int sleepers;
   atomic_int stop;
   /* the current job */
@@ -61,7 +63,7 @@ static void run_chunks(dlc_pool *p) {
 
 static void *worker_main(void *arg) {
   dlc_pool *p = (dlc_pool *)arg;
-  uint_fast64_t seen = atomic_load(&p->generation);
+  uint_fast64_t seen = p->born;
   for (;;) {
     uint_fast64_t g = atomic_load(&p->generation);
     if (g == seen) {
@@ -122,6 +124,7 @@ static void start_workers(dlc_pool *p) {
     p->n_threads = 1;
     return;
   }
+  p->born = atomic_load(&p->generation);
   while (p->started < p->n_threads - 1 &&
          pthread_create(&p->workers[p->started], NULL, worker_main, p) == 0)
     p->started++;

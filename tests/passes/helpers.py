@@ -26,7 +26,7 @@ def loops_after(src: str, upto: str) -> L.LoopProgram:
 
 def compile_without(src: str, skip: tuple[str, ...] = (), num_threads: int = 1) -> CompiledProgram:
     art = _build(src, skip)
-    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), 0, num_threads)
+    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), 0, num_threads, art.loops)
 
 
 def _build(src: str, skip: tuple[str, ...]):
