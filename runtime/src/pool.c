@@ -6,8 +6,8 @@
  * before sleeping on a condition variable. The calling thread takes chunks
  * too; chunks are handed out through an atomic counter, so a worker delayed by
  * other load on the machine only delays its own chunk. */
-#include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -22,7 +22,7 @@
 #endif
 
 /* How long an idle worker spins before sleeping; DLC_SPIN_US overrides. */
-#define DEFAULT_SPIN_NS 200000
+#define DEFAULT_SPIN_NS 100000
 
 struct dlc_pool {
   int32_t n_threads; /* including the caller */
@@ -70,8 +70,11 @@ static void *worker_main(void *arg) {
       int64_t deadline = now_ns() + p->spin_ns;
       for (int k = 0; (g = atomic_load(&p->generation)) == seen; k++) {
         CPU_RELAX();
-        if ((k & 255) == 255 && now_ns() > deadline)
-          break;
+        if ((k & 255) == 255) {
+          if (now_ns() > deadline)
+            break;
+          sched_yield(); /* on a busy machine, let others run while we wait */
+        }
       }
       if (g == seen) {
         pthread_mutex_lock(&p->lock);
@@ -171,8 +174,13 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
     pthread_mutex_unlock(&p->lock);
   }
   run_chunks(p);
-  while (atomic_load(&p->active) > 0)
+  /* Wait for the workers; yield now and then, as a worker may be waiting
+   * for this very core when the machine is oversubscribed. */
+  for (int k = 0; atomic_load(&p->active) > 0; k++) {
     CPU_RELAX();
+    if ((k & 63) == 63)
+      sched_yield();
+  }
   pthread_mutex_lock(&p->lock);
   p->busy = 0;
   pthread_mutex_unlock(&p->lock);
