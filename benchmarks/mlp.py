@@ -12,12 +12,15 @@ from __future__ import annotations
 import io
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import dlc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
+import dlc  # noqa: E402
 
 SRC = """
 model mlp {

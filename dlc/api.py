@@ -17,6 +17,7 @@ from . import driver
 from .codegen import compiler
 from .errors import DlcError, NotFoundError
 from .ir.graph import Program as GraphProgram
+from .ir.loops import DTYPE_BYTES, Const, LoopEntry, LoopProgram, Var
 from .runtime import load_program
 
 
@@ -24,8 +25,8 @@ class CompiledProgram:
     """A compiled program and one runtime session holding its parameters."""
 
     def __init__(self, graph: GraphProgram, library: Path, seed: int, num_threads: int,
-                 target: str = "cpu"):
-        self.graph, self.library, self.target = graph, library, target
+                 target: str = "cpu", loops: LoopProgram | None = None):
+        self.graph, self.library, self.target, self.loops = graph, library, target, loops
         self._runtime = load_program(str(library))
         self._session = self._runtime.session(seed=seed, num_threads=num_threads)
 
@@ -76,11 +77,62 @@ class CompiledProgram:
         self._session.init_params(seed)
 
     def summary(self) -> str:
-        return summary(self.graph)
+        return summary(self.graph, self.loops)
 
 
-def summary(g: GraphProgram) -> str:
-    """Layers with output shapes and parameter counts, per model; totals."""
+def workspace_bytes(entry: LoopEntry, syms: dict[str, int]) -> int:
+    """Bytes of an entry's planned workspace for given symbol values (as the
+    compiled workspace function computes them: slots 64-byte aligned)."""
+    total = 0
+    for slot in entry.slots():
+        size = max((_evaluate(b.size, syms) * DTYPE_BYTES[b.dtype] for b in slot), default=0)
+        total += -(-size // 64) * 64
+    return total
+
+
+def _evaluate(e, syms: dict[str, int]) -> int:
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Var):
+        return syms[e.name]
+    a, b = _evaluate(e.a, syms), _evaluate(e.b, syms)
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b, "max": max(a, b), "min": min(a, b)}[e.op]
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def workspace_lines(g: GraphProgram, loops: LoopProgram) -> list[str]:
+    """Peak workspace per inference and training entry: `a + b per <sym>`
+    when it grows linearly with the symbolic sizes (sampled at multiples of
+    64, where slot alignment adds nothing), else its value at 64."""
+    names = [v.name for v in loops.syms]
+    lines = []
+    for e in loops.entries:
+        fn = g.functions.get(e.name)
+        if fn is None or fn.kind not in ("model", "train"):
+            continue
+        b1, b2, b3 = (workspace_bytes(e, {n: k for n in names}) for k in (64, 128, 192))
+        per = (b2 - b1) // 64
+        if not per:
+            amount = _bytes(b1)
+        elif b3 - b2 == b2 - b1 == per * 64:
+            base = b1 - 64 * per
+            amount = (f"{_bytes(base)} + " if base else "") + f"{_bytes(per)} per {'/'.join(names)}"
+        else:
+            amount = f"{_bytes(b1)} at {', '.join(f'{n}=64' for n in names)}"
+        what = "inference" if fn.kind == "model" else "training step"
+        lines.append(f"peak workspace, {what} {e.name}: {amount}")
+    return lines
+
+
+def summary(g: GraphProgram, loops: LoopProgram | None = None) -> str:
+    """Layers with output shapes and parameter counts, per model; totals;
+    with the loop program, the peak workspace of inference and training."""
     def count(t) -> int:
         return int(np.prod(t.shape, dtype=np.int64))
 
@@ -113,6 +165,8 @@ def summary(g: GraphProgram) -> str:
     total = sum(count(p.type) for p in g.params.values())
     lines.append(f"total parameters: {total:,} in {len(g.params)} tensors "
                  f"({sum(count(p.type) * (8 if p.type.dtype == 'f64' else 4) for p in g.params.values()):,} bytes)")
+    if loops is not None:
+        lines += workspace_lines(g, loops)
     return "\n".join(lines)
 
 
@@ -129,7 +183,7 @@ def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
     text, file = read(source)
     art = driver.build(text, file, target=target, arch=arch)
     return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), seed, num_threads,
-                           target)
+                           target, art.loops)
 
 
 def read(source: str | os.PathLike) -> tuple[str, str]:

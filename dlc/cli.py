@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source, file = read(args.file)
         if args.command == "summary":
-            print(summary(driver.build(source, file).graph))
+            art = driver.build(source, file)
+            print(summary(art.graph, art.loops))
             return 0
         return compile_command(args, source, file)
     except CompileError as e:

@@ -1,11 +1,13 @@
 """The pipeline: one table of named passes from source to shared library.
 
     parse+check -> autodiff -> dce -> lower_pooling -> fuse   (graph IR)
-    -> lower -> lower_reductions -> plan_memory   (loop IR)
+    -> lower -> loop passes of the target:                  (loop IR)
+         cpu:  tile -> lower_reductions -> parallelize -> vectorize -> plan_memory
+         cuda: lower_reductions -> plan_memory -> tile_gpu -> map_gpu
     -> render (LLVM IR) -> optimize, emit, link   (object, .so)
 
-The cuda target adds `tile_gpu` and `map_gpu` to the loop passes (TARGET_LOOP_PASSES) and
-renders PTX plus a host module that carries it (dlc/codegen/ptx.py).
+The cuda target renders PTX plus a host module that carries it
+(dlc/codegen/ptx.py).
 
 Each pass is a pure function; with `verify=True` (tests, DLC_VERIFY=1) the
 IR's verifier runs after every pass; `dump_after` prints a stage.
@@ -32,7 +34,10 @@ from .passes.graph_fuse import fuse
 from .passes.graph_pooling import lower_pooling
 from .passes.loop_memory import plan_memory
 from .passes.loop_gpu import map_to_gpu, tile_matmuls
+from .passes.loop_parallel import parallelize
 from .passes.loop_reductions import lower_reductions
+from .passes.loop_tile import tile
+from .passes.loop_vectorize import vectorize
 
 GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("autodiff", differentiate),
@@ -40,18 +45,17 @@ GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("lower_pooling", lower_pooling),
     ("fuse", fuse),
 ]
-LOOP_PASSES: list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]] = [
-    ("lower_reductions", lower_reductions),
-    ("plan_memory", plan_memory),
-]
-# Loop passes of one target, after LOOP_PASSES.
-TARGET_LOOP_PASSES: dict[str, list[tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]]] = {
-    "cpu": [],
-    "cuda": [("tile_gpu", tile_matmuls), ("map_gpu", map_to_gpu)],
+LoopPass = tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]
+# The loop passes of each target, in order.
+LOOP_PASSES: dict[str, list[LoopPass]] = {
+    "cpu": [("tile", tile), ("lower_reductions", lower_reductions), ("parallelize", parallelize),
+            ("vectorize", vectorize), ("plan_memory", plan_memory)],
+    "cuda": [("lower_reductions", lower_reductions), ("plan_memory", plan_memory),
+             ("tile_gpu", tile_matmuls), ("map_gpu", map_to_gpu)],
 }
-TARGETS = tuple(TARGET_LOOP_PASSES)
-PASS_NAMES = (["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"] + [n for n, _ in LOOP_PASSES]
-              + [n for t in TARGETS for n, _ in TARGET_LOOP_PASSES[t]] + ["render"])
+TARGETS = tuple(LOOP_PASSES)
+PASS_NAMES = (["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"]
+              + list(dict.fromkeys(n for t in TARGETS for n, _ in LOOP_PASSES[t])) + ["render"])
 
 
 @dataclass
@@ -71,8 +75,9 @@ def _log(dump_after: str | None, name: str, text: Callable[[], str], out) -> Non
 
 def build(source: str, file: str = "<source>", dump_after: str | None = None,
           verify: bool | None = None, time_passes: bool = False, out=sys.stderr,
-          target: str = "cpu", arch: str | None = None) -> Artifact:
-    """Run the pipeline up to LLVM IR (and PTX for target 'cuda', for `arch`)."""
+          target: str = "cpu", arch: str | None = None, skip_passes: tuple[str, ...] = ()) -> Artifact:
+    """Run the pipeline up to LLVM IR (and PTX for target 'cuda', for `arch`).
+    `skip_passes` names loop passes to leave out (tests compare the numbers)."""
     if target not in TARGETS:
         raise DlcError(f"unknown target '{target}'; targets are: {', '.join(TARGETS)}")
     if dump_after is not None and dump_after != "all" and dump_after not in PASS_NAMES:
@@ -98,10 +103,14 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
     if verify:
         L.verify(loops, "lower", allow_reduce=True)
     _log(dump_after, "lower", lambda: L.print_program(loops), out)
-    for name, p in LOOP_PASSES + TARGET_LOOP_PASSES[target]:
+    reduced = False  # Reduce expressions remain until lower_reductions
+    for name, p in LOOP_PASSES[target]:
+        if name in skip_passes:
+            continue
         loops = timed(name, p, loops)
+        reduced = reduced or p is lower_reductions
         if verify:
-            L.verify(loops, name)
+            L.verify(loops, name, allow_reduce=not reduced)
         _log(dump_after, name, lambda: L.print_program(loops), out)
     ptx = None
     if target == "cuda":

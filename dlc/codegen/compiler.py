@@ -34,6 +34,17 @@ def host_target() -> tuple[str, str, str]:
     return llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
+def vector_registers() -> tuple[int, int]:
+    """(bytes per vector register, number of vector registers) of the host
+    CPU: what loop tiling sizes register blocks for."""
+    features = set(host_target()[2].split(","))
+    if "+avx512f" in features:
+        return 64, 32
+    if "+avx" in features:
+        return 32, 16
+    return 16, 16
+
+
 def target_machine(cpu: str | None = None):
     triple, host_cpu, features = host_target()
     if cpu and cpu != host_cpu:

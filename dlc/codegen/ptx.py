@@ -256,8 +256,6 @@ def device_module(prog: L.LoopProgram, name: str = "dlc") -> str:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = PtxEmitter(module, b, dict(zip(prog.syms, fn.args[len(bufs):])))
         em.pointers.update(zip(bufs, fn.args))
-        for buf in (st.buf for st in L.stmts_of(k.body) if isinstance(st, L.Allocate)):
-            em.pointers[buf] = b.alloca(TYPES[buf.dtype], name=buf.name)
         for buf in dict.fromkeys(x for x in L.buffers_of(k.body) if x.kind == "shared"):
             em.pointers[buf] = em.shared(buf)
         em.emit_stmt(k.body)

@@ -30,7 +30,12 @@ ALIGN = 64
 
 
 class ExprEmitter:
-    """Emits loop-IR expressions at a builder's position."""
+    """Emits loop-IR expressions at a builder's position.
+
+    Inside a vectorized loop (`lanes` = (var, W)) an expression that uses the
+    loop's variable becomes a W-lane vector: loads with stride 1 in it are
+    vector loads, other loads are gathered lane by lane, and operands that do
+    not use it stay scalar until combined with a vector (then splatted)."""
 
     def __init__(self, module: ir.Module, builder: ir.IRBuilder, syms_ptr, sym_vars: list[L.Var]):
         self.module, self.b = module, builder
@@ -39,18 +44,99 @@ class ExprEmitter:
             p = builder.gep(syms_ptr, [I64(k)], source_etype=I64)
             self.values[v] = builder.load(p, typ=I64, name=v.name)
         self.pointers: dict[L.Buffer, ir.Value] = {}
+        self.lanes: tuple[L.Var, int] | None = None
+        # Index arithmetic already emitted in the current basic block, by
+        # structure: unrolled micro-kernels repeat the same index terms.
+        self.index_cache: dict[tuple, ir.Value] = {}
+        self.cache_block = None
+        self.vary_cache: dict[int, tuple[L.Expr, bool]] = {}
 
     def intrinsic(self, name: str, t: ir.Type, n: int = 1) -> ir.Function:
-        suffix = {"f32": "f32", "f64": "f64", "i64": "i64"}[_dtype_of(t)]
+        if isinstance(t, ir.VectorType):
+            suffix = f"v{t.count}{_SUFFIX[_dtype_of(t.element)]}"
+        else:
+            suffix = _SUFFIX[_dtype_of(t)]
         full = f"llvm.{name}.{suffix}"
         fn = self.module.globals.get(full)
         return fn or ir.Function(self.module, ir.FunctionType(t, [t] * n), name=full)
 
     def address(self, buf: L.Buffer, index: L.Expr) -> ir.Value:
-        return self.b.gep(self.pointers[buf], [self.emit(index)], inbounds=True,
-                          source_etype=TYPES[buf.dtype])
+        p = self.b.gep(self.pointers[buf], [self.emit(index)], inbounds=True,
+                       source_etype=TYPES[buf.dtype])
+        p.type = PTR  # opaque, so vectors load and store through it too
+        return p
+
+    def varies(self, e: L.Expr) -> bool:
+        """e differs between the lanes of the enclosing vectorized loop."""
+        if self.lanes is None:
+            return False
+        hit = self.vary_cache.get(id(e))
+        if hit is None or hit[0] is not e:  # the node is kept: its id stays its own
+            hit = self.vary_cache[id(e)] = (e, L.depends_on(e, self.lanes[0]))
+        return hit[1]
+
+    def splat(self, v: ir.Value) -> ir.Value:
+        if self.lanes is None or isinstance(v.type, ir.VectorType):
+            return v
+        w = self.lanes[1]
+        if isinstance(v, ir.Constant):
+            return ir.Constant(ir.VectorType(v.type, w), [v.constant] * w)
+        one = self.b.insert_element(ir.Constant(ir.VectorType(v.type, w), None), v, I32(0))
+        return self.b.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, w), [0] * w))
+
+    def matched(self, *values: ir.Value) -> list[ir.Value]:
+        """values, all splatted to vectors if any of them is one."""
+        if any(isinstance(v.type, ir.VectorType) for v in values):
+            return [self.splat(v) for v in values]
+        return list(values)
+
+    def per_lane(self, f) -> ir.Value:
+        """A vector whose lane l is f() emitted with the lane variable = l."""
+        var, w = self.lanes
+        out = None
+        self.lanes = None
+        try:
+            for lane in range(w):
+                self.values[var] = I64(lane)
+                v = f()
+                if out is None:
+                    out = ir.Constant(ir.VectorType(v.type, w), None)
+                out = self.b.insert_element(out, v, I32(lane))
+        finally:
+            self.lanes = (var, w)
+            self.values[var] = _lane_ids(w)
+        return out
+
+    def index_key(self, e: L.Expr) -> tuple | None:
+        """A key equal for index expressions that compute the same value
+        here (None for those that read memory)."""
+        if isinstance(e, L.Const):
+            return ("c", e.value)
+        if isinstance(e, L.Var):
+            v = self.values.get(e)
+            return ("c", str(v)) if isinstance(v, ir.Constant) else ("v", id(v))
+        if isinstance(e, L.Bin) and e.dtype == L.INDEX:
+            a, c = self.index_key(e.a), self.index_key(e.b)
+            return None if a is None or c is None else (e.op, a, c)
+        if isinstance(e, L.Call) and e.dtype == L.INDEX:
+            keys = [self.index_key(x) for x in e.args]
+            return None if None in keys else (e.fn, *keys)
+        return None
 
     def emit(self, e: L.Expr) -> ir.Value:
+        if isinstance(e, (L.Bin, L.Call)) and e.dtype == L.INDEX:
+            if self.cache_block is not self.b.block:
+                self.index_cache, self.cache_block = {}, self.b.block
+            key = self.index_key(e)
+            if key is not None:
+                v = self.index_cache.get(key)
+                if v is None:
+                    v = self.index_cache[key] = self.emit_uncached(e)
+                    self.cache_block = self.b.block
+                return v
+        return self.emit_uncached(e)
+
+    def emit_uncached(self, e: L.Expr) -> ir.Value:
         b = self.b
         if isinstance(e, L.Const):
             return TYPES[e.dtype](e.value)
@@ -58,26 +144,46 @@ class ExprEmitter:
             if e not in self.values:
                 raise InternalError("render", f"unbound variable {e.name}")
             return self.values[e]
+        if isinstance(e, L.LaneSum):
+            v = b.load(self.address(e.buf, e.index), typ=ir.VectorType(TYPES[e.dtype], e.lanes))
+            v.align = L.DTYPE_BYTES[e.dtype]
+            t = TYPES[e.dtype]
+            fn = self.module.globals.get(f"llvm.vector.reduce.fadd.v{e.lanes}{_SUFFIX[e.dtype]}") or \
+                ir.Function(self.module, ir.FunctionType(t, [t, v.type]),
+                            name=f"llvm.vector.reduce.fadd.v{e.lanes}{_SUFFIX[e.dtype]}")
+            return b.call(fn, [t(-0.0), v], fastmath=FAST)  # reassoc: a tree of shuffles
         if isinstance(e, L.Load):
+            if self.varies(e.index):
+                return self.vector_load(e)
             return b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype])
         if isinstance(e, L.Bin):
             return self.binary(e)
         if isinstance(e, L.Call):
-            args = [self.emit(a) for a in e.args]
-            t = TYPES[e.dtype]
+            args = self.matched(*(self.emit(a) for a in e.args))
+            t = args[0].type
             if e.fn == "neg":
                 return b.fneg(args[0]) if e.dtype in ("f32", "f64") else b.neg(args[0])
             name = {"abs": "fabs"}.get(e.fn, e.fn)
             return b.call(self.intrinsic(name, t, len(args)), args)
         if isinstance(e, L.Select):
-            return b.select(self.emit(e.cond), self.emit(e.a), self.emit(e.b))
+            cond, x, y = self.matched(self.emit(e.cond), self.emit(e.a), self.emit(e.b))
+            return b.select(cond, x, y)
         if isinstance(e, L.Cast):
             return self.cast(self.emit(e.value), e.value.dtype, e.dtype)
         raise InternalError("render", f"cannot render {type(e).__name__}")
 
+    def vector_load(self, e: L.Load) -> ir.Value:
+        var, w = self.lanes
+        if L.stride_of(e.index, var) == 1:
+            first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
+            v = self.b.load(self.address(e.buf, first), typ=ir.VectorType(TYPES[e.dtype], w))
+            v.align = L.DTYPE_BYTES[e.dtype]
+            return v
+        return self.per_lane(lambda: self.b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype]))
+
     def binary(self, e: L.Bin) -> ir.Value:
         b = self.b
-        x, y = self.emit(e.a), self.emit(e.b)
+        x, y = self.matched(self.emit(e.a), self.emit(e.b))
         dt = e.a.dtype
         is_float = dt in ("f32", "f64")
         if e.op == "and":
@@ -87,7 +193,7 @@ class ExprEmitter:
         if e.op in ("min", "max"):
             name = ("minnum" if e.op == "min" else "maxnum") if is_float else \
                    ("smin" if e.op == "min" else "smax")
-            return b.call(self.intrinsic(name, TYPES[dt], 2), [x, y])
+            return b.call(self.intrinsic(name, x.type, 2), [x, y])
         return self.arith(e.op, x, y, dt)
 
     def arith(self, op: str, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
@@ -96,11 +202,16 @@ class ExprEmitter:
             inst = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv}[op](x, y)
             inst.flags.extend(FAST)
             return inst
+        if isinstance(x, ir.Constant) and isinstance(y, ir.Constant) and isinstance(x.type, ir.IntType) \
+                and op in "+-*/":
+            return _fold(op, x, y)  # unrolled loops make many index terms constant
         return {"+": b.add, "-": b.sub, "*": b.mul, "/": b.sdiv, "xor": b.xor, "shl": b.shl,
                 "shr": b.lshr}[op](x, y)
 
     def cast(self, v: ir.Value, src: str, dst: str) -> ir.Value:
         b, t = self.b, TYPES[dst]
+        if isinstance(v.type, ir.VectorType):
+            t = ir.VectorType(t, v.type.count)
         fs, fd = src in ("f32", "f64"), dst in ("f32", "f64")
         if src == dst:
             return v
@@ -110,7 +221,25 @@ class ExprEmitter:
             return b.fptosi(v, t)
         if fd:
             return b.sitofp(v, t)
-        return b.sext(v, t) if t.width > v.type.width else b.trunc(v, t)
+        wider = TYPES[dst].width > TYPES[src].width
+        return b.sext(v, t) if wider else b.trunc(v, t)
+
+
+def _fold(op: str, x: ir.Constant, y: ir.Constant) -> ir.Value:
+    a, c = x.constant, y.constant
+    if op == "/":
+        if c == 0:
+            return ir.Constant(x.type, ir.Undefined)
+        q = abs(a) // abs(c)
+        return ir.Constant(x.type, q if (a >= 0) == (c > 0) else -q)  # C's truncation
+    return ir.Constant(x.type, {"+": a + c, "-": a - c, "*": a * c}[op])
+
+
+_SUFFIX = {"f32": "f32", "f64": "f64", "i64": "i64", "i32": "i32"}
+
+
+def _lane_ids(w: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I64, w), list(range(w)))
 
 
 def _dtype_of(t: ir.Type) -> str:
@@ -121,31 +250,114 @@ def _dtype_of(t: ir.Type) -> str:
 
 
 class StmtEmitter(ExprEmitter):
+    """Emits statements. `host` is the kernel's dlc_host pointer (parallel
+    loops call its parallel_for), or None to run parallel loops serially."""
+
+    def __init__(self, module: ir.Module, builder: ir.IRBuilder, syms_ptr, sym_vars: list[L.Var],
+                 host: ir.Value | None = None):
+        super().__init__(module, builder, syms_ptr, sym_vars)
+        self.host = host
+
     def emit_stmt(self, s: L.Stmt) -> None:
         b = self.b
         if isinstance(s, L.Seq):
             for x in s.body:
                 self.emit_stmt(x)
         elif isinstance(s, L.Store):
-            v = self.emit(s.value)
-            p = self.address(s.buf, s.index)
-            if s.accumulate:
-                old = b.load(p, typ=TYPES[s.buf.dtype])
-                v = self.arith("+", old, v, s.buf.dtype)
-            b.store(v, p)
+            self.store(s)
         elif isinstance(s, L.Allocate):
-            self.emit_stmt(s.body)  # its alloca was placed in the entry block
+            self.pointers[s.buf] = self.alloca(s.buf)
+            self.emit_stmt(s.body)
         elif isinstance(s, L.If):
             with b.if_then(self.emit(s.cond)):
                 self.emit_stmt(s.then)
         elif isinstance(s, L.For):
-            self.loop(s)
+            # Kinds without a method of their own (serial; a target's own kinds)
+            # go to `loop`, which a target's emitter may extend.
+            {"unrolled": self.unrolled_loop, "vectorized": self.vectorized_loop,
+             "parallel": self.parallel_loop}.get(s.kind, self.loop)(s)
         else:
             raise InternalError("render", f"cannot render {type(s).__name__}")
 
-    def loop(self, s: L.For) -> None:
+    def alloca(self, buf: L.Buffer) -> ir.Value:
+        """Local storage in the function's entry block, where LLVM promotes
+        small arrays (register-blocked accumulators) to registers."""
+        if not isinstance(buf.size, L.Const):
+            raise InternalError("render", f"local {buf.name} has a non-constant size")
+        return self.entry_alloca(TYPES[buf.dtype], I64(buf.size.value), buf.name)
+
+    def entry_alloca(self, t: ir.Type, size: ir.Value | None = None, name: str = "") -> ir.Value:
+        """An alloca in the entry block (an opaque pointer, like buffers)."""
+        entry = self.b.function.entry_basic_block
+        ab = self.b
+        if ab.block is not entry:
+            # Another builder: inserting before this builder's position in its
+            # own block would shift the instruction index it keeps.
+            ab = ir.IRBuilder(entry)
+            ab.position_at_start(entry)
+        p = ab.alloca(t, size=size, name=name)
+        p.align = ALIGN
+        p.type = PTR
+        return p
+
+    def store(self, s: L.Store) -> None:
         b = self.b
-        n = self.emit(s.extent)
+        t = TYPES[s.buf.dtype]
+        if self.varies(s.index):
+            var, w = self.lanes
+            if L.stride_of(s.index, var) != 1:
+                self.scatter(s)
+                return
+            v = self.splat(self.emit(s.value))
+            first = L.substitute(s.index, {var: L.Const(0, L.INDEX)})
+            p = self.address(s.buf, first)
+            vt = ir.VectorType(t, w)
+            if s.accumulate:
+                old = b.load(p, typ=vt)
+                old.align = L.DTYPE_BYTES[s.buf.dtype]
+                v = self.arith("+", old, v, s.buf.dtype)
+            b.store(v, p).align = L.DTYPE_BYTES[s.buf.dtype]
+            return
+        v = self.emit(s.value)
+        if isinstance(v.type, ir.VectorType):  # one address for every lane: the last lane wins
+            v = b.extract_element(v, I32(v.type.count - 1))
+        p = self.address(s.buf, s.index)
+        if s.accumulate:
+            v = self.arith("+", b.load(p, typ=t), v, s.buf.dtype)
+        b.store(v, p)
+
+    def scatter(self, s: L.Store) -> None:
+        var, w = self.lanes
+        self.lanes = None
+        try:
+            for lane in range(w):
+                self.values[var] = I64(lane)
+                self.store(s)
+        finally:
+            self.lanes = (var, w)
+            self.values[var] = _lane_ids(w)
+
+    def unrolled_loop(self, s: L.For) -> None:
+        for k in range(s.extent.value):
+            self.values[s.var] = I64(k)
+            self.emit_stmt(s.body)
+
+    def vectorized_loop(self, s: L.For) -> None:
+        w = s.extent.value
+        if self.lanes is not None:
+            raise InternalError("render", f"vectorized loop {s.var.name} inside another")
+        self.lanes = (s.var, w)
+        self.values[s.var] = _lane_ids(w)
+        self.vary_cache = {}
+        try:
+            self.emit_stmt(s.body)
+        finally:
+            self.lanes = None
+
+    def loop(self, s: L.For, start: ir.Value | None = None, end: ir.Value | None = None) -> None:
+        """A serial loop over [start, end) (default [0, extent))."""
+        b = self.b
+        n = self.emit(s.extent) if end is None else end
         pre = b.block
         header = b.append_basic_block(f"{s.var.name}.header")
         body = b.append_basic_block(f"{s.var.name}.body")
@@ -153,7 +365,7 @@ class StmtEmitter(ExprEmitter):
         b.branch(header)
         b.position_at_end(header)
         i = b.phi(I64, name=s.var.name)
-        i.add_incoming(I64(0), pre)
+        i.add_incoming(I64(0) if start is None else start, pre)
         b.cbranch(b.icmp_signed("<", i, n), body, exit_)
         b.position_at_end(body)
         self.values[s.var] = i
@@ -162,6 +374,122 @@ class StmtEmitter(ExprEmitter):
         i.add_incoming(nxt, b.block)
         b.branch(header)
         b.position_at_end(exit_)
+
+    def parallel_loop(self, s: L.For) -> None:
+        """Outlines the body into `void task(closure, begin, end)`; the
+        closure holds the buffers and the values of the variables the body
+        uses. Runs it through host->parallel_for, or directly without one."""
+        b = self.b
+        free = [v for v in dict.fromkeys(x for e in L.exprs_of(s.body) for x in L.subexprs(e)
+                                         if isinstance(x, L.Var))
+                if v in self.values and v is not s.var]
+        bufs = [buf for buf in dict.fromkeys(L.buffers_of(s.body)) if buf.kind != "local"]
+        closure_t = ir.LiteralStructType([PTR] * len(bufs) + [I64] * len(free))
+        fn = b.function
+        name = self.module.get_unique_name(f"{fn.name}.{s.var.name}")
+        # The body gets its buffers as noalias arguments (kept as scoped
+        # metadata when LLVM inlines it into the task), like a kernel.
+        body = ir.Function(self.module, ir.FunctionType(
+            ir.VoidType(), [PTR] * len(bufs) + [I64] * (len(free) + 2)), name=f"{name}.body")
+        body.linkage = "internal"
+        bb = ir.IRBuilder(body.append_basic_block("entry"))
+        inner = type(self)(self.module, bb, None, [], None)
+        for buf, arg in zip(bufs, body.args):
+            arg.add_attribute("noalias")
+            inner.pointers[buf] = arg
+        for v, arg in zip(free, body.args[len(bufs):]):
+            inner.values[v] = arg
+        inner.loop(L.For(s.var, s.extent, s.body), body.args[-2], body.args[-1])
+        bb.ret_void()
+
+        task = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
+                           name=f"{name}.task")
+        task.linkage = "internal"
+        tb = ir.IRBuilder(task.append_basic_block("entry"))
+        closure_arg, begin, end = task.args
+        fields = [tb.load(tb.gep(closure_arg, [I32(0), I32(k)], source_etype=closure_t),
+                          typ=closure_t.elements[k]) for k in range(len(bufs) + len(free))]
+        tb.call(body, fields + [begin, end])
+        tb.ret_void()
+
+        closure = self.entry_alloca(closure_t, name="closure")
+        for k, buf in enumerate(bufs):
+            b.store(self.pointers[buf], b.gep(closure, [I32(0), I32(k)], source_etype=closure_t))
+        for k, v in enumerate(free):
+            b.store(self.values[v], b.gep(closure, [I32(0), I32(len(bufs) + k)], source_etype=closure_t))
+        n = self.emit(s.extent)
+        if self.host is None:
+            b.call(task, [closure, I64(0), n])
+            return
+        host_t = ir.LiteralStructType([PTR, PTR])
+        # A NULL host (an embedding caller running serially) reads as one
+        # without parallel_for.
+        serial_host = self.module.globals.get("dlc.serial_host")
+        if serial_host is None:
+            serial_host = ir.GlobalVariable(self.module, host_t, name="dlc.serial_host")
+            serial_host.initializer = ir.Constant(host_t, [ir.Constant(PTR, None)] * 2)
+            serial_host.global_constant, serial_host.linkage = True, "private"
+        host = b.select(b.icmp_unsigned("==", self.host, ir.Constant(PTR, None)), serial_host, self.host)
+        # Typed as a function pointer so that llvmlite can call through it.
+        pf_t = ir.FunctionType(ir.VoidType(), [PTR, I64, I64, PTR, PTR]).as_pointer()
+        pf = b.load(b.gep(host, [I32(0), I32(1)], source_etype=host_t), typ=pf_t)
+        with b.if_else(b.icmp_unsigned("==", pf, ir.Constant(pf_t, None))) as (serial, threaded):
+            with serial:
+                b.call(task, [closure, I64(0), n])
+            with threaded:
+                pool = b.load(b.gep(host, [I32(0), I32(0)], source_etype=host_t), typ=PTR)
+                grain = I64(1) if s.grain is None else self.emit(s.grain)
+                b.call(pf, [pool, n, grain, task, closure])
+
+
+class _Shape:
+    """A kernel's structure as a hashable key: buffers and loop variables
+    numbered by first appearance (with their dtypes), symbols by identity."""
+
+    def __init__(self, syms: set):
+        self.syms = syms
+        self.ids: dict[object, int] = {}
+
+    def ref(self, x) -> tuple:
+        if isinstance(x, L.Var) and x in self.syms:
+            return ("sym", x.name)
+        n = self.ids.setdefault(x, len(self.ids))
+        return ("buf", n, x.dtype) if isinstance(x, L.Buffer) else ("var", n)
+
+    def expr(self, e: L.Expr | None) -> tuple | None:
+        if e is None:
+            return None
+        if isinstance(e, L.Const):
+            return ("c", e.value, e.dtype)
+        if isinstance(e, L.Var):
+            return self.ref(e)
+        if isinstance(e, L.LaneSum):
+            return ("lanesum", self.ref(e.buf), self.expr(e.index), e.lanes)
+        if isinstance(e, L.Load):
+            return ("load", self.ref(e.buf), self.expr(e.index))
+        if isinstance(e, L.Bin):
+            return (e.op, self.expr(e.a), self.expr(e.b), e.dtype)
+        if isinstance(e, L.Call):
+            return (e.fn, e.dtype) + tuple(self.expr(a) for a in e.args)
+        if isinstance(e, L.Select):
+            return ("select", self.expr(e.cond), self.expr(e.a), self.expr(e.b))
+        if isinstance(e, L.Cast):
+            return ("cast", e.dtype, self.expr(e.value))
+        raise InternalError("render", f"cannot render {type(e).__name__}")
+
+    def stmt(self, s: L.Stmt) -> tuple:
+        if isinstance(s, L.For):
+            return ("for", self.ref(s.var), self.expr(s.extent), s.kind, self.expr(s.grain),
+                    self.stmt(s.body))
+        if isinstance(s, L.Store):
+            return ("store", self.ref(s.buf), self.expr(s.index), self.expr(s.value), s.accumulate)
+        if isinstance(s, L.Allocate):
+            return ("allocate", self.ref(s.buf), self.expr(s.buf.size), self.stmt(s.body))
+        if isinstance(s, L.If):
+            return ("if", self.expr(s.cond), self.stmt(s.then))
+        if isinstance(s, L.Seq):
+            return ("seq",) + tuple(self.stmt(b) for b in s.body)
+        raise InternalError("render", f"cannot render {type(s).__name__}")
 
 
 def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
@@ -177,6 +505,7 @@ class Renderer:
         self.prog, self.entries = prog, entries
         self.module = ir.Module(name=name)
         self.strings: dict[str, ir.GlobalVariable] = {}
+        self.kernel_fns: dict[tuple, ir.Function] = {}
 
     def render(self) -> ir.Module:
         descs = []
@@ -190,23 +519,28 @@ class Renderer:
 
     # -- kernels
     def kernel(self, name: str, k: L.Kernel) -> tuple[ir.Function, list[L.Buffer]]:
+        """An internal function (buffers..., syms, host). Kernels that differ
+        only in their buffers (a model's forward pass inside its train and
+        grads entries) share one function."""
         bufs = _global_buffers(k.body)
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 1)),
+        key = _Shape(set(self.prog.syms)).stmt(k.body)
+        if key in self.kernel_fns:
+            return self.kernel_fns[key], bufs
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2)),
                          name=f"dlc.kernel.{name}")
         fn.linkage = "internal"
         # A kernel is a loop nest called once per run: inlining it into the
         # entry saves nothing and makes O3 several times slower on big programs.
         fn.attributes.add("noinline")
-        for a in fn.args[:-1]:
+        for a in fn.args[:-2]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        em = StmtEmitter(self.module, b, fn.args[-1], self.prog.syms)
+        em = StmtEmitter(self.module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
         for buf, arg in zip(bufs, fn.args):
             em.pointers[buf] = arg
-        for buf in (st.buf for st in L.stmts_of(k.body) if isinstance(st, L.Allocate)):
-            em.pointers[buf] = b.alloca(TYPES[buf.dtype], name=buf.name)
         em.emit_stmt(k.body)
         b.ret_void()
+        self.kernel_fns[key] = fn
         return fn, bufs
 
     def slot_offsets(self, em: ExprEmitter, entry: L.LoopEntry) -> tuple[list[ir.Value], ir.Value]:
@@ -227,7 +561,7 @@ class Renderer:
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
                          name=f"dlc.entry.{entry.name}")
         fn.linkage = "internal"
-        tensors, syms, ws, _host = fn.args
+        tensors, syms, ws, host = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, syms, self.prog.syms)
         offsets, _ = self.slot_offsets(em, entry)
@@ -248,7 +582,7 @@ class Renderer:
     def call_kernel(self, em: ExprEmitter, entry_fn: ir.Function, kernel, args: list) -> ir.Value:
         """Runs a kernel from an entry function; returns its i32 status (the
         CUDA target launches instead of calling)."""
-        em.b.call(kernel, args + [entry_fn.args[1]])
+        em.b.call(kernel, args + [entry_fn.args[1], entry_fn.args[3]])  # syms, host
         return I32(0)
 
     def workspace_function(self, entry: L.LoopEntry) -> ir.Function:

@@ -1,11 +1,21 @@
 """Loop IR: kernels over flat buffers, as in Halide and TVM.
 
 Expressions are scalars: constants, variables (loop indices and symbolic
-sizes, all i64), loads, arithmetic, intrinsics, selects, casts, and `Reduce`
+sizes, all i64), loads (and `LaneSum`, a load of several consecutive
+elements summed), arithmetic, intrinsics, selects, casts, and `Reduce`
 (only before `lower_reductions`, which turns each into an accumulator loop).
 Statements: `For` (serial, parallel, vectorized, unrolled; gpu kinds from
 dlc/passes/loop_gpu.py), `Store`, `Allocate` (a scoped local buffer), `If`,
 `Seq`, `Barrier` (GPU block synchronisation).
+
+Loop kinds say how a loop is rendered; the loop's meaning (iterations 0..n-1
+in order) is the same for every kind, so a pass that changes a kind never
+changes results as long as the iterations are independent:
+  - vectorized: constant extent W; the body runs once on W-lane vectors;
+  - unrolled: constant extent; the body is emitted once per iteration;
+  - parallel: the body is outlined into a task over a range of iterations
+    and run by the host's thread pool (serially without one), in chunks of
+    at least `grain` iterations (an index expression: a cost threshold).
 
 A `Kernel` is one loop nest over buffers; a `LoopProgram` is, per entry, the
 kernels in run order plus the buffers they use.
@@ -73,6 +83,14 @@ class Load(Expr):
     @property
     def dtype(self) -> str:
         return self.buf.dtype
+
+
+@dataclass(frozen=True, eq=False)
+class LaneSum(Load):
+    """buf[index] + buf[index + 1] + ... + buf[index + lanes - 1]: the sum
+    across the lanes of a vector accumulator (rendered as one vector load
+    and a horizontal add)."""
+    lanes: int = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,7 +200,14 @@ class For(Stmt):
     var: Var
     extent: Expr
     body: Stmt
-    kind: str = "serial"   # serial | parallel | vectorized | unrolled
+    kind: str = "serial"   # one of LOOP_KINDS
+    grain: Expr | None = None  # parallel: fewest iterations worth a task
+
+
+# cpu: serial, parallel (over the runtime's pool), vectorized, unrolled;
+# cuda (dlc/passes/loop_gpu.py): over all threads of a launch, over its
+# blocks, over the threads of one block.
+LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "gpu_grid", "gpu_blocks", "gpu_threads")
 
 
 @dataclass(eq=False)
@@ -311,6 +336,83 @@ def buffers_of(s: Stmt) -> Iterator[Buffer]:
                 yield x.buf
 
 
+def depends_on(e: Expr, var: Var) -> bool:
+    return any(x is var for x in subexprs(e))
+
+
+def stride_of(e: Expr, var: Var) -> int | None:
+    """d e / d var when e is affine in var with a constant coefficient
+    (0 when e does not use var); None otherwise."""
+    if not depends_on(e, var):
+        return 0
+    if e is var:
+        return 1
+    if isinstance(e, Bin) and e.op in "+-":
+        a, b = stride_of(e.a, var), stride_of(e.b, var)
+        if a is None or b is None:
+            return None
+        return a + b if e.op == "+" else a - b
+    if isinstance(e, Bin) and e.op == "*":
+        for x, y in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(y, Const):
+                sx = stride_of(x, var)
+                return None if sx is None else sx * y.value
+    return None
+
+
+def substitute(e: Expr, env: dict) -> Expr:
+    """e with variables replaced by expressions (env: Var -> Expr); index
+    arithmetic is rebuilt through binop so constants fold."""
+    if isinstance(e, Var):
+        return env.get(e, e)
+    if isinstance(e, Const):
+        return e
+    if isinstance(e, LaneSum):
+        return LaneSum(e.buf, substitute(e.index, env), e.lanes)
+    if isinstance(e, Load):
+        return Load(e.buf, substitute(e.index, env))
+    if isinstance(e, Bin):
+        return binop(e.op, substitute(e.a, env), substitute(e.b, env))
+    if isinstance(e, Call):
+        return Call(e.fn, tuple(substitute(a, env) for a in e.args), e.dtype)
+    if isinstance(e, Select):
+        return Select(substitute(e.cond, env), substitute(e.a, env), substitute(e.b, env))
+    if isinstance(e, Cast):
+        return Cast(substitute(e.value, env), e.dtype)
+    if isinstance(e, Reduce):
+        return Reduce(e.kind, e.vars, tuple(substitute(x, env) for x in e.extents),
+                      substitute(e.body, env))
+    raise TypeError(e)
+
+
+def substitute_stmt(s: Stmt, env: dict) -> Stmt:
+    """s with variables replaced (see substitute); statements are copied."""
+    if isinstance(s, For):
+        return For(s.var, substitute(s.extent, env), substitute_stmt(s.body, env), s.kind,
+                   None if s.grain is None else substitute(s.grain, env))
+    if isinstance(s, Store):
+        return Store(s.buf, substitute(s.index, env), substitute(s.value, env), s.accumulate)
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, substitute_stmt(s.body, env))
+    if isinstance(s, If):
+        return If(substitute(s.cond, env), substitute_stmt(s.then, env))
+    if isinstance(s, Seq):
+        return Seq([substitute_stmt(b, env) for b in s.body])
+    raise TypeError(s)
+
+
+def loop(var: Var, extent, body: Stmt, kind: str = "serial") -> Stmt:
+    """A For, folded away when the extent is the constant 1 (var := 0) and
+    dropped when it is the constant 0."""
+    if not isinstance(extent, Expr):
+        extent = Const(int(extent), INDEX)
+    if isinstance(extent, Const) and extent.value == 1:
+        return substitute_stmt(body, {var: Const(0, INDEX)})
+    if isinstance(extent, Const) and extent.value <= 0:
+        return Seq([])
+    return For(var, extent, body, kind)
+
+
 # ------------------------------------------------------------------ verifier
 
 def verify(prog: LoopProgram, where: str = "loops", allow_reduce: bool = False) -> None:
@@ -342,6 +444,17 @@ def _verify_expr(e: Expr, bound: set, locals_: set, where: str, ctx: str, allow_
 def _verify_stmt(s: Stmt, bound: set, locals_: set, where: str, ctx: str, allow_reduce: bool) -> None:
     if isinstance(s, For):
         _verify_expr(s.extent, bound, locals_, where, ctx, allow_reduce)
+        if s.kind not in LOOP_KINDS:
+            raise InternalError(where, f"{ctx}: loop {s.var.name} has unknown kind {s.kind}")
+        if s.kind in ("vectorized", "unrolled") and not isinstance(s.extent, Const):
+            raise InternalError(where, f"{ctx}: {s.kind} loop {s.var.name} needs a constant extent")
+        if s.kind == "vectorized" and any(isinstance(x, (For, Allocate)) for x in stmts_of(s.body)):
+            raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} holds loops or allocations")
+        if s.kind == "parallel":
+            if any(b.kind == "local" and b in locals_ for b in buffers_of(s.body)):
+                raise InternalError(where, f"{ctx}: parallel loop {s.var.name} shares a local buffer")
+            if s.grain is not None:
+                _verify_expr(s.grain, bound, locals_, where, ctx, allow_reduce)
         if s.var in bound:
             raise InternalError(where, f"{ctx}: loop variable {s.var.name} bound twice")
         _verify_stmt(s.body, bound | {s.var}, locals_, where, ctx, allow_reduce)
@@ -371,6 +484,8 @@ def print_expr(e: Expr) -> str:
         return repr(e.value)
     if isinstance(e, Var):
         return e.name
+    if isinstance(e, LaneSum):
+        return f"lanesum({e.buf.name}[{print_expr(e.index)} : +{e.lanes}])"
     if isinstance(e, Load):
         return f"{e.buf.name}[{print_expr(e.index)}]"
     if isinstance(e, Bin):
@@ -393,6 +508,8 @@ def print_stmt(s: Stmt, indent: int = 0) -> str:
     pad = "  " * indent
     if isinstance(s, For):
         kind = "" if s.kind == "serial" else f" {s.kind}"
+        if s.grain is not None:
+            kind += f"(grain {print_expr(s.grain)})"
         return (f"{pad}for{kind} {s.var.name} in 0..{print_expr(s.extent)}:\n"
                 + print_stmt(s.body, indent + 1))
     if isinstance(s, Store):

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 from ..ir import loops as L
 
-GRID, BLOCKS, THREADS = "gpu_grid", "gpu_blocks", "gpu_threads"
+GRID, BLOCKS, THREADS = L.LOOP_KINDS[-3:]   # "gpu_grid", "gpu_blocks", "gpu_threads"
 BLOCK = 256  # threads per block in every launch
 TILE = 16    # tiled kernels: TILE x TILE outputs per block (TILE * TILE == BLOCK)
 

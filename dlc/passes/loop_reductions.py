@@ -59,8 +59,8 @@ def _hoist(e: L.Expr, pre: list[L.Stmt], accs: list[L.Buffer], counter) -> L.Exp
         return L.Load(acc, zero)
     if isinstance(e, (L.Const, L.Var)):
         return e
-    if isinstance(e, L.Load):
-        return L.Load(e.buf, _hoist(e.index, pre, accs, counter))
+    if isinstance(e, L.Load):  # and LaneSum
+        return replace(e, index=_hoist(e.index, pre, accs, counter))
     if isinstance(e, L.Bin):
         return L.Bin(e.op, _hoist(e.a, pre, accs, counter), _hoist(e.b, pre, accs, counter), e.dtype)
     if isinstance(e, L.Call):

@@ -31,10 +31,25 @@ typedef struct dlc_entry_state {
   size_t *pending_cap;
 } dlc_entry_state;
 
+/* The thread pool (pool.c) behind dlc_host.parallel_for. */
+typedef struct dlc_pool dlc_pool;
+/* The thread count for a session: `requested` if > 0, else $DLC_NUM_THREADS,
+ * else one per core. */
+int32_t dlc__pool_threads(int32_t requested);
+/* NULL on out of memory. Threads start on the first parallel loop. */
+dlc_pool *dlc__pool_create(int32_t n_threads);
+void dlc__pool_release(dlc_pool *pool);
+/* dlc_host.parallel_for: fn over [0, n) in chunks of >= grain iterations;
+ * runs inline when the pool is NULL, has one thread, or is already busy. */
+void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn,
+                            void *closure);
+
 struct dlc_session {
   dlc_program *program;
   const dlc_program_desc *desc;
   int32_t num_threads;
+  dlc_pool *pool;
+  dlc_host host;        /* handed to compiled code: the pool's parallel_for */
   void **data;          /* per tensor: the PARAM/STATE buffer, else NULL */
   size_t *bytes;        /* per tensor: the PARAM/STATE size in bytes */
   dlc_entry_state *entries;

@@ -49,6 +49,7 @@ void dlc_session_release(dlc_session *s) {
   free(s->sym_dim);
   free(s->given);
   free(s->out_dims);
+  dlc__pool_release(s->pool);
   dlc_program_release(s->program);
   free(s);
 }
@@ -77,7 +78,10 @@ dlc_status dlc_session_create(dlc_program *program,
   dlc__program_retain(program);
   s->program = program;
   s->desc = d;
-  s->num_threads = options->num_threads;
+  s->num_threads = dlc__pool_threads(options->num_threads);
+  s->pool = dlc__pool_create(s->num_threads);
+  s->host.pool = s->pool;
+  s->host.parallel_for = dlc__pool_parallel_for;
   size_t nt = (size_t)d->n_tensors, ns = (size_t)d->n_syms;
   int32_t max_inputs = 0, max_outputs = 0;
   for (int32_t e = 0; e < d->n_entries; e++) {
@@ -96,7 +100,7 @@ dlc_status dlc_session_create(dlc_program *program,
   s->out_dims = (int64_t(*)[DLC_MAX_RANK])zalloc((size_t)max_outputs,
                                                  sizeof(int64_t[DLC_MAX_RANK]));
   s->entries = (dlc_entry_state *)zalloc((size_t)d->n_entries, sizeof(dlc_entry_state));
-  int ok = s->data && s->bytes && s->table && s->syms && s->sym_input &&
+  int ok = s->pool && s->data && s->bytes && s->table && s->syms && s->sym_input &&
            s->sym_dim && s->given && s->out_dims && s->entries;
   for (int32_t e = 0; ok && e < d->n_entries; e++) {
     size_t no = (size_t)d->entries[e].n_outputs;
@@ -512,7 +516,7 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
   if (s->cuda != NULL)
     cuda_st = dlc__cuda_run(s, ei);
   else
-    rc = e->run(s->table, s->syms, s->workspace, NULL);
+    rc = e->run(s->table, s->syms, s->workspace, &s->host);
   /* Leave no caller pointers behind: other entries see NULL there. */
   for (int32_t k = 0; k < e->n_inputs; k++)
     s->table[e->inputs[k]] = NULL;

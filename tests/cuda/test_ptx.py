@@ -63,11 +63,12 @@ def ev(e: L.Expr, env: dict):
 
 
 def test_map_gpu_binds_every_kernel_to_the_grid():
-    art = driver.build(PROGRAMS["cross_entropy"], "ce", target="cpu")
-    mapped = map_to_gpu(art.loops)
+    from tests.passes.helpers import loops_after
+    unmapped = loops_after(PROGRAMS["cross_entropy"], "plan_memory", target="cuda")
+    mapped = map_to_gpu(unmapped)
     L.verify(mapped, "map_gpu")
-    syms = {v: 7 for v in art.loops.syms}
-    for entry, before in zip(mapped.entries, art.loops.entries):
+    syms = {v: 7 for v in unmapped.syms}
+    for entry, before in zip(mapped.entries, unmapped.entries):
         for k, k0 in zip(entry.kernels, before.kernels):
             assert isinstance(k.body, L.For) and k.body.kind == GRID
             # One grid loop per kernel; every loop inside runs serially per thread.
@@ -128,11 +129,12 @@ def test_tile_gpu_tiles_matmuls_only():
     output's column, B of its row) get shared-memory tiles with barriers;
     elementwise kernels and other reductions stay for map_gpu."""
     from dlc.passes.loop_gpu import BLOCKS, THREADS, tile_matmuls
-    art = driver.build(DIGITS_MLP.read_text(), "digits", target="cpu")
-    tiled = tile_matmuls(art.loops)
+    from tests.passes.helpers import loops_after
+    before_tiling = loops_after(DIGITS_MLP.read_text(), "plan_memory", target="cuda")
+    tiled = tile_matmuls(before_tiling)
     L.verify(tiled, "tile_gpu")
     tiled_count = {}
-    for entry, before in zip(tiled.entries, art.loops.entries):
+    for entry, before in zip(tiled.entries, before_tiling.entries):
         tiled_count[entry.name] = 0
         for k, k0 in zip(entry.kernels, before.kernels):
             if k.body is k0.body:

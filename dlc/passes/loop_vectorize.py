@@ -1,0 +1,65 @@
+"""Vectorization of elementwise loops: an innermost loop whose body is one
+store, contiguous in the loop's variable, is strip-mined into a loop over
+vectors (a `vectorized` loop of the host's vector width W, rendered with
+LLVM vector types) and a scalar loop over the last extent % W iterations.
+
+    for i in 0..n: out[f + i] = e(i)
+->  for iv in 0..n / W: for vectorized l in 0..W: out[f + iv*W + l] = e(iv*W + l)
+    for it in 0..n % W: out[f + (n/W)*W + it] = e((n/W)*W + it)
+
+Loads that are not contiguous in i are gathered lane by lane by the
+renderer. Matmul-like kernels are vectorized by `tile`; reductions into a
+scalar accumulator (a store that does not move with i) are left to LLVM.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..codegen.compiler import vector_registers
+from ..ir import loops as L
+
+MIN_EXTENT = 4  # a constant loop shorter than this stays scalar
+
+
+def vectorize(prog: L.LoopProgram) -> L.LoopProgram:
+    """Strip-mine contiguous innermost store loops into vector loops (pure)."""
+    vbytes, _ = vector_registers()
+    entries = [replace(e, kernels=[L.Kernel(k.name, _stmt(k.body, vbytes)) for k in e.kernels])
+               for e in prog.entries]
+    return replace(prog, entries=entries)
+
+
+def _stmt(s: L.Stmt, vbytes: int) -> L.Stmt:
+    if isinstance(s, L.For):
+        if s.kind == "serial" and isinstance(s.body, L.Store):
+            return _strip_mine(s, vbytes) or s
+        return L.For(s.var, s.extent, _stmt(s.body, vbytes), s.kind, s.grain)
+    if isinstance(s, L.Seq):
+        return L.Seq([_stmt(b, vbytes) for b in s.body])
+    if isinstance(s, L.Allocate):
+        return L.Allocate(s.buf, _stmt(s.body, vbytes))
+    if isinstance(s, L.If):
+        return L.If(s.cond, _stmt(s.then, vbytes))
+    return s
+
+
+def _strip_mine(loop: L.For, vbytes: int) -> L.Stmt | None:
+    st = loop.body
+    if st.buf.dtype not in L.DTYPE_BYTES or L.stride_of(st.index, loop.var) != 1:
+        return None
+    if any(isinstance(x, L.Reduce) for x in L.subexprs(st.value)):
+        return None
+    w = vbytes // L.DTYPE_BYTES[st.buf.dtype]
+    n = loop.extent
+    if isinstance(n, L.Const):
+        if n.value < MIN_EXTENT:
+            return None
+        while w > n.value:
+            w //= 2
+    iv, lane, it = L.Var(f"{loop.var.name}v"), L.Var("l"), L.Var(f"{loop.var.name}t")
+    full = n / L.Const(w, L.INDEX) if not isinstance(n, L.Const) else L.Const(n.value // w, L.INDEX)
+    start = full * w
+    main = L.loop(iv, full, L.For(lane, L.Const(w, L.INDEX),
+                                  L.substitute_stmt(st, {loop.var: iv * w + lane}), "vectorized"))
+    tail = L.loop(it, n - start, L.substitute_stmt(st, {loop.var: start + it}))
+    return L.Seq([main, tail]) if not (isinstance(tail, L.Seq) and not tail.body) else main

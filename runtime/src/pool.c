@@ -1,0 +1,205 @@
+/* pool.c — the thread pool behind dlc_host.parallel_for.
+ *
+ * One pool per session. Workers are started on the first parallel loop (many
+ * sessions never run one), then wait for jobs by spinning for a short while
+ * (so back-to-back small calls, as in batch-1 inference, never pay a wake-up)
+ * before sleeping on a condition variable. The calling thread takes chunks
+ * too; chunks are handed out through an atomic counter, so a worker delayed by
+ * other load on the machine only delays its own chunk. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* How long an idle worker spins before sleeping; DLC_SPIN_US overrides. */
+#define DEFAULT_SPIN_NS 100000
+
+struct dlc_pool {
+  int32_t n_threads; /* including the caller */
+  int32_t started;   /* workers running (0 until the first parallel loop) */
+  pthread_t *workers;
+  int64_t spin_ns;
+  pthread_mutex_t lock; /* guards sleeping on `wake`, and `busy` */
+  pthread_cond_t wake;
+  int busy; /* a parallel loop is running: nested or concurrent calls run inline */
+  atomic_uint_fast64_t generation; /* bumped per job; workers wait for a change */
+  uint_fast64_t born; /* the generation when the workers started: their first
+                         job is the next one, however late a thread starts */
+  atomic_int sleepers;
+  atomic_int stop;
+  /* the current job */
+  dlc_task_fn fn;
+  void *closure;
+  int64_t n, chunk;
+  atomic_int_fast64_t next; /* first iteration not yet handed out */
+  atomic_int active;        /* workers still inside the current job */
+};
+
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void run_chunks(dlc_pool *p) {
+  for (;;) {
+    int64_t begin = atomic_fetch_add(&p->next, p->chunk);
+    if (begin >= p->n)
+      return;
+    int64_t end = begin + p->chunk < p->n ? begin + p->chunk : p->n;
+    p->fn(p->closure, begin, end);
+  }
+}
+
+static void *worker_main(void *arg) {
+  dlc_pool *p = (dlc_pool *)arg;
+  uint_fast64_t seen = p->born;
+  for (;;) {
+    uint_fast64_t g = atomic_load(&p->generation);
+    if (g == seen) {
+      int64_t deadline = now_ns() + p->spin_ns;
+      for (int k = 0; (g = atomic_load(&p->generation)) == seen; k++) {
+        CPU_RELAX();
+        if ((k & 255) == 255) {
+          if (now_ns() > deadline)
+            break;
+          sched_yield(); /* on a busy machine, let others run while we wait */
+        }
+      }
+      if (g == seen) {
+        pthread_mutex_lock(&p->lock);
+        atomic_fetch_add(&p->sleepers, 1);
+        while ((g = atomic_load(&p->generation)) == seen)
+          pthread_cond_wait(&p->wake, &p->lock);
+        atomic_fetch_sub(&p->sleepers, 1);
+        pthread_mutex_unlock(&p->lock);
+      }
+    }
+    seen = g;
+    if (atomic_load(&p->stop))
+      return NULL;
+    run_chunks(p);
+    atomic_fetch_sub(&p->active, 1);
+  }
+}
+
+int32_t dlc__pool_threads(int32_t requested) {
+  if (requested > 0)
+    return requested;
+  const char *env = getenv("DLC_NUM_THREADS");
+  if (env != NULL && atoi(env) > 0)
+    return atoi(env);
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  return cores > 0 ? (int32_t)cores : 1;
+}
+
+dlc_pool *dlc__pool_create(int32_t n_threads) {
+  dlc_pool *p = (dlc_pool *)calloc(1, sizeof *p);
+  if (p == NULL)
+    return NULL;
+  p->n_threads = n_threads > 0 ? n_threads : 1;
+  const char *spin = getenv("DLC_SPIN_US");
+  p->spin_ns = spin != NULL ? (int64_t)atoi(spin) * 1000 : DEFAULT_SPIN_NS;
+  pthread_mutex_init(&p->lock, NULL);
+  pthread_cond_init(&p->wake, NULL);
+  atomic_init(&p->generation, 0);
+  atomic_init(&p->sleepers, 0);
+  atomic_init(&p->stop, 0);
+  atomic_init(&p->next, 0);
+  atomic_init(&p->active, 0);
+  return p;
+}
+
+/* Starts the workers; on failure the pool keeps the ones it got. */
+static void start_workers(dlc_pool *p) {
+  p->workers = (pthread_t *)calloc((size_t)p->n_threads, sizeof(pthread_t));
+  if (p->workers == NULL) {
+    p->n_threads = 1;
+    return;
+  }
+  p->born = atomic_load(&p->generation);
+  while (p->started < p->n_threads - 1 &&
+         pthread_create(&p->workers[p->started], NULL, worker_main, p) == 0)
+    p->started++;
+}
+
+void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn,
+                            void *closure) {
+  dlc_pool *p = (dlc_pool *)pool;
+  if (n <= 0)
+    return;
+  if (grain < 1)
+    grain = 1;
+  int inline_run = p == NULL || p->n_threads <= 1 || n < 2 * grain;
+  if (!inline_run) {
+    pthread_mutex_lock(&p->lock);
+    if (p->busy) {
+      inline_run = 1;
+    } else {
+      if (p->workers == NULL)
+        start_workers(p);
+      inline_run = p->started == 0;
+      p->busy = !inline_run;
+    }
+    pthread_mutex_unlock(&p->lock);
+  }
+  if (inline_run) {
+    fn(closure, 0, n);
+    return;
+  }
+  /* Chunks: a few per thread so that a slow thread does not hold everyone,
+   * never fewer iterations than `grain`. */
+  int64_t parts = (int64_t)(p->started + 1) * 4;
+  int64_t chunk = (n + parts - 1) / parts;
+  p->fn = fn;
+  p->closure = closure;
+  p->n = n;
+  p->chunk = chunk > grain ? chunk : grain;
+  atomic_store(&p->next, 0);
+  atomic_store(&p->active, p->started);
+  atomic_fetch_add(&p->generation, 1);
+  if (atomic_load(&p->sleepers) > 0) {
+    pthread_mutex_lock(&p->lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+  }
+  run_chunks(p);
+  /* Wait for the workers; yield now and then, as a worker may be waiting
+   * for this very core when the machine is oversubscribed. */
+  for (int k = 0; atomic_load(&p->active) > 0; k++) {
+    CPU_RELAX();
+    if ((k & 63) == 63)
+      sched_yield();
+  }
+  pthread_mutex_lock(&p->lock);
+  p->busy = 0;
+  pthread_mutex_unlock(&p->lock);
+}
+
+void dlc__pool_release(dlc_pool *p) {
+  if (p == NULL)
+    return;
+  if (p->started > 0) {
+    atomic_store(&p->stop, 1);
+    pthread_mutex_lock(&p->lock);
+    atomic_fetch_add(&p->generation, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int32_t k = 0; k < p->started; k++)
+      pthread_join(p->workers[k], NULL);
+  }
+  free(p->workers);
+  pthread_cond_destroy(&p->wake);
+  pthread_mutex_destroy(&p->lock);
+  free(p);
+}

@@ -1,0 +1,39 @@
+"""Compile a program with some loop passes left out, to compare numbers."""
+from __future__ import annotations
+
+from dlc import driver, frontend
+from dlc.api import CompiledProgram
+from dlc.codegen import compiler
+from dlc.ir import loops as L
+from dlc.lower import lower
+
+
+def loops_after(src: str, upto: str, target: str = "cpu") -> L.LoopProgram:
+    """The loop IR after pass `upto` of `target`'s pipeline (verified)."""
+    program = frontend.parse_program(src, "<test>")
+    for _, p in driver.GRAPH_PASSES:
+        program = p(program)
+    loops, _ = lower(program)
+    reduced = False
+    for name, p in driver.LOOP_PASSES[target]:
+        loops = p(loops)
+        reduced = reduced or name == "lower_reductions"
+        L.verify(loops, name, allow_reduce=not reduced)
+        if name == upto:
+            return loops
+    raise ValueError(upto)
+
+
+def compile_without(src: str, skip: tuple[str, ...] = (), num_threads: int = 1) -> CompiledProgram:
+    art = driver.build(src, verify=True, skip_passes=skip)
+    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), 0, num_threads,
+                           loops=art.loops)
+
+
+def kernels(prog: L.LoopProgram, entry: str) -> dict[str, L.Kernel]:
+    e = next(e for e in prog.entries if e.name == entry)
+    return {k.name: k for k in e.kernels}
+
+
+def loops_of(s: L.Stmt) -> list[L.For]:
+    return [x for x in L.stmts_of(s) if isinstance(x, L.For)]

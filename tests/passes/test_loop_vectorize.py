@@ -1,0 +1,43 @@
+"""Vectorization: contiguous innermost store loops become a vector loop of
+the host's width plus a scalar tail, with the same numbers."""
+import numpy as np
+
+from dlc.codegen.compiler import vector_registers
+from dlc.ir import loops as L
+
+from .helpers import compile_without, kernels, loops_after, loops_of
+
+SRC = """
+model net {
+    input x: f32[batch, 37]
+    h = sigmoid(x) * 2.0 - x |> tanh
+    output y = softmax(h)
+    output z = h / (x + 3.0)
+}
+"""
+
+
+def test_elementwise_loops_become_vector_loops_with_a_tail():
+    prog = loops_after(SRC, "vectorize")
+    lanes = vector_registers()[0] // 4
+    vec = [lp for k in kernels(prog, "net").values() for lp in loops_of(k.body)
+           if lp.kind == "vectorized"]
+    assert vec and all(isinstance(lp.extent, L.Const) and lp.extent.value == lanes
+                       for lp in vec)
+    for lp in vec:
+        assert isinstance(lp.body, L.Store)
+    # 37 % lanes iterations remain in a scalar loop
+    tails = [lp for k in kernels(prog, "net").values() for lp in loops_of(k.body)
+             if lp.kind == "serial" and isinstance(lp.extent, L.Const) and lp.extent.value == 37 % lanes]
+    assert tails
+
+
+def test_numbers_unchanged():
+    vec = compile_without(SRC)
+    plain = compile_without(SRC, skip=("vectorize",))
+    rng = np.random.default_rng(3)
+    for batch in (1, 6):
+        x = rng.normal(size=(batch, 37)).astype(np.float32)
+        a, b = vec.run("net", x=x), plain.run("net", x=x)
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
