@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import dlc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
+import dlc  # noqa: E402
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 BUDGET_S = float(os.environ.get("DLC_BENCH_BUDGET_S", "3"))   # per figure

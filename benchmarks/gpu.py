@@ -12,6 +12,7 @@ LeNet and the CIFAR-style CNN join the table when their examples exist
 from __future__ import annotations
 
 import statistics
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import dlc
-from mlp import SRC  # the same network as the CPU benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
+import dlc  # noqa: E402
+from mlp import SRC  # noqa: E402  the same network as the CPU benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import io
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import dlc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
+import dlc  # noqa: E402
 
 FEATURES, HIDDEN, STEPS = 64, 128, 50
 PARTS = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
