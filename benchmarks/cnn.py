@@ -14,22 +14,17 @@ default 2).
 """
 from __future__ import annotations
 
-import io
 import os
-import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
+from common import EXAMPLES, medians_ms, onnx_session, print_table, threads  # noqa: E402  (first: the checkout's dlc)
 import dlc  # noqa: E402
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
 BUDGET_S = float(os.environ.get("DLC_BENCH_BUDGET_S", "3"))   # per figure
 
 
@@ -65,39 +60,11 @@ NETS = [  # name, example file, model, torch module, input shape, train batch
 ]
 
 
-def medians_ms(*fs) -> list[float]:
-    """Median time of each of fs, run in interleaved rounds (so that a load
-    change on a shared machine hits all of them alike), as many rounds as fit
-    BUDGET_S per function (at least 3), after a warm-up."""
-    firsts = []
-    for f in fs:
-        t0 = time.perf_counter()
-        f()
-        firsts.append(time.perf_counter() - t0)
-    rounds = int(min(1000, max(3, BUDGET_S / max(max(firsts), 1e-6))))
-    for f in fs:
-        for _ in range(min(3, rounds // 10 + 1)):
-            f()
-    times: list[list[float]] = [[] for _ in fs]
-    for _ in range(rounds):
-        for f, ts in zip(fs, times):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) * 1e3 for ts in times]
-
-
 def bench(name, file, model, module, shape, train_batch, threads) -> list[tuple]:
     prog = dlc.compile(EXAMPLES / file, num_threads=threads)
     net = module()
     net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in prog.params.items()})
-    import onnxruntime as ort
-    buf = io.BytesIO()
-    torch.onnx.export(net, torch.zeros((1,) + shape), buf, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}}, dynamo=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    sess = onnx_session(net, torch.zeros((1,) + shape), {0: "b"}, threads)
     rng = np.random.default_rng(0)
     rows = []
     for batch in (1, 64):
@@ -111,7 +78,7 @@ def bench(name, file, model, module, shape, train_batch, threads) -> list[tuple]
                 net(xt)
 
         d, t, o = medians_ms(lambda: prog.run(model, x=x), torch_infer,
-                             lambda: sess.run(None, {"x": x}))
+                             lambda: sess.run(None, {"x": x}), budget_s=BUDGET_S)
         rows.append((f"{name} inference batch {batch}", d, t, o))
     x = rng.normal(size=(train_batch,) + shape).astype(np.float32)
     lab = rng.integers(0, 10, size=train_batch).astype(np.int32)
@@ -124,7 +91,7 @@ def bench(name, file, model, module, shape, train_batch, threads) -> list[tuple]
         nn.functional.cross_entropy(net(xt), lt).backward()
         opt.step()
 
-    d, t = medians_ms(lambda: prog.train("fit", x=x, t=lab), torch_step)
+    d, t = medians_ms(lambda: prog.train("fit", x=x, t=lab), torch_step, budget_s=BUDGET_S)
     rows.append((f"{name} train step batch {train_batch}", d, t, None))
     return rows
 
@@ -147,14 +114,8 @@ def compile_seconds(file: str) -> float:
 
 
 def main() -> None:
-    threads = int(os.environ.get("DLC_BENCH_THREADS", "2"))
-    torch.set_num_threads(threads)
-    rows = [r for spec in NETS for r in bench(*spec, threads)]
-    print(f"CNNs, {threads} threads, medians in ms (ratio = other / dlc: above 1 means dlc is faster)")
-    print(f"{'':36}{'dlc':>10}{'PyTorch':>10}{'ratio':>7}{'ONNX RT':>10}{'ratio':>7}")
-    for name, d, t, o in rows:
-        onnx = f"{o:10.3f}{o / d:7.2f}" if o is not None else f"{'-':>10}{'-':>7}"
-        print(f"{name:36}{d:10.3f}{t:10.3f}{t / d:7.2f}{onnx}")
+    torch.set_num_threads(threads())
+    print_table("CNNs", [r for spec in NETS for r in bench(*spec, threads())])
     print(f"compile time of cifar_cnn.dl (inference + training step + gradients, uncached): "
           f"{compile_seconds('cifar_cnn.dl'):.2f} s")
 

@@ -12,7 +12,6 @@ LeNet and the CIFAR-style CNN join the table when their examples exist
 from __future__ import annotations
 
 import statistics
-import sys
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
+import common  # noqa: E402,F401  (puts this checkout's dlc first on the path)
 import dlc  # noqa: E402
 from mlp import SRC  # noqa: E402  the same network as the CPU benchmark
 

@@ -10,30 +10,19 @@ of each, GFLOP/s and dlc's fraction of numpy's rate (the target is >= 0.70).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
-from pathlib import Path
 
-THREADS = int(os.environ.get("DLC_BENCH_THREADS", "2"))
+from common import medians_ms, threads  # noqa: E402  (first: the checkout's dlc)
+
+THREADS = threads()
 # BLAS reads its thread count when it loads.
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(THREADS)
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's dlc
 import dlc  # noqa: E402
-
-
-def median_ms(f, reps: int) -> float:
-    f()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
@@ -51,11 +40,9 @@ model sgemm {{
     a = rng.standard_normal((n, n), dtype=np.float32)
     w = prog.params["fc.weight"]
     np.testing.assert_allclose(prog.run("sgemm", a=a)["c"], a @ w.T, rtol=1e-3, atol=1e-3)
-    reps = 20
-    d = median_ms(lambda: prog.run("sgemm", a=a), reps)
-    r = median_ms(lambda: a @ w.T, reps)
+    d, r = medians_ms(lambda: prog.run("sgemm", a=a), lambda: a @ w.T)
     gflop = 2 * n ** 3 / 1e9
-    print(f"SGEMM {n}^3, {THREADS} threads, medians of {reps} (dlc compiled in {compile_s:.2f} s)")
+    print(f"SGEMM {n}^3, {THREADS} threads, medians (dlc compiled in {compile_s:.2f} s)")
     print(f"  dlc    {d:8.3f} ms  {gflop / d * 1e3:7.1f} GFLOP/s")
     print(f"  numpy  {r:8.3f} ms  {gflop / r * 1e3:7.1f} GFLOP/s")
     print(f"  dlc / numpy: {r / d:.2f}")

@@ -42,7 +42,8 @@ struct dlc_pool {
   void *closure;
   int64_t n, chunk;
   atomic_int_fast64_t next; /* first iteration not yet handed out */
-  atomic_int active;        /* workers still inside the current job */
+  atomic_int open;          /* workers may still join the current job */
+  atomic_int active;        /* workers inside a job (joining or running chunks) */
 };
 
 static int64_t now_ns(void) {
@@ -88,7 +89,13 @@ static void *worker_main(void *arg) {
     seen = g;
     if (atomic_load(&p->stop))
       return NULL;
-    run_chunks(p);
+    /* Join only while the job is open: a worker woken after the caller ran
+     * every chunk must not hold it up (on a loaded machine wake-ups take
+     * milliseconds). Counted before looking, so the caller, which closes
+     * the job and then waits for `active`, never misses a worker inside. */
+    atomic_fetch_add(&p->active, 1);
+    if (atomic_load(&p->open))
+      run_chunks(p);
     atomic_fetch_sub(&p->active, 1);
   }
 }
@@ -116,6 +123,7 @@ dlc_pool *dlc__pool_create(int32_t n_threads) {
   atomic_init(&p->sleepers, 0);
   atomic_init(&p->stop, 0);
   atomic_init(&p->next, 0);
+  atomic_init(&p->open, 0);
   atomic_init(&p->active, 0);
   return p;
 }
@@ -166,7 +174,7 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
   p->n = n;
   p->chunk = chunk > grain ? chunk : grain;
   atomic_store(&p->next, 0);
-  atomic_store(&p->active, p->started);
+  atomic_store(&p->open, 1);
   atomic_fetch_add(&p->generation, 1);
   if (atomic_load(&p->sleepers) > 0) {
     pthread_mutex_lock(&p->lock);
@@ -174,7 +182,8 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
     pthread_mutex_unlock(&p->lock);
   }
   run_chunks(p);
-  /* Wait for the workers; yield now and then, as a worker may be waiting
+  atomic_store(&p->open, 0);
+  /* Wait for the workers that joined; yield now and then, as one may be waiting
    * for this very core when the machine is oversubscribed. */
   for (int k = 0; atomic_load(&p->active) > 0; k++) {
     CPU_RELAX();
