@@ -11,6 +11,7 @@ import torch
 
 import dlc
 from dlc.frontend import parse_program
+from tests.gradcheck import assert_param_grads_match
 
 RTOL, ATOL = 1e-4, 1e-5
 F = torch.nn.functional
@@ -169,21 +170,7 @@ train fit {
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 2, 9, 10))
     t = rng.integers(0, 3, size=2).astype(np.int32)
-    grads = prog.grads("fit", x=x, t=t)
-    eps = 1e-6
-    for pname, g in grads.items():
-        p = prog.params[pname]
-        fd = np.zeros_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + eps
-            up = prog.run("net", x=x, t=t)["value"]
-            p[i] = old - eps
-            down = prog.run("net", x=x, t=t)["value"]
-            p[i] = old
-            fd[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(g, fd, rtol=1e-3, atol=1e-6, err_msg=pname)
-        assert np.abs(g).max() > 0, pname
+    assert_param_grads_match(prog, dict(x=x, t=t), rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["conv2d", "conv2d_input_grad", "conv2d_weight_grad",

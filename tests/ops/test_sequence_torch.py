@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dlc
+from tests.gradcheck import assert_param_grads_match
 
 RTOL, ATOL = 1e-4, 1e-5
 PARTS = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
@@ -231,21 +232,7 @@ train fit {{
     prog = dlc.compile(src, seed=5)
     rng = np.random.default_rng(0)
     x, n, t = rng.normal(size=(3, 4, 2)), np.array([4, 1, 2], np.int32), rng.normal(size=(3, 3))
-    grads = prog.grads("fit", x=x, n=n, t=t)
-    eps = 1e-6
-    for pname, g in grads.items():
-        p = prog.params[pname]
-        fd = np.zeros_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + eps
-            up = prog.run("net", x=x, n=n, t=t)["value"]
-            p[i] = old - eps
-            down = prog.run("net", x=x, n=n, t=t)["value"]
-            p[i] = old
-            fd[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-7, err_msg=pname)
-        assert np.abs(g).max() > 0, pname
+    assert_param_grads_match(prog, dict(x=x, n=n, t=t), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("opt,make", [
