@@ -11,25 +11,7 @@
 
 #include "moons.h"
 
-static int g_failed, g_passed;
-
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (cond) {                                                                  \
-      g_passed++;                                                                \
-    } else {                                                                     \
-      g_failed++;                                                                \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last message: %s\n", __FILE__,   \
-              __LINE__, #cond, dlc_status_message());                            \
-    }                                                                            \
-  } while (0)
-
-#define CHECK_ERR(call, status, text)                                            \
-  do {                                                                           \
-    dlc_status st_ = (call);                                                     \
-    CHECK(st_ == (status));                                                      \
-    CHECK(strstr(dlc_status_message(), (text)) != NULL);                         \
-  } while (0)
+#include "../check.h"
 
 enum { N = 5 };
 static const float X[N * 2] = {0.1f, 0.2f, 1.0f, -0.5f, 2.0f, 0.3f, -1.0f, 0.5f, 0.5f, 0.25f};

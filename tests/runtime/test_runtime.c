@@ -10,25 +10,7 @@
 
 #include "dlc/runtime.h"
 
-static int g_failed, g_passed;
-
-#define CHECK(cond)                                                           \
-  do {                                                                        \
-    if (cond) {                                                               \
-      g_passed++;                                                             \
-    } else {                                                                  \
-      g_failed++;                                                             \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last message: %s\n",          \
-              __FILE__, __LINE__, #cond, dlc_status_message());               \
-    }                                                                         \
-  } while (0)
-
-#define CHECK_ERR(call, status, text)                                         \
-  do {                                                                        \
-    dlc_status st_ = (call);                                                  \
-    CHECK(st_ == (status));                                                   \
-    CHECK(strstr(dlc_status_message(), (text)) != NULL);                      \
-  } while (0)
+#include "../check.h"
 
 static dlc_tensor tensor2(float *data, int64_t d0, int64_t d1) {
   dlc_tensor t;
