@@ -11,7 +11,12 @@ The gradients are ops of their own, each lowered as a reduction:
   filters of c's group and the kernel taps (ky, kx) whose window reads (i, j);
 - weight gradient: dw[o, c, ky, kx] = sum over (n, oh, ow) of g * x.
 Zero padding is a Select on the bounds of a clamped load (both sides of a
-Select are evaluated, so no load may leave its buffer).
+Select are evaluated, so no load may leave its buffer). conv2d's own padding
+is an explicit `pad2d` node instead, kept as a kernel of its own by `fuse`:
+the convolution then reads plain loads, a product the `tile` pass
+register-blocks (implicit GEMM), and so does its weight gradient. (The input
+gradient keeps its bounds checks: tiling it over a padded output gradient
+made the CIFAR CNN's compile time exceed its budget.)
 """
 from __future__ import annotations
 
@@ -150,6 +155,9 @@ class Conv2d(Op):
         dtype = x.type.dtype
         w = b.param(f"{name}.weight", TensorType(dtype, (filters, channels // groups, kh, kw)),
                     init, layer=name)
+        if any(attrs["padding"]):
+            x = b.node(PAD2D, [x], padding=attrs["padding"])
+            attrs["padding"] = (0, 0)
         y = b.node(CONV2D, [x, w], **attrs)
         if args["bias"]:
             from .shape import reshape
@@ -291,6 +299,37 @@ class Conv2dWeightGrad(Op):
         return np.einsum("ngouv,ngckluv->gockl", gg, cols).reshape(o, c // groups, *kernel)
 
 
+class Pad2d(Op):
+    """Zero padding of the last two axes by `padding` (ph, pw) on each side;
+    a negative padding crops (the gradient of a padding)."""
+    name = "pad2d"
+
+    def infer(self, ins, attrs) -> TensorType:
+        x, (ph, pw) = ins[0], attrs["padding"]
+        return TensorType(x.dtype, x.shape[:-2] + (x.shape[-2] + 2 * ph, x.shape[-1] + 2 * pw))
+
+    def grad(self, b, node, g):
+        return [b.node(PAD2D, [g], padding=tuple(-p for p in node.attrs["padding"]))]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        x_t = node.inputs[0].type
+        at, conds = list(idx[:-2]), []
+        for i, p, size in zip(idx[-2:], node.attrs["padding"], x_t.shape[-2:]):
+            src = i - p
+            if p > 0:
+                conds += [L.cmp(">=", src, 0), L.cmp("<", src, size)]
+            at.append(clamp(src, p > 0, p > 0, size))
+        return guarded(ins[0](at), conds, 0)
+
+    def reference(self, x, *, padding):
+        ph, pw = padding
+        if ph >= 0 and pw >= 0:
+            return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(ph, ph), (pw, pw)])
+        h, w = x.shape[-2:]
+        return x[..., -ph:h + ph, -pw:w + pw]
+
+
 CONV2D = register(Conv2d())
+PAD2D = register(Pad2d())
 CONV2D_INPUT_GRAD = register(Conv2dInputGrad())
 CONV2D_WEIGHT_GRAD = register(Conv2dWeightGrad())

@@ -8,6 +8,10 @@ A value is inlined into its consumers when that costs no repeated work:
   single consumer that reads each element once (an elementwise op or another
   reduction), never into one that re-reads it (a matmul, a broadcast).
 So dense + bias + activation becomes one kernel, and so do loss chains.
+Convolutions stay plain register-blocked products for the `tile` pass: the
+zero padding of their input (`pad2d`) is not inlined into them, and a
+convolution is not inlined into a pooling (whose window would make it a max
+of several reductions) or a reshape (whose flat index hides the output row).
 An op lowered as a whole statement (`lower_kernel`) is never inlined, and
 counts as a consumer that re-reads its inputs.
 """
@@ -18,14 +22,14 @@ from dataclasses import replace
 from collections import Counter
 
 from ..ir.graph import Function, Node, Program
-from ..ops.conv import CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD
+from ..ops.conv import CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD, PAD2D
 from ..ops.elementwise import CONSTANT, NUMEL
 from ..ops.loss import SCATTER_LAST
 from ..ops.nn import MATMUL
 from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_GRAD, non_overlapping
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
 from ..ops.sequence import PAD_LAST, PLACE_TIME
-from ..ops.shape import BROADCAST_TO, SUM_TO
+from ..ops.shape import BROADCAST_TO, RESHAPE, SUM_TO
 
 CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
 POOLS = {MAXPOOL, AVGPOOL}
@@ -35,8 +39,11 @@ REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, AVGPOOL_GRAD, MAXPOOL
 REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
 # Consumers whose most elements are a constant: a reduction inlined into them
 # would be evaluated for every element, even where it is not selected.
-REREADS |= {PLACE_TIME, PAD_LAST}
+REREADS |= {PLACE_TIME, PAD_LAST, PAD2D}
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
+# Consumers whose index forms (a pooling window, a flattened index) would keep
+# a convolution inlined into them from being register-blocked by `tile`.
+UNBLOCKED = POOLS | {RESHAPE}
 
 
 def rereads(n: Node) -> bool:
@@ -64,19 +71,23 @@ def plan(fn: Function) -> set[int]:
     assigned = Counter(id(v) for _, v in fn.assigns)
     inlined: set[int] = set()
     has_reduce: dict[int, bool] = {}
+    has_conv: dict[int, bool] = {}
     for n in fn.nodes:  # producers first: a value's cost includes its inlined inputs
         key = id(n.out)
         has_reduce[key] = n.op in REDUCTIONS or any(
             has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
+        has_conv[key] = n.op in CONVS or any(
+            has_conv.get(id(v), False) for v in n.inputs if id(v) in inlined)
         users = consumers.get(key, [])
         n_users = len(users) + assigned[key]
         if key in pinned or n_users == 0 or n.op.lower_kernel is not None:
             continue
         if has_reduce[key]:
             ok = n_users == 1 and not any(rereads(u) or u.op.lower_kernel is not None
-                                          for u in users)
+                                          or (u.op in UNBLOCKED and has_conv[key]) for u in users)
         else:
-            ok = n.op in TRIVIAL or n_users == 1
+            ok = (n.op in TRIVIAL or n_users == 1) and not (
+                n.op is PAD2D and any(u.op in CONVS for u in users))
         if ok:
             inlined.add(key)
     return inlined

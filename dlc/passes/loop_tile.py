@@ -100,7 +100,10 @@ def match(body: L.Stmt) -> Match | None:
                     None)
 
     j = outs[-1]
-    if L.stride_of(s.index, j) == 1:
+    # An output row narrower than a useful vector (a convolution's weight
+    # gradient along kx) leaves the reduction to vectorize: the dot form.
+    narrow = (_const(loops[-1].extent) or MIN_LANES) < MIN_LANES
+    if L.stride_of(s.index, j) == 1 and not narrow:
         for a, b in ((prod.a, prod.b), (prod.b, prod.a)):
             if not _uses(a, j) and _contiguous(b, j):
                 return Match(loops, s, red, a, b, "outer", inner_var(a, b, j), j)

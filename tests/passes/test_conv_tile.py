@@ -1,0 +1,80 @@
+"""Convolutions hit the `tile` pass's register-blocked micro-kernels: their
+zero padding is a `pad2d` kernel of its own, so the forward convolution (with
+its bias + relu epilogue, padded or not, before a pooling or not) is a plain
+product of loads; the numbers are those of the untiled program."""
+import numpy as np
+import pytest
+
+from dlc.ir import loops as L
+from dlc.passes import loop_tile
+
+from .helpers import compile_without, kernels, loops_after
+
+SRC = """
+model cnn {
+    input x: f32[batch, 3, 20, 20]
+    h = conv2d(x, 8, 3, padding=1, name="c1") |> relu
+    h = conv2d(h, 12, 3, padding=1, name="c2") |> relu
+    h = maxpool(h, 2)
+    h = conv2d(h, 8, 3, name="c3") |> relu |> flatten
+    output y = dense(h, 5, name="fc")
+}
+train fit {
+    input x: f32[batch, 3, 20, 20]
+    input t: i32[batch]
+    loss = cross_entropy(cnn(x), t)
+    optimizer = sgd(lr=0.1, momentum=0.9)
+}
+"""
+
+
+def tiled(k: L.Kernel) -> bool:
+    return any(isinstance(s, L.Allocate) and s.buf.name.startswith("acc_") for s in L.stmts_of(k.body))
+
+
+def conv_kernels(prog: L.LoopProgram, entry: str) -> dict[str, L.Kernel]:
+    """The first kernel reading each convolution weight, by its name."""
+    out = {}
+    for k in kernels(prog, entry).values():
+        reads = {x.buf.name for e in L.exprs_of(k.body) for x in L.subexprs(e) if isinstance(x, L.Load)}
+        for w in ("c1.weight", "c2.weight", "c3.weight"):
+            if w in reads:
+                out.setdefault(w, k)   # the first: the forward convolution
+    return out
+
+
+@pytest.mark.parametrize("entry", ["cnn", "fit"])
+def test_forward_convolutions_are_tiled(entry):
+    convs = conv_kernels(loops_after(SRC, "tile"), entry)
+    assert set(convs) == {"c1.weight", "c2.weight", "c3.weight"}
+    for name, k in convs.items():
+        assert tiled(k), name
+        assert not any(isinstance(x, (L.Reduce, L.Select)) for e in L.exprs_of(k.body)
+                       for x in L.subexprs(e)), name
+
+
+@pytest.mark.parametrize("vector", [(64, 32), (32, 16)], ids=["avx512", "avx2"])
+def test_numbers_unchanged(monkeypatch, vector):
+    monkeypatch.setattr(loop_tile, "vector_registers", lambda: vector)
+    fast = compile_without(SRC)
+    plain = compile_without(SRC, skip=("tile",))
+    rng = np.random.default_rng(2)
+    for batch in (1, 3):
+        x = rng.normal(size=(batch, 3, 20, 20)).astype(np.float32)
+        t = rng.integers(0, 5, size=batch).astype(np.int32)
+        np.testing.assert_allclose(fast.run("cnn", x=x)["y"], plain.run("cnn", x=x)["y"],
+                                   rtol=1e-5, atol=1e-5)
+        g1, g2 = fast.grads("fit", x=x, t=t), plain.grads("fit", x=x, t=t)
+        for name in g1:
+            np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_every_product_of_training_but_the_input_gradient_is_tiled():
+    """Convolutions, their weight gradients (narrow along kx: the dot form,
+    vectorized along ow) and the dense layer. The input gradients keep their
+    bounds checks (see dlc/ops/conv.py) and are left to `lower_reductions`."""
+    prog = loops_after(SRC, "tile")
+    left = [k.name for k in kernels(prog, "fit").values()
+            if any(isinstance(x, L.Reduce) and x.kind == "sum" and isinstance(x.body, L.Bin)
+                   and x.body.op == "*" for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+    assert len(left) == 2 and all(name.startswith("conv2d_input_grad") for name in left)
