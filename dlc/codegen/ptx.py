@@ -38,7 +38,7 @@ from llvmlite import ir
 
 from ..errors import DlcError, InternalError
 from ..ir import loops as L
-from ..passes.loop_gpu import BLOCK, BLOCKS, GRID, THREADS, launch_threads, substitute
+from ..passes.loop_gpu import BLOCK, BLOCKS, GRID, THREADS, launch_threads
 from . import compiler
 from .render import I32, I64, PTR, TYPES, Renderer, StmtEmitter, _dtype_of, _global_buffers
 
@@ -217,7 +217,7 @@ class PtxEmitter(StmtEmitter):
         first, stride, j = L.Var("first"), L.Var("stride"), L.Var(f"{s.var.name}.j")
         self.values[first], self.values[stride] = first_value, stride_value
         count = L.binop("/", s.extent - first + stride - 1, stride)
-        super().loop(L.For(j, count, substitute(s.body, {s.var: first + j * stride})))
+        super().loop(L.For(j, count, L.substitute_stmt(s.body, {s.var: first + j * stride})))
 
     def shared(self, buf: L.Buffer) -> ir.Value:
         """A generic pointer to a block's shared array for buf."""

@@ -398,6 +398,8 @@ def substitute_stmt(s: Stmt, env: dict) -> Stmt:
         return If(substitute(s.cond, env), substitute_stmt(s.then, env))
     if isinstance(s, Seq):
         return Seq([substitute_stmt(b, env) for b in s.body])
+    if isinstance(s, Barrier):
+        return s
     raise TypeError(s)
 
 

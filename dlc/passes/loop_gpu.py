@@ -7,9 +7,9 @@ over the output's shape that `lower` writes) are flattened into one index
 and is rendered as a grid-stride loop, so any grid size is correct and the
 launch plan may cap it. The original indices are recomputed from `gid`
 (row-major division and remainder). Everything inside (reduction loops,
-accumulators, update temporaries) stays per thread. CPU schedules
-(parallel, vectorized) inside a kernel are reset to serial: on the GPU the
-threads are the parallelism. A kernel with no outer loop (a scalar result
+accumulators, update temporaries) stays per thread, in serial loops: the
+cuda pipeline runs no CPU schedule (parallel, vectorized), as the threads
+are the parallelism. A kernel with no outer loop (a scalar result
 such as a loss) runs as a grid loop of one iteration.
 
 `tile_matmuls` (before it): a kernel whose innermost two outer loops (r, c)
@@ -88,7 +88,7 @@ def map_kernel(body: L.Stmt) -> L.Stmt:
     gid = L.Var("gid")
     extents = [loop.extent for loop in outer]
     env = dict(zip((loop.var for loop in outer), _unflatten(gid, extents)))
-    return L.For(gid, _product(extents), substitute(inner, env), GRID)
+    return L.For(gid, _product(extents), L.substitute_stmt(inner, env), GRID)
 
 
 # ------------------------------------------------------------ tiling
@@ -188,7 +188,7 @@ def tile_kernel(body: L.Stmt, counter) -> L.Stmt | None:
         buf = L.Buffer(f"{name}{n}", f.dtype, "shared", -1, L.Const(T * pad, L.INDEX))
         i, j = (ty, tx) if _k_contiguous(f, k) else (tx, ty)
         gi, gj = base + i, kt * T + j
-        value = subst_expr(f, {**env, var: gi, k: gj})
+        value = L.substitute(f, {**env, var: gi, k: gj})
         slot = i * pad + j
         inside = L.Bin("and", L.cmp("<", gi, extent), L.cmp("<", gj, K), "bool")
         return buf, L.Seq([L.Store(buf, slot, L.const_like(0, f.dtype)), L.If(inside, L.Store(buf, slot, value))])
@@ -199,46 +199,9 @@ def tile_kernel(body: L.Stmt, counter) -> L.Stmt | None:
     out_env = {**env, rl.var: row, cl.var: col}
     inside = L.Bin("and", L.cmp("<", row, R), L.cmp("<", col, C), "bool")
     per_thread = L.Allocate(acc, L.Seq([
-        L.Store(acc, zero, subst_expr(init.value, out_env)),
+        L.Store(acc, zero, L.substitute(init.value, out_env)),
         L.For(kt, tiles(K), L.Seq([load_a, load_b, L.Barrier(),
                                    L.For(kk, L.Const(T, L.INDEX), step), L.Barrier()])),
-        L.If(inside, L.Seq([substitute(x, out_env) for x in epilogue]))]))
+        L.If(inside, L.Seq([L.substitute_stmt(x, out_env) for x in epilogue]))]))
     n_tiles = _product([x.extent for x in leading] + [tiles(R), tiles(C)])
     return L.For(tile, n_tiles, L.For(t, L.Const(BLOCK, L.INDEX), per_thread, THREADS), BLOCKS)
-
-
-def substitute(s: L.Stmt, env: dict[L.Var, L.Expr]) -> L.Stmt:
-    """s with the variables in env replaced, and every CPU-scheduled loop
-    made serial."""
-    if isinstance(s, L.For):
-        kind = s.kind if s.kind in (GRID, BLOCKS, THREADS) else "serial"
-        return L.For(s.var, subst_expr(s.extent, env), substitute(s.body, env), kind)
-    if isinstance(s, L.Store):
-        return L.Store(s.buf, subst_expr(s.index, env), subst_expr(s.value, env), s.accumulate)
-    if isinstance(s, L.Allocate):
-        return L.Allocate(s.buf, substitute(s.body, env))
-    if isinstance(s, L.If):
-        return L.If(subst_expr(s.cond, env), substitute(s.then, env))
-    if isinstance(s, L.Seq):
-        return L.Seq([substitute(b, env) for b in s.body])
-    if isinstance(s, L.Barrier):
-        return s
-    raise TypeError(s)
-
-
-def subst_expr(e: L.Expr, env: dict[L.Var, L.Expr]) -> L.Expr:
-    if isinstance(e, L.Var):
-        return env.get(e, e)
-    if isinstance(e, L.Const):
-        return e
-    if isinstance(e, L.Load):
-        return L.Load(e.buf, subst_expr(e.index, env))
-    if isinstance(e, L.Bin):
-        return L.Bin(e.op, subst_expr(e.a, env), subst_expr(e.b, env), e.dtype)
-    if isinstance(e, L.Call):
-        return L.Call(e.fn, tuple(subst_expr(a, env) for a in e.args), e.dtype)
-    if isinstance(e, L.Select):
-        return L.Select(*(subst_expr(x, env) for x in (e.cond, e.a, e.b)))
-    if isinstance(e, L.Cast):
-        return L.Cast(subst_expr(e.value, env), e.dtype)
-    raise TypeError(e)

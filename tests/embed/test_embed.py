@@ -66,7 +66,7 @@ def test_emit_lib_writes_library_archive_and_header(moons_lib):
                                             (CXX, ["-x", "c++", "-std=c++11"])])
 def test_generated_header_is_strict_c_and_cxx(moons_lib, compiler, flags):
     if compiler is None:
-        pytest.skip("no compiler")
+        pytest.skip("no C or C++ compiler (cc, c++, gcc, g++) on the PATH")
     run([compiler, *flags, *STRICT, "-fsyntax-only", f"-I{INCLUDE}", moons_lib / "moons.h"])
 
 
