@@ -21,7 +21,7 @@ def lower_reductions(prog: L.LoopProgram) -> L.LoopProgram:
 
 def _stmt(s: L.Stmt, counter) -> L.Stmt:
     if isinstance(s, L.For):
-        return L.For(s.var, s.extent, _stmt(s.body, counter), s.kind)
+        return L.For(s.var, s.extent, _stmt(s.body, counter), s.kind, s.grain)
     if isinstance(s, L.Seq):
         return L.Seq([_stmt(b, counter) for b in s.body])
     if isinstance(s, L.Allocate):
