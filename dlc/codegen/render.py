@@ -35,7 +35,9 @@ class ExprEmitter:
     Inside a vectorized loop (`lanes` = (var, W)) an expression that uses the
     loop's variable becomes a W-lane vector: loads with stride 1 in it are
     vector loads, other loads are gathered lane by lane, and operands that do
-    not use it stay scalar until combined with a vector (then splatted)."""
+    not use it stay scalar until combined with a vector (then splatted).
+    In a loop of min(W, n) lanes, `mask` holds the active ones: loads and
+    stores of stride 1 outside local buffers are masked (locals are whole)."""
 
     def __init__(self, module: ir.Module, builder: ir.IRBuilder, syms_ptr, sym_vars: list[L.Var]):
         self.module, self.b = module, builder
@@ -45,6 +47,7 @@ class ExprEmitter:
             self.values[v] = builder.load(p, typ=I64, name=v.name)
         self.pointers: dict[L.Buffer, ir.Value] = {}
         self.lanes: tuple[L.Var, int] | None = None
+        self.mask: ir.Value | None = None
         # Index arithmetic already emitted in the current basic block, by
         # structure: unrolled micro-kernels repeat the same index terms.
         self.index_cache: dict[tuple, ir.Value] = {}
@@ -78,7 +81,9 @@ class ExprEmitter:
     def splat(self, v: ir.Value) -> ir.Value:
         if self.lanes is None or isinstance(v.type, ir.VectorType):
             return v
-        w = self.lanes[1]
+        return self.splat_to(v, self.lanes[1])
+
+    def splat_to(self, v: ir.Value, w: int) -> ir.Value:
         if isinstance(v, ir.Constant):
             return ir.Constant(ir.VectorType(v.type, w), [v.constant] * w)
         one = self.b.insert_element(ir.Constant(ir.VectorType(v.type, w), None), v, I32(0))
@@ -93,6 +98,8 @@ class ExprEmitter:
     def per_lane(self, f) -> ir.Value:
         """A vector whose lane l is f() emitted with the lane variable = l."""
         var, w = self.lanes
+        if self.mask is not None:
+            raise InternalError("render", "a strided access in a masked vectorized loop")
         out = None
         self.lanes = None
         try:
@@ -176,10 +183,25 @@ class ExprEmitter:
         var, w = self.lanes
         if L.stride_of(e.index, var) == 1:
             first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
-            v = self.b.load(self.address(e.buf, first), typ=ir.VectorType(TYPES[e.dtype], w))
+            vt = ir.VectorType(TYPES[e.dtype], w)
+            p = self.address(e.buf, first)
+            if self.masked(e.buf):
+                return self.b.call(self.masked_intrinsic("load", vt), [
+                    p, I32(L.DTYPE_BYTES[e.dtype]), self.mask, ir.Constant(vt, None)])
+            v = self.b.load(p, typ=vt)
             v.align = L.DTYPE_BYTES[e.dtype]
             return v
         return self.per_lane(lambda: self.b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype]))
+
+    def masked(self, buf: L.Buffer) -> bool:
+        return self.mask is not None and buf.kind != "local"
+
+    def masked_intrinsic(self, op: str, vt: ir.VectorType) -> ir.Function:
+        name = f"llvm.masked.{op}.v{vt.count}{_SUFFIX[_dtype_of(vt.element)]}.p0"
+        mask_t = ir.VectorType(ir.IntType(1), vt.count)
+        ft = ir.FunctionType(vt, [PTR, I32, mask_t, vt]) if op == "load" else \
+            ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mask_t])
+        return self.module.globals.get(name) or ir.Function(self.module, ft, name=name)
 
     def binary(self, e: L.Bin) -> ir.Value:
         b = self.b
@@ -310,13 +332,14 @@ class StmtEmitter(ExprEmitter):
                 return
             v = self.splat(self.emit(s.value))
             first = L.substitute(s.index, {var: L.Const(0, L.INDEX)})
-            p = self.address(s.buf, first)
-            vt = ir.VectorType(t, w)
             if s.accumulate:
-                old = b.load(p, typ=vt)
-                old.align = L.DTYPE_BYTES[s.buf.dtype]
-                v = self.arith("+", old, v, s.buf.dtype)
-            b.store(v, p).align = L.DTYPE_BYTES[s.buf.dtype]
+                v = self.arith("+", self.vector_load(L.Load(s.buf, s.index)), v, s.buf.dtype)
+            p = self.address(s.buf, first)
+            align = L.DTYPE_BYTES[s.buf.dtype]
+            if self.masked(s.buf):
+                b.call(self.masked_intrinsic("store", v.type), [v, p, I32(align), self.mask])
+            else:
+                b.store(v, p).align = align
             return
         v = self.emit(s.value)
         if isinstance(v.type, ir.VectorType):  # one address for every lane: the last lane wins
@@ -328,6 +351,8 @@ class StmtEmitter(ExprEmitter):
 
     def scatter(self, s: L.Store) -> None:
         var, w = self.lanes
+        if self.mask is not None:
+            raise InternalError("render", "a strided store in a masked vectorized loop")
         self.lanes = None
         try:
             for lane in range(w):
@@ -343,16 +368,19 @@ class StmtEmitter(ExprEmitter):
             self.emit_stmt(s.body)
 
     def vectorized_loop(self, s: L.For) -> None:
-        w = s.extent.value
+        w, active = L.vector_lanes(s.extent)
         if self.lanes is not None:
             raise InternalError("render", f"vectorized loop {s.var.name} inside another")
+        if active is not None:
+            n = self.emit(active)
+            self.mask = self.b.icmp_signed("<", _lane_ids(w), self.splat_to(n, w))
         self.lanes = (s.var, w)
         self.values[s.var] = _lane_ids(w)
         self.vary_cache = {}
         try:
             self.emit_stmt(s.body)
         finally:
-            self.lanes = None
+            self.lanes, self.mask = None, None
 
     def loop(self, s: L.For, start: ir.Value | None = None, end: ir.Value | None = None) -> None:
         """A serial loop over [start, end) (default [0, extent))."""

@@ -11,7 +11,11 @@ dlc/passes/loop_gpu.py), `Store`, `Allocate` (a scoped local buffer), `If`,
 Loop kinds say how a loop is rendered; the loop's meaning (iterations 0..n-1
 in order) is the same for every kind, so a pass that changes a kind never
 changes results as long as the iterations are independent:
-  - vectorized: constant extent W; the body runs once on W-lane vectors;
+  - vectorized: extent W (a constant) or min(W, n): the body runs once on
+    W-lane vectors, of which only the first n are active in the second form
+    (a ragged edge at vector speed): there, inactive lanes of loads from
+    tensors and workspace are unspecified and stores to them skip those
+    lanes; local buffers are read and written in every lane;
   - unrolled: constant extent; the body is emitted once per iteration;
   - parallel: the body is outlined into a task over a range of iterations
     and run by the host's thread pool (serially without one), in chunks of
@@ -403,6 +407,16 @@ def substitute_stmt(s: Stmt, env: dict) -> Stmt:
     raise TypeError(s)
 
 
+def vector_lanes(extent: Expr) -> tuple[int, Expr | None] | None:
+    """(W, active lanes or None when all W are) of a vectorized loop's
+    extent, W or min(W, n); None for any other extent."""
+    if isinstance(extent, Const):
+        return extent.value, None
+    if isinstance(extent, Bin) and extent.op == "min" and isinstance(extent.a, Const):
+        return extent.a.value, extent.b
+    return None
+
+
 def loop(var: Var, extent, body: Stmt, kind: str = "serial") -> Stmt:
     """A For, folded away when the extent is the constant 1 (var := 0) and
     dropped when it is the constant 0."""
@@ -448,8 +462,10 @@ def _verify_stmt(s: Stmt, bound: set, locals_: set, where: str, ctx: str, allow_
         _verify_expr(s.extent, bound, locals_, where, ctx, allow_reduce)
         if s.kind not in LOOP_KINDS:
             raise InternalError(where, f"{ctx}: loop {s.var.name} has unknown kind {s.kind}")
-        if s.kind in ("vectorized", "unrolled") and not isinstance(s.extent, Const):
-            raise InternalError(where, f"{ctx}: {s.kind} loop {s.var.name} needs a constant extent")
+        if s.kind == "unrolled" and not isinstance(s.extent, Const):
+            raise InternalError(where, f"{ctx}: unrolled loop {s.var.name} needs a constant extent")
+        if s.kind == "vectorized" and vector_lanes(s.extent) is None:
+            raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} needs extent W or min(W, n)")
         if s.kind == "vectorized" and any(isinstance(x, (For, Allocate)) for x in stmts_of(s.body)):
             raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} holds loops or allocations")
         if s.kind == "parallel":

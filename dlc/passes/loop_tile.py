@@ -21,15 +21,17 @@ The other operand's output var i (used by a, not by b) is blocked by MR.
 The accumulators are a local buffer of constant size indexed by unrolled and
 vectorized loops only, so LLVM keeps them in registers. Tiles are loops
 (other output loops, then j tiles, then i tiles: tiles that follow each other
-share b's panel); a partial tile at an edge of a symbolic or ragged extent
-falls back to MR = 1 rows and narrower columns. Kernels that do not qualify
-are left alone (their Reduce is lowered by `lower_reductions`).
+share b's panel). A tile that crosses the end of a symbolic or ragged extent
+is the same micro-kernel at full speed on clamped indices: rows (and dot
+columns) past the end reread the last one and are not stored, outer columns
+past it are masked vector lanes. Kernels that do not qualify are left alone
+(their Reduce is lowered by `lower_reductions`).
 
 Block sizes come from a register model (`choose_blocks`): for the host's
 vector width W and register count R, the (MR, NR) with MR*NR accumulators
 plus the registers each k step needs fitting in R that maximizes
-FMAs per load, MR*NR / (MR + NR), weighted by how much of each constant
-extent full blocks cover; at most MAX_BLOCK accumulators (code size).
+FMAs per load, MR*NR / (MR + NR), weighted by the useful fraction of the
+blocks covering each constant extent; at most MAX_BLOCK accumulators (code size).
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class Match:
     form: str               # outer | dot
     i: L.Var | None
     j: L.Var | None
+    p: L.Var | None = None  # outer form, rows of b blocked by NR when j fits one vector
 
 
 def _uses(e: L.Expr, v: L.Var | None) -> bool:
@@ -72,7 +75,8 @@ def _uses(e: L.Expr, v: L.Var | None) -> bool:
 
 
 def _contiguous(e: L.Expr, v: L.Var) -> bool:
-    """Every load in e that moves with v moves by one element."""
+    """e loads something that moves with v, and every such load moves by one
+    element."""
     loads = [x for x in L.subexprs(e) if isinstance(x, L.Load) and L.depends_on(x.index, v)]
     return bool(loads) and all(L.stride_of(x.index, v) == 1 for x in loads)
 
@@ -103,7 +107,8 @@ def match(body: L.Stmt) -> Match | None:
     # An output row narrower than a useful vector (a convolution's weight
     # gradient along kx) leaves the reduction to vectorize: the dot form.
     narrow = (_const(loops[-1].extent) or MIN_LANES) < MIN_LANES
-    if L.stride_of(s.index, j) == 1 and not narrow:
+    # Every load moving with j moves by one element (masked at an edge).
+    if L.stride_of(s.index, j) == 1 and not narrow and _contiguous(s.value, j):
         for a, b in ((prod.a, prod.b), (prod.b, prod.a)):
             if not _uses(a, j) and _contiguous(b, j):
                 return Match(loops, s, red, a, b, "outer", inner_var(a, b, j), j)
@@ -116,14 +121,21 @@ def match(body: L.Stmt) -> Match | None:
     return None
 
 
+def _all(conds: list[L.Expr]) -> L.Expr:
+    out = conds[0]
+    for c in conds[1:]:
+        out = L.Bin("and", out, c, "bool")
+    return out
+
+
 def _const(e: L.Expr) -> int | None:
     return e.value if isinstance(e, L.Const) else None
 
 
-def choose_blocks(form: str, m: int | None, n: int | None, lanes: int, regs: int) -> tuple[int, int]:
+def choose_blocks(form: str, m: int | None, n: int | None, width: int, regs: int) -> tuple[int, int]:
     """(MR, NR) by the register model in the module docstring. m, n: the
-    constant extents along i and j (None when symbolic or absent: then
-    full blocks are assumed to cover it)."""
+    constant extents along i and the NR axis (None when symbolic or absent:
+    then full blocks are assumed to cover it); width: its elements per NR."""
     best, best_score = (1, 1), -1.0
     for mr in range(1, MAX_MR + 1):
         for nr in range(1, MAX_NR + 1):
@@ -132,11 +144,10 @@ def choose_blocks(form: str, m: int | None, n: int | None, lanes: int, regs: int
             need = mr * nr + (nr + 1 if form == "outer" else mr + 1)
             if need > regs or mr * nr > MAX_BLOCK:
                 continue
-            width = nr * lanes if form == "outer" else nr
             score = mr * nr / (mr + nr)
-            for ext, blk in ((m, mr), (n, width)):
-                if ext is not None:
-                    score *= (ext // blk) * blk / ext if ext >= blk else 0.0
+            for ext, blk in ((m, mr), (n, nr * width)):
+                if ext is not None:   # edge blocks run at full cost
+                    score *= ext / (-(-ext // blk) * blk)
             if score > best_score + 1e-9 or (abs(score - best_score) <= 1e-9 and mr * nr > best[0] * best[1]):
                 best, best_score = (mr, nr), score
     return best
@@ -180,104 +191,134 @@ class Tiler:
         one = L.Const(1, L.INDEX)
         self.m = ext.get(mt.i, one) if mt.i is not None else one
         self.n = ext.get(mt.j, one) if mt.j is not None else one
+        self.np = ext[mt.p] if mt.p is not None else one
         # columns per full tile
-        self.nj = nr * lanes if mt.form == "outer" else nr
+        self.nj = nr * lanes if mt.form == "outer" and mt.p is None else lanes if mt.p else nr
+        self.npr = nr if mt.p is not None else 1   # p rows per full tile
 
     # ---- micro-kernels
-    def micro(self, i0: L.Expr, j0: L.Expr, mr: int, nr: int, w: int) -> L.Stmt:
-        """out over rows i0..i0+mr and columns j0.. (outer: nr vectors of w
-        lanes; dot: nr columns, w lanes along k)."""
-        mt = self.mt
+    def micro(self, i0: L.Expr, j0: L.Expr, p0: L.Expr, mr: int,
+              rows_edge: bool, cols_edge: bool, p_edge: bool = False) -> L.Stmt:
+        """out over rows i0..i0+mr and columns j0..j0+NJ (outer: NR vectors
+        of W lanes, or one vector in each of NR rows p0.. of p; dot: NR
+        columns, W lanes along k). At an edge, rows, p rows and dot columns
+        past the extent read the last one (clamped) and are not stored;
+        outer columns past it are masked vector lanes."""
+        mt, nr, w = self.mt, self.nr, self.w
         ii, jv, lane = L.Var("ii"), L.Var("jv"), L.Var("l")
         acc = L.Buffer(f"acc_{mt.form}", mt.red.dtype, "local", -1, L.Const(mr * nr * w, L.INDEX))
         slot = (ii * nr + jv) * w
         env = {}
+        inside = []   # conditions for storing the block's element
         if mt.i is not None:
-            env[mt.i] = i0 + ii
+            env[mt.i] = L.minimum(i0 + ii, self.m - 1) if rows_edge else i0 + ii
+            inside += [L.cmp("<", i0 + ii, self.m)] * rows_edge
         zero = L.const_like(0, acc.dtype)
+        lanes = L.Const(w, L.INDEX)
+        if mt.p is not None:
+            env[mt.p] = L.minimum(p0 + jv, self.np - 1) if p_edge else p0 + jv
+            inside += [L.cmp("<", p0 + jv, self.np)] * p_edge
+            env[mt.j] = j0 + lane
+            if cols_edge:
+                lanes = L.minimum(lanes, self.n - j0)
+        elif mt.form == "outer":
+            env[mt.j] = j0 + jv * w + lane
+            if cols_edge:
+                lanes = L.minimum(lanes, self.n - (j0 + jv * w))
+        elif mt.j is not None:
+            env[mt.j] = L.minimum(j0 + jv, self.n - 1) if cols_edge else j0 + jv
+            inside += [L.cmp("<", j0 + jv, self.n)] * cols_edge
 
-        def block(stmt_of_lane, lane_kind: str = "vectorized") -> L.Stmt:
-            body = L.loop(lane, w, stmt_of_lane, lane_kind)
+        def block(stmt: L.Stmt, guard: bool = False, active: L.Expr = lanes) -> L.Stmt:
+            """stmt for every (active) lane of every accumulator (only those
+            stored when guarded)."""
+            body = L.loop(lane, active, stmt, "vectorized") if w > 1 else \
+                L.substitute_stmt(stmt, {lane: ZERO})
+            if guard and inside:
+                body = L.If(_all(inside), body)
             return L.loop(ii, mr, L.loop(jv, nr, body, "unrolled"), "unrolled")
 
+        def accumulate(env_k: dict, at: L.Expr, only: L.Expr | None = None) -> L.Stmt:
+            """acc[at] += a * b (where `only` holds)."""
+            prod = L.substitute(mt.a, env_k) * L.substitute(mt.b, env_k)
+            old = L.Load(acc, at)
+            return L.Store(acc, at, old + prod if only is None else L.Select(only, old + prod, old))
+
+        def reduce_over(inner: L.Stmt, keep_last: bool) -> L.Stmt:
+            pairs = list(zip(mt.red.vars, mt.red.extents))
+            for v, x in reversed(pairs if keep_last else pairs[:-1]):
+                inner = L.For(v, x, inner)
+            return inner
+
+        def epilogue(total: L.Expr) -> L.Stmt:
+            return L.Store(mt.store.buf, L.substitute(mt.store.index, env),
+                           L.substitute(_replace(mt.store.value, mt.red, total), env),
+                           mt.store.accumulate)
+
         init = block(L.Store(acc, slot + lane, zero))
-        red = mt.red
         if mt.form == "outer":
-            env[mt.j] = j0 + jv * w + lane
-            prod = L.substitute(mt.a, env) * L.substitute(mt.b, env)
-            update = block(L.Store(acc, slot + lane, L.Load(acc, slot + lane) + prod))
-            reduction = update
-            for v, x in reversed(list(zip(red.vars, red.extents))):
-                reduction = L.For(v, x, reduction)
-            result = L.Load(acc, slot + lane)
-            epilogue = block(L.Store(mt.store.buf, L.substitute(mt.store.index, env),
-                                     L.substitute(_replace(mt.store.value, red, result), env)))
-            return L.Allocate(acc, L.Seq([init, reduction, epilogue]))
-        # dot: vectorized along k, a scalar tail into lane 0, lanes summed at the end
-        if mt.j is not None:
-            env[mt.j] = j0 + jv
-        k, kext = red.vars[-1], red.extents[-1]
-        ko, kt = L.Var("ko"), L.Var("kt")
-        main_env = {**env, k: ko * w + lane}
-        prod = L.substitute(mt.a, main_env) * L.substitute(mt.b, main_env)
-        main = L.loop(ko, _div(kext, w), block(L.Store(acc, slot + lane, L.Load(acc, slot + lane) + prod)))
-        tail_env = {**env, k: _div(kext, w) * w + kt}
-        tprod = L.substitute(mt.a, tail_env) * L.substitute(mt.b, tail_env)
+            reduction = reduce_over(block(accumulate(env, slot + lane)), True)
+            out = block(epilogue(L.Load(acc, slot + lane)), guard=True)
+            return L.Allocate(acc, L.Seq([init, reduction, out]))
+        # dot: vectorized along k, a masked vector for the rest of k, lanes
+        # summed at the end
+        k, kext = mt.red.vars[-1], mt.red.extents[-1]
+        ko = L.Var("ko")
+        steps = [L.loop(ko, _div(kext, w), block(accumulate({**env, k: ko * w + lane}, slot + lane)))]
         rest = kext - _div(kext, w) * w
-        tail = L.loop(kt, rest, L.loop(ii, mr, L.loop(
-            jv, nr, L.Store(acc, slot, L.Load(acc, slot) + tprod), "unrolled"), "unrolled"))
-        reduction = L.Seq([main, tail])
-        for v, x in reversed(list(zip(red.vars[:-1], red.extents[:-1]))):
-            reduction = L.For(v, x, reduction)
+        if _const(rest) != 0:   # inactive lanes hold garbage: the sum must not see them
+            steps.append(block(accumulate({**env, k: _div(kext, w) * w + lane}, slot + lane,
+                                          L.cmp("<", lane, rest)),
+                               active=L.minimum(L.Const(w, L.INDEX), rest)))
         total = L.LaneSum(acc, slot, w) if w > 1 else L.Load(acc, slot)
-        epilogue = L.loop(ii, mr, L.loop(jv, nr, L.Store(
-            mt.store.buf, L.substitute(mt.store.index, env),
-            L.substitute(_replace(mt.store.value, red, total), env), mt.store.accumulate),
-            "unrolled"), "unrolled")
-        return L.Allocate(acc, L.Seq([init, reduction, epilogue]))
+        out = L.loop(ii, mr, L.loop(jv, nr, L.If(_all(inside), epilogue(total)) if inside
+                                    else epilogue(total), "unrolled"), "unrolled")
+        return L.Allocate(acc, L.Seq([init, reduce_over(L.Seq(steps), False), out]))
 
     # ---- tiles
-    def tile_body(self, i0: L.Expr, j0: L.Expr) -> L.Stmt:
-        mr, nr, nj, w = self.mr, self.nr, self.nj, self.w
-        outer = self.mt.form == "outer"
-        full = self.micro(i0, j0, mr, nr, w)
-        m, n = _const(self.m), _const(self.n)
+    def tile_body(self, i0: L.Expr, j0: L.Expr, p0: L.Expr) -> L.Stmt:
+        """The full block, or where the extents end inside it, the edge
+        block: clamped rows when the row extent is a constant (the block
+        sizes were chosen for it), else row by row (a batch of 1 must not
+        cost MR rows)."""
+        mr, nj, npr = self.mr, self.nj, self.npr
+        m, n, np_ = _const(self.m), _const(self.n), _const(self.np)
         # Edges that a constant extent never has are not generated.
         ragged_i = m is None or m % mr != 0
         ragged_j = n is None or n % nj != 0
-        if not ragged_i and not ragged_j:
-            return full
-        rows = L.minimum(L.Const(mr, L.INDEX), self.m - i0) if ragged_i else L.Const(mr, L.INDEX)
-        cols = L.minimum(L.Const(nj, L.INDEX), self.n - j0) if ragged_j else L.Const(nj, L.INDEX)
-        ii, jj = L.Var("ri"), L.Var("rj")
-        full_row = self.micro(i0 + ii, j0, 1, nr, w)
-        if not ragged_j:
-            partial: L.Stmt = L.loop(ii, rows, full_row)
+        ragged_p = np_ % npr != 0
+        if not (ragged_i or ragged_j or ragged_p):
+            return self.micro(i0, j0, p0, mr, False, False)
+        if m is None:
+            ri = L.Var("ri")
+            edge = L.loop(ri, L.minimum(L.Const(mr, L.INDEX), self.m - i0),
+                          self.micro(i0 + ri, j0, p0, 1, False, ragged_j, ragged_p))
         else:
-            if outer:
-                narrow = L.Seq([
-                    L.loop(jj, _div(cols, w), self.micro(i0 + ii, j0 + jj * w, 1, 1, w)),
-                    L.loop(jj, cols - _div(cols, w) * w,
-                           self.micro(i0 + ii, j0 + _div(cols, w) * w + jj, 1, 1, 1))])
-            else:
-                narrow = L.loop(jj, cols, self.micro(i0 + ii, j0 + jj, 1, 1, w))
-            partial = L.loop(ii, rows, L.Seq([L.If(L.cmp("==", cols, nj), full_row),
-                                              L.If(L.cmp("<", cols, nj), narrow)]))
-        return L.Seq([L.If(L.cmp("==", rows * cols, mr * nj), full),
-                      L.If(L.cmp("<", rows * cols, mr * nj), partial)])
+            edge = self.micro(i0, j0, p0, mr, ragged_i, ragged_j, ragged_p)
+        if (m is not None and m < mr) or (n is not None and n < nj) or np_ < npr:
+            return edge   # no full block fits
+        size = L.Const(1, L.INDEX)
+        for ragged, block, extent, start in ((ragged_i, mr, self.m, i0), (ragged_j, nj, self.n, j0),
+                                             (ragged_p, npr, self.np, p0)):
+            size = size * (L.minimum(L.Const(block, L.INDEX), extent - start) if ragged else block)
+        full = mr * nj * npr
+        return L.Seq([L.If(L.cmp("==", size, full), self.micro(i0, j0, p0, mr, False, False)),
+                      L.If(L.cmp("<", size, full), edge)])
 
     def build(self) -> L.Stmt:
         mt = self.mt
-        it, jt = L.Var("it"), L.Var("jt")
+        it, jt, pt = L.Var("it"), L.Var("jt"), L.Var("pt")
         i0 = it * self.mr if mt.i is not None else ZERO
         j0 = jt * self.nj if mt.j is not None else ZERO
-        body = self.tile_body(i0, j0)
-        if mt.i is not None:
-            body = L.For(it, _ceil_div(self.m, self.mr), body)
-        if mt.j is not None:
-            body = L.For(jt, _ceil_div(self.n, self.nj), body)
+        p0 = pt * self.npr if mt.p is not None else ZERO
+        body = self.tile_body(i0, j0, p0)
+        # i tiles innermost: the tiles that follow each other share b's panel
+        for v, tvar, extent, block in ((mt.i, it, self.m, self.mr), (mt.p, pt, self.np, self.npr),
+                                       (mt.j, jt, self.n, self.nj)):
+            if v is not None:
+                body = L.loop(tvar, _ceil_div(extent, block), body)
         for lp in reversed(mt.loops):
-            if lp.var is not mt.i and lp.var is not mt.j:
+            if lp.var not in (mt.i, mt.j, mt.p):
                 body = L.For(lp.var, lp.extent, body)
         return body
 
@@ -296,6 +337,24 @@ def _tile_kernel(body: L.Stmt, vbytes: int, regs: int) -> L.Stmt | None:
     if vext is not None:
         if vext < MIN_LANES:
             return None
-        lanes = min(lanes, 1 << (vext.bit_length() - 1))
-    mr, nr = choose_blocks(mt.form, m, n, lanes, regs)
+        if mt.form == "outer" and vext <= lanes:
+            # A row that fits one vector: block NR rows of another output
+            # loop of b's instead (a convolution's output rows), one vector each.
+            mt.p = _row_var(mt, ext)
+        if mt.p is None:
+            lanes = min(lanes, 1 << (vext.bit_length() - 1))
+        else:
+            lanes = min(lanes, 1 << (vext - 1).bit_length())
+    if mt.p is not None:
+        mr, nr = choose_blocks(mt.form, m, _const(ext[mt.p]), 1, regs)
+    else:
+        mr, nr = choose_blocks(mt.form, m, n, lanes if mt.form == "outer" else 1, regs)
     return Tiler(mt, lanes, mr, nr).build()
+
+
+def _row_var(mt: Match, ext: dict) -> L.Var | None:
+    """The innermost other output loop of constant extent that b uses and a
+    does not."""
+    return next((lp.var for lp in reversed(mt.loops)
+                 if lp.var not in (mt.i, mt.j) and _const(ext[lp.var]) is not None
+                 and _uses(mt.b, lp.var) and not _uses(mt.a, lp.var)), None)

@@ -77,4 +77,63 @@ def test_register_model_fits_the_register_file():
             assert need <= regs and mr * nr >= 8
     # a constant extent smaller than the best block narrows it
     assert loop_tile.choose_blocks("outer", 2, 512, 16, 32)[0] <= 2
-    assert loop_tile.choose_blocks("dot", None, 3, 16, 32)[1] <= 3
+    assert loop_tile.choose_blocks("dot", None, 3, 1, 32)[1] <= 3
+
+
+def masked_loops(k: L.Kernel) -> list[L.For]:
+    return [lp for lp in loops_of(k.body) if lp.kind == "vectorized" and not isinstance(lp.extent, L.Const)]
+
+
+def test_edge_tiles_are_the_micro_kernel_on_masked_lanes():
+    """A ragged edge runs the full micro-kernel: outer-form columns past the
+    end are masked lanes, the rest of a dot product's k is one masked step
+    whose inactive lanes leave the accumulators alone, and no scalar
+    column-by-column path is left."""
+    prog = loops_after(SRC, "tile")
+    for k in matmul_kernels(prog, "fit") + matmul_kernels(prog, "net"):
+        assert masked_loops(k), k.name
+        names = {lp.var.name for lp in loops_of(k.body)}
+        assert "rj" not in names and "kt" not in names, k.name
+    for k in matmul_kernels(prog, "net"):   # dot: k = 37 or 29, not a multiple of the lanes
+        tails = [lp for lp in masked_loops(k)
+                 if any(isinstance(x, L.Select) for e in L.exprs_of(lp.body) for x in L.subexprs(e))]
+        assert tails, k.name
+
+
+CONV_SRC = """
+model cnn {
+    input x: f32[batch, 6, 14, WIDTH]
+    output y = conv2d(x, 12, 5, name="c") |> relu
+}
+train fit {
+    input x: f32[batch, 6, 14, WIDTH]
+    input t: f32[batch, 12, 10, OUT]
+    loss = mse(cnn(x), t)
+    optimizer = sgd(lr=0.1)
+}
+"""
+
+
+@pytest.mark.parametrize("vector,width", [((64, 32), 9), ((32, 16), 8), ((32, 16), 9)],
+                         ids=["avx512-9", "avx2-8", "avx2-9"])
+def test_narrow_rows_block_the_next_output_loop(monkeypatch, vector, width):
+    """An output row that fits one vector is not the whole block: NR output
+    rows are, one (masked) vector each, with the output height (10) not a
+    multiple of NR; a row wider than a vector is blocked along itself. The
+    numbers are the untiled ones."""
+    monkeypatch.setattr(loop_tile, "vector_registers", lambda: vector)
+    src = CONV_SRC.replace("WIDTH", str(width + 4)).replace("OUT", str(width))
+    conv = matmul_kernels(loops_after(src, "tile"), "cnn")
+    assert len(conv) == 1
+    names = {lp.var.name for lp in loops_of(conv[0].body)}
+    assert ("pt" in names) == (width <= vector[0] // 4)
+    fast, plain = compile_without(src), compile_without(src, skip=("tile",))
+    rng = np.random.default_rng(3)
+    for batch in (1, 3):
+        x = rng.normal(size=(batch, 6, 14, width + 4)).astype(np.float32)
+        t = rng.normal(size=(batch, 12, 10, width)).astype(np.float32)
+        np.testing.assert_allclose(fast.run("cnn", x=x)["y"], plain.run("cnn", x=x)["y"],
+                                   rtol=1e-5, atol=1e-5)
+        g1, g2 = fast.grads("fit", x=x, t=t), plain.grads("fit", x=x, t=t)
+        for name in g1:
+            np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
