@@ -407,6 +407,24 @@ def substitute_stmt(s: Stmt, env: dict) -> Stmt:
     raise TypeError(s)
 
 
+def rewrite(s: Stmt, f) -> Stmt:
+    """s rewritten top-down by f: where f(x) returns a statement it replaces
+    x (and is not descended into); where it returns None, x is kept with its
+    nested statements rewritten."""
+    new = f(s)
+    if new is not None:
+        return new
+    if isinstance(s, For):
+        return For(s.var, s.extent, rewrite(s.body, f), s.kind, s.grain)
+    if isinstance(s, Seq):
+        return Seq([rewrite(b, f) for b in s.body])
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, rewrite(s.body, f))
+    if isinstance(s, If):
+        return If(s.cond, rewrite(s.then, f))
+    return s
+
+
 def vector_lanes(extent: Expr) -> tuple[int, Expr | None] | None:
     """(W, active lanes or None when all W are) of a vectorized loop's
     extent, W or min(W, n); None for any other extent."""

@@ -20,26 +20,20 @@ def lower_reductions(prog: L.LoopProgram) -> L.LoopProgram:
 
 
 def _stmt(s: L.Stmt, counter) -> L.Stmt:
-    if isinstance(s, L.For):
-        return L.For(s.var, s.extent, _stmt(s.body, counter), s.kind, s.grain)
-    if isinstance(s, L.Seq):
-        return L.Seq([_stmt(b, counter) for b in s.body])
-    if isinstance(s, L.Allocate):
-        return L.Allocate(s.buf, _stmt(s.body, counter))
-    if isinstance(s, L.If):
-        return L.If(s.cond, _stmt(s.then, counter))
-    if isinstance(s, L.Store):
-        pre: list[L.Stmt] = []
-        accs: list[L.Buffer] = []
-        index = _hoist(s.index, pre, accs, counter)
-        value = _hoist(s.value, pre, accs, counter)
-        if not accs:
-            return s
-        out: L.Stmt = L.Seq(pre + [L.Store(s.buf, index, value, s.accumulate)])
-        for acc in accs:
-            out = L.Allocate(acc, out)
-        return out
-    raise TypeError(s)
+    return L.rewrite(s, lambda x: _store(x, counter) if isinstance(x, L.Store) else None)
+
+
+def _store(s: L.Store, counter) -> L.Stmt:
+    pre: list[L.Stmt] = []
+    accs: list[L.Buffer] = []
+    index = _hoist(s.index, pre, accs, counter)
+    value = _hoist(s.value, pre, accs, counter)
+    if not accs:
+        return s
+    out: L.Stmt = L.Seq(pre + [L.Store(s.buf, index, value, s.accumulate)])
+    for acc in accs:
+        out = L.Allocate(acc, out)
+    return out
 
 
 def _hoist(e: L.Expr, pre: list[L.Stmt], accs: list[L.Buffer], counter) -> L.Expr:

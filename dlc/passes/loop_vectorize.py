@@ -30,17 +30,11 @@ def vectorize(prog: L.LoopProgram) -> L.LoopProgram:
 
 
 def _stmt(s: L.Stmt, vbytes: int) -> L.Stmt:
-    if isinstance(s, L.For):
-        if s.kind == "serial" and isinstance(s.body, L.Store):
-            return _strip_mine(s, vbytes) or s
-        return L.For(s.var, s.extent, _stmt(s.body, vbytes), s.kind, s.grain)
-    if isinstance(s, L.Seq):
-        return L.Seq([_stmt(b, vbytes) for b in s.body])
-    if isinstance(s, L.Allocate):
-        return L.Allocate(s.buf, _stmt(s.body, vbytes))
-    if isinstance(s, L.If):
-        return L.If(s.cond, _stmt(s.then, vbytes))
-    return s
+    def innermost_store_loop(x: L.Stmt) -> L.Stmt | None:
+        if isinstance(x, L.For) and x.kind == "serial" and isinstance(x.body, L.Store):
+            return _strip_mine(x, vbytes) or x
+        return None
+    return L.rewrite(s, innermost_store_loop)
 
 
 def _strip_mine(loop: L.For, vbytes: int) -> L.Stmt | None:
