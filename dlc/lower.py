@@ -148,6 +148,9 @@ class FunctionLowering:
                 ctx = KernelCtx(self.ctx.syms, self.scratch_buffer)
                 body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
                 self.kernels.append(L.Kernel(name, body))
+            elif n.op.same_order_as_input:
+                x = n.inputs[0]
+                self.kernels.append(self.store_kernel(name, x.type.shape, [(buf, self.access(x))]))
             else:
                 self.kernels.append(self.store_kernel(name, n.out.type.shape,
                                                       [(buf, self.define(n))]))

@@ -117,6 +117,7 @@ class Reshape(Op):
     it). One dim may be -1: inferred, and the symbolic dim if x has one."""
     name = "reshape"
     signature = (Arg("x", "tensor"), Arg("dims", "ints"))
+    same_order_as_input = True
 
     def build(self, b, args):
         x, dims = args["x"], tuple(args["dims"])
