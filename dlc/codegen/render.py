@@ -372,8 +372,21 @@ class StmtEmitter(ExprEmitter):
         self.emit_stmt(s.body)
         nxt = b.add(i, I64(1), flags=["nuw", "nsw"])
         i.add_incoming(nxt, b.block)
-        b.branch(header)
+        latch = b.branch(header)
+        if any(isinstance(x, L.For) and x.kind in ("unrolled", "vectorized") for x in L.stmts_of(s.body)):
+            # The loop passes already unrolled and vectorized this loop's body
+            # (a register-blocked micro-kernel, a vectorized row): LLVM's
+            # runtime unrolling of it would multiply the code (and the compile
+            # time) for nothing.
+            latch.set_metadata("llvm.loop", self.scheduled_loop_id())
         b.position_at_end(exit_)
+
+    def scheduled_loop_id(self) -> ir.Value:
+        """A fresh loop ID that turns LLVM's unrolling and vectorization off."""
+        m = self.module
+        return _LoopID(m, [m.add_metadata([ir.MetaDataString(m, "llvm.loop.unroll.disable")]),
+                           m.add_metadata([ir.MetaDataString(m, "llvm.loop.vectorize.enable"),
+                                           ir.IntType(1)(0)])])
 
     def parallel_loop(self, s: L.For) -> None:
         """Outlines the body into `void task(closure, begin, end)`; the
@@ -440,6 +453,20 @@ class StmtEmitter(ExprEmitter):
                 pool = b.load(b.gep(host, [I32(0), I32(0)], source_etype=host_t), typ=PTR)
                 grain = I64(1) if s.grain is None else self.emit(s.grain)
                 b.call(pf, [pool, n, grain, task, closure])
+
+
+class _LoopID(ir.values.MDValue):
+    """A distinct, self-referential loop ID node: !N = distinct !{!N, props...}."""
+
+    def __init__(self, module: ir.Module, props):
+        super().__init__(module, props, name=str(len(module.metadata)))
+
+    def descr(self, buf):
+        buf += ("distinct !{{ {0} }}".format(", ".join([self.get_reference()] + [
+            p.get_reference() for p in self.operands])), "\n")
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
 
 
 class _Shape:

@@ -69,12 +69,34 @@ def test_numbers_unchanged(monkeypatch, vector):
             np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def test_every_product_of_training_but_the_input_gradient_is_tiled():
+def test_every_product_of_training_is_tiled():
     """Convolutions, their weight gradients (narrow along kx: the dot form,
-    vectorized along ow) and the dense layer. The input gradients keep their
-    bounds checks (see dlc/ops/conv.py) and are left to `lower_reductions`."""
+    vectorized along ow), their input gradients (over the zero-padded output
+    gradient: plain loads, no bounds checks) and the dense layer."""
     prog = loops_after(SRC, "tile")
     left = [k.name for k in kernels(prog, "fit").values()
             if any(isinstance(x, L.Reduce) and x.kind == "sum" and isinstance(x.body, L.Bin)
                    and x.body.op == "*" for e in L.exprs_of(k.body) for x in L.subexprs(e))]
-    assert len(left) == 2 and all(name.startswith("conv2d_input_grad") for name in left)
+    assert left == []
+    for w in ("c2.weight", "c3.weight"):   # c1's input is x: no input gradient
+        reading = [k for k in kernels(prog, "fit").values() if tiled(k) and any(
+            isinstance(x, L.Load) and x.buf.name == w for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+        assert len(reading) == 2, w   # the forward convolution and the input gradient
+        for k in reading:
+            updates = [s for s in L.stmts_of(k.body) if isinstance(s, L.Store) and s.buf.name.startswith("acc_")]
+            assert not any(isinstance(x, L.Select) for s in updates for x in L.subexprs(s.value)), k.name
+
+
+def test_input_gradient_of_a_padded_convolution_skips_the_padding():
+    """c2 (padding 1) gets the input gradient of its unpadded input directly
+    (g padded by span - 1 - padding = 1), not that of the padded input cropped."""
+    from dlc import frontend
+    from dlc.driver import GRAPH_PASSES
+    program = frontend.parse_program(SRC, "<test>")
+    for _, p in GRAPH_PASSES:
+        program = p(program)
+    nodes = program.functions["fit"].nodes
+    grads = [n for n in nodes if n.op.name == "conv2d_input_grad"]
+    assert sorted(n.attrs["gpad"] for n in grads) == [(1, 1), (2, 2)]
+    c2 = next(n for n in grads if n.attrs["padding"] == (1, 1))
+    assert c2.out.type.shape[2:] == (20, 20)
