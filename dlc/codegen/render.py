@@ -378,15 +378,21 @@ class StmtEmitter(ExprEmitter):
             # (a register-blocked micro-kernel, a vectorized row): LLVM's
             # runtime unrolling of it would multiply the code (and the compile
             # time) for nothing.
-            latch.set_metadata("llvm.loop", self.scheduled_loop_id())
+            latch.set_metadata("llvm.loop", self.loop_id(unroll=False, vectorize=False))
+        elif any(isinstance(x, L.Load) and L.stride_of(x.index, s.var) not in (0, 1)
+                 for e in L.exprs_of(s.body) for x in L.subexprs(e)):
+            # Strided reads (a reduction down a column): LLVM would vectorize
+            # them into gathers, much code that is no faster.
+            latch.set_metadata("llvm.loop", self.loop_id(vectorize=False))
         b.position_at_end(exit_)
 
-    def scheduled_loop_id(self) -> ir.Value:
-        """A fresh loop ID that turns LLVM's unrolling and vectorization off."""
+    def loop_id(self, unroll: bool = True, vectorize: bool = True) -> ir.Value:
+        """A fresh loop ID turning LLVM's unrolling and/or vectorization off."""
         m = self.module
-        return _LoopID(m, [m.add_metadata([ir.MetaDataString(m, "llvm.loop.unroll.disable")]),
-                           m.add_metadata([ir.MetaDataString(m, "llvm.loop.vectorize.enable"),
-                                           ir.IntType(1)(0)])])
+        props = [m.add_metadata([ir.MetaDataString(m, "llvm.loop.unroll.disable")])] * (not unroll)
+        props += [m.add_metadata([ir.MetaDataString(m, "llvm.loop.vectorize.enable"),
+                                  ir.IntType(1)(0)])] * (not vectorize)
+        return _LoopID(m, props)
 
     def parallel_loop(self, s: L.For) -> None:
         """Outlines the body into `void task(closure, begin, end)`; the
