@@ -42,8 +42,9 @@ REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPO
 REREADS |= {PLACE_TIME, PAD_LAST, PAD2D}
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
 # Consumers whose index forms (a pooling window, a flattened index) would keep
-# a convolution inlined into them from being register-blocked by `tile`.
+# a convolution or a matmul inlined into them from being register-blocked by `tile`.
 UNBLOCKED = POOLS | {RESHAPE}
+BLOCKED = CONVS | {MATMUL}
 
 
 def rereads(n: Node) -> bool:
@@ -76,7 +77,7 @@ def plan(fn: Function) -> set[int]:
         key = id(n.out)
         has_reduce[key] = n.op in REDUCTIONS or any(
             has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
-        has_conv[key] = n.op in CONVS or any(
+        has_conv[key] = n.op in BLOCKED or any(
             has_conv.get(id(v), False) for v in n.inputs if id(v) in inlined)
         users = consumers.get(key, [])
         n_users = len(users) + assigned[key]
