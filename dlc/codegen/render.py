@@ -257,6 +257,7 @@ class StmtEmitter(ExprEmitter):
                  host: ir.Value | None = None):
         super().__init__(module, builder, syms_ptr, sym_vars)
         self.host = host
+        self.cold = False   # functions made for the kernel are not optimized (Renderer.kernel)
 
     def emit_stmt(self, s: L.Stmt) -> None:
         b = self.b
@@ -278,6 +279,12 @@ class StmtEmitter(ExprEmitter):
              "parallel": self.parallel_loop}.get(s.kind, self.loop)(s)
         else:
             raise InternalError("render", f"cannot render {type(s).__name__}")
+
+    def mark(self, fn: ir.Function) -> None:
+        """The attributes of a function holding (part of) this kernel."""
+        fn.attributes.add("noinline")
+        if self.cold:
+            fn.attributes.add("optnone")
 
     def alloca(self, buf: L.Buffer) -> ir.Value:
         """Local storage in the function's entry block, where LLVM promotes
@@ -411,8 +418,10 @@ class StmtEmitter(ExprEmitter):
         body = ir.Function(self.module, ir.FunctionType(
             ir.VoidType(), [PTR] * len(bufs) + [I64] * (len(free) + 2)), name=f"{name}.body")
         body.linkage = "internal"
+        self.mark(body)
         bb = ir.IRBuilder(body.append_basic_block("entry"))
         inner = type(self)(self.module, bb, None, [], None)
+        inner.cold = self.cold
         for buf, arg in zip(bufs, body.args):
             arg.add_attribute("noalias")
             inner.pointers[buf] = arg
@@ -424,6 +433,7 @@ class StmtEmitter(ExprEmitter):
         task = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
                            name=f"{name}.task")
         task.linkage = "internal"
+        self.mark(task)
         tb = ir.IRBuilder(task.append_basic_block("entry"))
         closure_arg, begin, end = task.args
         fields = [tb.load(tb.gep(closure_arg, [I32(0), I32(k)], source_etype=closure_t),
@@ -533,16 +543,50 @@ def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
     return list(seen)
 
 
+# Kernels cheap outright and next to their entry (loss terms and bias-sized
+# updates: work units at a batch of NOMINAL_SIZE, as loop_parallel counts
+# them) are left unoptimized by LLVM (optnone): their run time is noise, while
+# O3 costs tens of milliseconds of compile time for each.
+COLD_COST, COLD_SHARE, NOMINAL_SIZE = 16384, 1000, 64
+
+
+def cold_kernels(entry: L.LoopEntry, syms: list[L.Var]) -> set[int]:
+    """The ids of the entry's cold kernels (see COLD_COST)."""
+    from ..passes.loop_parallel import cost
+    env = {v: NOMINAL_SIZE for v in syms}
+    costs = {id(k): _evaluate(cost(k.body), env) for k in entry.kernels}
+    total = sum(c for c in costs.values() if c is not None)
+    return {k for k, c in costs.items() if c is not None and c < COLD_COST and c * COLD_SHARE < total}
+
+
+def _evaluate(e: L.Expr, env: dict) -> int | None:
+    """The value of an index expression of constants and symbols (None for others)."""
+    if isinstance(e, L.Const):
+        return e.value
+    if isinstance(e, L.Var):
+        return env.get(e)
+    if isinstance(e, L.Bin) and e.op in ("+", "-", "*", "/", "min", "max"):
+        a, b = _evaluate(e.a, env), _evaluate(e.b, env)
+        if a is None or b is None or (e.op == "/" and b == 0):
+            return None
+        if e.op == "/":
+            return _fold("/", I64(a), I64(b)).constant
+        return {"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b)}[e.op]
+    return None
+
+
 class Renderer:
     def __init__(self, prog: L.LoopProgram, entries, name: str):
         self.prog, self.entries = prog, entries
         self.module = ir.Module(name=name)
         self.strings: dict[str, ir.GlobalVariable] = {}
         self.kernel_fns: dict[tuple, ir.Function] = {}
+        self.cold: set[int] = set()
 
     def render(self) -> ir.Module:
         descs = []
         for entry, slots in zip(self.prog.entries, self.entries):
+            self.cold = cold_kernels(entry, self.prog.syms)
             kernels = [self.kernel(f"{entry.name}.{k.name}", k) for k in entry.kernels]
             run = self.entry_function(entry, kernels)
             ws = self.workspace_function(entry)
@@ -562,13 +606,14 @@ class Renderer:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2)),
                          name=f"dlc.kernel.{name}")
         fn.linkage = "internal"
-        # A kernel is a loop nest called once per run: inlining it into the
-        # entry saves nothing and makes O3 several times slower on big programs.
-        fn.attributes.add("noinline")
         for a in fn.args[:-2]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = StmtEmitter(self.module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
+        # A kernel is a loop nest called once per run: inlining it into the
+        # entry saves nothing and makes O3 several times slower on big programs.
+        em.cold = id(k) in self.cold
+        em.mark(fn)
         for buf, arg in zip(bufs, fn.args):
             em.pointers[buf] = arg
         em.emit_stmt(k.body)

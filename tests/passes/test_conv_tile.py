@@ -125,3 +125,20 @@ train fit {
 """
     prog = loops_after(src, "tile")
     assert untiled_products(prog, "fit") == []
+
+
+def test_only_cold_kernels_skip_llvm_optimization():
+    """render marks kernels cheap outright and next to their entry (the loss
+    terms, bias-sized updates) optnone; convolutions and the like keep O3.
+    (Their numbers: test_numbers_unchanged and the optimizer tests.)"""
+    import re
+    from dlc import driver
+    from dlc.codegen.render import cold_kernels
+    art = driver.build(SRC)
+    fit = next(e for e in art.loops.entries if e.name == "fit")
+    cold = {k.name for k in fit.kernels if id(k) in cold_kernels(fit, art.loops.syms)}
+    assert {"exp", "sum_last", "scatter_last"} <= {name.rsplit("_", 1)[0] for name in cold}
+    assert not any(tiled(k) for k in fit.kernels if k.name in cold)
+    optnone = set(re.findall(r'define internal void @"dlc\.kernel\.fit\.([a-z_0-9]+)"\([^)]*\)[^\n]*optnone',
+                             art.llvm_ir))
+    assert cold <= optnone and not any(tiled(k) for k in fit.kernels if k.name in optnone)
