@@ -5,6 +5,10 @@ The module holds one internal function per kernel, taking its buffers as
 guarantees it for workspace slots), an entry function and a workspace-size
 function per entry point, and the descriptor the runtime reads
 (runtime/include/dlc/program.h).
+
+What LLVM's O3 spends its time on is steered here (compile time): loops the
+loop passes already unrolled or vectorized carry metadata turning LLVM's own
+unrolling and vectorization off, and cold kernels (`cold_kernels`) are optnone.
 """
 from __future__ import annotations
 
@@ -581,12 +585,13 @@ class Renderer:
         self.module = ir.Module(name=name)
         self.strings: dict[str, ir.GlobalVariable] = {}
         self.kernel_fns: dict[tuple, ir.Function] = {}
-        self.cold: set[int] = set()
+        self.entry: L.LoopEntry | None = None   # the entry being rendered
+        self.cold: dict[int, set[int]] = {}     # cold kernels by entry
 
     def render(self) -> ir.Module:
         descs = []
         for entry, slots in zip(self.prog.entries, self.entries):
-            self.cold = cold_kernels(entry, self.prog.syms)
+            self.entry = entry
             kernels = [self.kernel(f"{entry.name}.{k.name}", k) for k in entry.kernels]
             run = self.entry_function(entry, kernels)
             ws = self.workspace_function(entry)
@@ -612,7 +617,9 @@ class Renderer:
         em = StmtEmitter(self.module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
         # A kernel is a loop nest called once per run: inlining it into the
         # entry saves nothing and makes O3 several times slower on big programs.
-        em.cold = id(k) in self.cold
+        if id(self.entry) not in self.cold:
+            self.cold[id(self.entry)] = cold_kernels(self.entry, self.prog.syms)
+        em.cold = id(k) in self.cold[id(self.entry)]
         em.mark(fn)
         for buf, arg in zip(bufs, fn.args):
             em.pointers[buf] = arg
