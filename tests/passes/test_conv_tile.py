@@ -142,3 +142,40 @@ def test_only_cold_kernels_skip_llvm_optimization():
     optnone = set(re.findall(r'define internal void @"dlc\.kernel\.fit\.([a-z_0-9]+)"\([^)]*\)[^\n]*optnone',
                              art.llvm_ir))
     assert cold <= optnone and not any(tiled(k) for k in fit.kernels if k.name in optnone)
+
+
+def test_overlapping_edge_tiles_leave_updates_in_place_alone():
+    """Rows of 20 (16 lanes + 4): a forward kernel ends with a full tile
+    overlapping the one before; the momentum update fused with the weight
+    gradient (plain SGD: it reads the weight it writes) must not, or the
+    overlapped columns would be updated twice. Training steps' numbers, tiled
+    or not."""
+    src = """
+model m {
+    input x: f32[batch, 20]
+    output y = dense(x, 20, name="fc") |> relu |> dense(3, name="out")
+}
+train fit {
+    input x: f32[batch, 20]
+    input t: i32[batch]
+    loss = cross_entropy(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+"""
+    prog = loops_after(src, "tile")
+    fit = kernels(prog, "fit")
+    assert any(tiled(k) and any(isinstance(s, L.Store) and s.buf.name == "fc.weight" for s in L.stmts_of(k.body))
+               for k in fit.values())   # the update in place is tiled
+    overlapped = [k.name for e in prog.entries for k in e.kernels
+                  if any(isinstance(x, L.Bin) and x.op == "min" and isinstance(x.b, L.Const) and x.b.value == 4
+                         for ex in L.exprs_of(k.body) for x in L.subexprs(ex))]
+    assert overlapped   # min(jt * 16, 20 - 16): the overlapping last tile
+    fast, plain = compile_without(src), compile_without(src, skip=("tile",))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 20)).astype(np.float32)
+    t = rng.integers(0, 3, size=6).astype(np.int32)
+    for _ in range(2):
+        fast.train("fit", x=x, t=t)
+        plain.train("fit", x=x, t=t)
+    for name in fast.params:
+        np.testing.assert_allclose(fast.params[name], plain.params[name], rtol=1e-5, atol=1e-6, err_msg=name)
