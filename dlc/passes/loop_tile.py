@@ -229,11 +229,20 @@ class Tiler:
         main_env = {**env, k: ko * w + lane}
         prod = L.substitute(mt.a, main_env) * L.substitute(mt.b, main_env)
         main = L.loop(ko, _div(kext, w), block(L.Store(acc, slot + lane, L.Load(acc, slot + lane) + prod)))
-        tail_env = {**env, k: _div(kext, w) * w + kt}
-        tprod = L.substitute(mt.a, tail_env) * L.substitute(mt.b, tail_env)
-        rest = kext - _div(kext, w) * w
-        tail = L.loop(kt, rest, L.loop(ii, mr, L.loop(
-            jv, nr, L.Store(acc, slot, L.Load(acc, slot) + tprod), "unrolled"), "unrolled"))
+        ext = _const(kext)
+        if ext is not None and ext > w and ext % w:
+            # A constant ragged reduction ends with one more vector step over
+            # its last w elements, the lanes already summed masked off.
+            tail_env = {**env, k: L.Const(ext - w, L.INDEX) + lane}
+            tprod = L.Select(L.cmp(">=", lane, L.Const(w - ext % w, L.INDEX)),
+                             L.substitute(mt.a, tail_env) * L.substitute(mt.b, tail_env), zero)
+            tail = block(L.Store(acc, slot + lane, L.Load(acc, slot + lane) + tprod))
+        else:
+            tail_env = {**env, k: _div(kext, w) * w + kt}
+            tprod = L.substitute(mt.a, tail_env) * L.substitute(mt.b, tail_env)
+            rest = kext - _div(kext, w) * w
+            tail = L.loop(kt, rest, L.loop(ii, mr, L.loop(
+                jv, nr, L.Store(acc, slot, L.Load(acc, slot) + tprod), "unrolled"), "unrolled"))
         reduction = L.Seq([main, tail])
         for v, x in reversed(list(zip(red.vars[:-1], red.extents[:-1]))):
             reduction = L.For(v, x, reduction)
@@ -307,10 +316,5 @@ def _tile_kernel(body: L.Stmt, vbytes: int, regs: int) -> L.Stmt | None:
         if vext < MIN_LANES:
             return None
         lanes = min(lanes, 1 << (vext.bit_length() - 1))
-        if mt.form == "dot":
-            # The reduction's tail runs one element at a time: the width that
-            # leaves the fewest steps (28: 3 x 8 + 4, not 16 + 12).
-            lanes = min((lanes >> s for s in range(3) if lanes >> s >= 4),
-                        key=lambda w: (vext // w + vext % w, -w))
     mr, nr = choose_blocks(mt.form, m, n, lanes, regs)
     return Tiler(mt, lanes, mr, nr).build()

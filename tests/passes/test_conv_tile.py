@@ -179,3 +179,18 @@ train fit {
         plain.train("fit", x=x, t=t)
     for name in fast.params:
         np.testing.assert_allclose(fast.params[name], plain.params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_ragged_reduction_rows_end_with_a_masked_vector_step():
+    """c1's and c2's weight gradients reduce rows of 20 (16 lanes + 4): the
+    last 4 in one more vector step over the row's last 16 elements, lanes
+    already summed masked off (a Select on the lane), no scalar loop."""
+    prog = loops_after(SRC, "tile")
+    dots = [k for k in kernels(prog, "fit.grads").values()
+            if any(isinstance(s, L.Allocate) and s.buf.name == "acc_dot" for s in L.stmts_of(k.body))
+            and k.name.startswith("conv2d_weight_grad")]
+    assert len(dots) == 3
+    ragged = [k for k in dots if any(isinstance(x, L.Select) for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+    assert len(ragged) == 2   # c3's rows of 8 are whole vectors
+    for k in dots:
+        assert not any(isinstance(s, L.For) and s.var.name == "kt" for s in L.stmts_of(k.body)), k.name
