@@ -22,7 +22,9 @@ The accumulators are a local buffer of constant size indexed by unrolled and
 vectorized loops only, so LLVM keeps them in registers. Tiles are loops
 (other output loops, then j tiles, then i tiles: tiles that follow each other
 share b's panel); a partial tile at an edge of a symbolic or ragged extent
-falls back to MR = 1 rows and narrower columns. Kernels that do not qualify
+falls back to MR = 1 rows and narrower columns, except that a constant ragged
+row of the outer form ends with a full tile overlapping the one before, and a
+constant ragged reduction of the dot form with one masked vector step. Kernels that do not qualify
 are left alone (their Reduce is lowered by `lower_reductions`).
 
 Block sizes come from a register model (`choose_blocks`): for the host's
