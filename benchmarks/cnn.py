@@ -116,8 +116,9 @@ def compile_seconds(file: str) -> float:
 def main() -> None:
     torch.set_num_threads(threads())
     print_table("CNNs", [r for spec in NETS for r in bench(*spec, threads())])
+    # The machine's load average beside it: wall times on a shared machine vary with it.
     print(f"compile time of cifar_cnn.dl (inference + training step + gradients, uncached): "
-          f"{compile_seconds('cifar_cnn.dl'):.2f} s")
+          f"{compile_seconds('cifar_cnn.dl'):.2f} s (load average {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

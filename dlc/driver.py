@@ -14,6 +14,8 @@ IR's verifier runs after every pass; `dump_after` prints a stage.
 """
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import sys
 import time
@@ -73,6 +75,24 @@ def _log(dump_after: str | None, name: str, text: Callable[[], str], out) -> Non
         print(text(), file=out)
 
 
+def without_gc(f):
+    """f with Python's cyclic garbage collector paused: the pipeline makes and
+    drops many small IR objects (reference counting frees them), and each
+    collection would rescan every live object of the process (a third of the
+    build's time, more beside a large library such as torch)."""
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return f(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return run
+
+
+@without_gc
 def build(source: str, file: str = "<source>", dump_after: str | None = None,
           verify: bool | None = None, time_passes: bool = False, out=sys.stderr,
           target: str = "cpu", arch: str | None = None, skip_passes: tuple[str, ...] = ()) -> Artifact:

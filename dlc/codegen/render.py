@@ -5,6 +5,10 @@ The module holds one internal function per kernel, taking its buffers as
 guarantees it for workspace slots), an entry function and a workspace-size
 function per entry point, and the descriptor the runtime reads
 (runtime/include/dlc/program.h).
+
+What LLVM's O3 spends its time on is steered here (compile time): loops the
+loop passes already unrolled or vectorized carry metadata turning LLVM's own
+unrolling and vectorization off, and cold kernels (`cold_kernels`) are optnone.
 """
 from __future__ import annotations
 
@@ -279,6 +283,7 @@ class StmtEmitter(ExprEmitter):
                  host: ir.Value | None = None):
         super().__init__(module, builder, syms_ptr, sym_vars)
         self.host = host
+        self.cold = False   # functions made for the kernel are not optimized (Renderer.kernel)
 
     def emit_stmt(self, s: L.Stmt) -> None:
         b = self.b
@@ -300,6 +305,12 @@ class StmtEmitter(ExprEmitter):
              "parallel": self.parallel_loop}.get(s.kind, self.loop)(s)
         else:
             raise InternalError("render", f"cannot render {type(s).__name__}")
+
+    def mark(self, fn: ir.Function) -> None:
+        """The attributes of a function holding (part of) this kernel."""
+        fn.attributes.add("noinline")
+        if self.cold:
+            fn.attributes.add("optnone")
 
     def alloca(self, buf: L.Buffer) -> ir.Value:
         """Local storage in the function's entry block, where LLVM promotes
@@ -400,8 +411,27 @@ class StmtEmitter(ExprEmitter):
         self.emit_stmt(s.body)
         nxt = b.add(i, I64(1), flags=["nuw", "nsw"])
         i.add_incoming(nxt, b.block)
-        b.branch(header)
+        latch = b.branch(header)
+        if any(isinstance(x, L.For) and x.kind in ("unrolled", "vectorized") for x in L.stmts_of(s.body)):
+            # The loop passes already unrolled and vectorized this loop's body
+            # (a register-blocked micro-kernel, a vectorized row): LLVM's
+            # runtime unrolling of it would multiply the code (and the compile
+            # time) for nothing.
+            latch.set_metadata("llvm.loop", self.loop_id(unroll=False, vectorize=False))
+        elif any(isinstance(x, L.Load) and L.stride_of(x.index, s.var) not in (0, 1)
+                 for e in L.exprs_of(s.body) for x in L.subexprs(e)):
+            # Strided reads (a reduction down a column): LLVM would vectorize
+            # them into gathers, much code that is no faster.
+            latch.set_metadata("llvm.loop", self.loop_id(vectorize=False))
         b.position_at_end(exit_)
+
+    def loop_id(self, unroll: bool = True, vectorize: bool = True) -> ir.Value:
+        """A fresh loop ID turning LLVM's unrolling and/or vectorization off."""
+        m = self.module
+        props = [m.add_metadata([ir.MetaDataString(m, "llvm.loop.unroll.disable")])] * (not unroll)
+        props += [m.add_metadata([ir.MetaDataString(m, "llvm.loop.vectorize.enable"),
+                                  ir.IntType(1)(0)])] * (not vectorize)
+        return _LoopID(m, props)
 
     def parallel_loop(self, s: L.For) -> None:
         """Outlines the body into `void task(closure, begin, end)`; the
@@ -420,8 +450,10 @@ class StmtEmitter(ExprEmitter):
         body = ir.Function(self.module, ir.FunctionType(
             ir.VoidType(), [PTR] * len(bufs) + [I64] * (len(free) + 2)), name=f"{name}.body")
         body.linkage = "internal"
+        self.mark(body)
         bb = ir.IRBuilder(body.append_basic_block("entry"))
         inner = type(self)(self.module, bb, None, [], None)
+        inner.cold = self.cold
         for buf, arg in zip(bufs, body.args):
             arg.add_attribute("noalias")
             inner.pointers[buf] = arg
@@ -433,6 +465,7 @@ class StmtEmitter(ExprEmitter):
         task = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR, I64, I64]),
                            name=f"{name}.task")
         task.linkage = "internal"
+        self.mark(task)
         tb = ir.IRBuilder(task.append_basic_block("entry"))
         closure_arg, begin, end = task.args
         fields = [tb.load(tb.gep(closure_arg, [I32(0), I32(k)], source_etype=closure_t),
@@ -468,6 +501,20 @@ class StmtEmitter(ExprEmitter):
                 pool = b.load(b.gep(host, [I32(0), I32(0)], source_etype=host_t), typ=PTR)
                 grain = I64(1) if s.grain is None else self.emit(s.grain)
                 b.call(pf, [pool, n, grain, task, closure])
+
+
+class _LoopID(ir.values.MDValue):
+    """A distinct, self-referential loop ID node: !N = distinct !{!N, props...}."""
+
+    def __init__(self, module: ir.Module, props):
+        super().__init__(module, props, name=str(len(module.metadata)))
+
+    def descr(self, buf):
+        buf += ("distinct !{{ {0} }}".format(", ".join([self.get_reference()] + [
+            p.get_reference() for p in self.operands])), "\n")
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
 
 
 class _Shape:
@@ -528,16 +575,51 @@ def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
     return list(seen)
 
 
+# Kernels cheap outright and next to their entry (loss terms and bias-sized
+# updates: work units at a batch of NOMINAL_SIZE, as loop_parallel counts
+# them) are left unoptimized by LLVM (optnone): their run time is noise, while
+# O3 costs tens of milliseconds of compile time for each.
+COLD_COST, COLD_SHARE, NOMINAL_SIZE = 16384, 1000, 64
+
+
+def cold_kernels(entry: L.LoopEntry, syms: list[L.Var]) -> set[int]:
+    """The ids of the entry's cold kernels (see COLD_COST)."""
+    from ..passes.loop_parallel import cost
+    env = {v: NOMINAL_SIZE for v in syms}
+    costs = {id(k): _evaluate(cost(k.body), env) for k in entry.kernels}
+    total = sum(c for c in costs.values() if c is not None)
+    return {k for k, c in costs.items() if c is not None and c < COLD_COST and c * COLD_SHARE < total}
+
+
+def _evaluate(e: L.Expr, env: dict) -> int | None:
+    """The value of an index expression of constants and symbols (None for others)."""
+    if isinstance(e, L.Const):
+        return e.value
+    if isinstance(e, L.Var):
+        return env.get(e)
+    if isinstance(e, L.Bin) and e.op in ("+", "-", "*", "/", "min", "max"):
+        a, b = _evaluate(e.a, env), _evaluate(e.b, env)
+        if a is None or b is None or (e.op == "/" and b == 0):
+            return None
+        if e.op == "/":
+            return _fold("/", I64(a), I64(b)).constant
+        return {"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b)}[e.op]
+    return None
+
+
 class Renderer:
     def __init__(self, prog: L.LoopProgram, entries, name: str):
         self.prog, self.entries = prog, entries
         self.module = ir.Module(name=name)
         self.strings: dict[str, ir.GlobalVariable] = {}
         self.kernel_fns: dict[tuple, ir.Function] = {}
+        self.entry: L.LoopEntry | None = None   # the entry being rendered
+        self.cold: dict[int, set[int]] = {}     # cold kernels by entry
 
     def render(self) -> ir.Module:
         descs = []
         for entry, slots in zip(self.prog.entries, self.entries):
+            self.entry = entry
             kernels = [self.kernel(f"{entry.name}.{k.name}", k) for k in entry.kernels]
             run = self.entry_function(entry, kernels)
             ws = self.workspace_function(entry)
@@ -557,13 +639,16 @@ class Renderer:
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2)),
                          name=f"dlc.kernel.{name}")
         fn.linkage = "internal"
-        # A kernel is a loop nest called once per run: inlining it into the
-        # entry saves nothing and makes O3 several times slower on big programs.
-        fn.attributes.add("noinline")
         for a in fn.args[:-2]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = StmtEmitter(self.module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
+        # A kernel is a loop nest called once per run: inlining it into the
+        # entry saves nothing and makes O3 several times slower on big programs.
+        if id(self.entry) not in self.cold:
+            self.cold[id(self.entry)] = cold_kernels(self.entry, self.prog.syms)
+        em.cold = id(k) in self.cold[id(self.entry)]
+        em.mark(fn)
         for buf, arg in zip(bufs, fn.args):
             em.pointers[buf] = arg
         em.emit_stmt(k.body)

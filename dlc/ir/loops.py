@@ -193,6 +193,14 @@ def cmp(op: str, a, b) -> Expr:
     return binop(op, a, b)
 
 
+def all_of(conds: list[Expr]) -> Expr | None:
+    """The conjunction of conds (None for none)."""
+    out = None
+    for c in conds:
+        out = c if out is None else Bin("and", out, c, "bool")
+    return out
+
+
 # ---------------------------------------------------------------- statements
 
 class Stmt:

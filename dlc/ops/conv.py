@@ -14,9 +14,11 @@ Zero padding is a Select on the bounds of a clamped load (both sides of a
 Select are evaluated, so no load may leave its buffer). conv2d's own padding
 is an explicit `pad2d` node instead, kept as a kernel of its own by `fuse`:
 the convolution then reads plain loads, a product the `tile` pass
-register-blocks (implicit GEMM), and so does its weight gradient. (The input
-gradient keeps its bounds checks: tiling it over a padded output gradient
-made the CIFAR CNN's compile time exceed its budget.)
+register-blocks (implicit GEMM), and so does its weight gradient. With
+stride 1 and one group, so does the input gradient: it reads the output
+gradient zero-padded by a `pad2d` (see `input_grad`); the gradient of
+conv2d's padding folds into it (only the unpadded input's part is computed).
+Other input gradients keep their bounds checks.
 """
 from __future__ import annotations
 
@@ -84,16 +86,9 @@ def clamp(i: L.Expr, low: bool, high: bool, size: int) -> L.Expr:
     return i
 
 
-def all_of(conds: list[L.Expr]) -> L.Expr | None:
-    out = None
-    for c in conds:
-        out = c if out is None else L.Bin("and", out, c, "bool")
-    return out
-
-
 def guarded(value: L.Expr, conds: list[L.Expr], fill: float) -> L.Expr:
     """value where every condition holds, else fill."""
-    cond = all_of(conds)
+    cond = L.all_of(conds)
     return value if cond is None else L.Select(cond, value, L.const_like(fill, value.dtype))
 
 
@@ -174,7 +169,7 @@ class Conv2d(Op):
 
     def grad(self, b, node, g):
         x, w = node.inputs
-        dx = b.node(CONV2D_INPUT_GRAD, [g, w], size=x.type.shape[2:], **node.attrs)
+        dx = input_grad(b, g, w, x.type.shape[2:], node.attrs)
         dw = b.node(CONV2D_WEIGHT_GRAD, [g, x], **node.attrs)
         return [dx, dw]
 
@@ -230,9 +225,24 @@ def col2im(cols, shape, kernel, stride, padding, dilation):
     return xp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
 
 
+def input_grad(b: Builder, g: Value, w: Value, size: tuple, attrs: dict) -> Value:
+    """conv2d's input gradient for an input of spatial `size`. With stride 1
+    and one group, g is read zero-padded by span - 1 - padding (a pad2d
+    kernel): every tap is then a plain load, the product the `tile` pass
+    register-blocks as it does the forward convolution."""
+    attrs = {k: v for k, v in attrs.items() if k not in ("size", "gpad")}
+    gpad = tuple(w.span - 1 - w.pad for w in windows(size, attrs))
+    if attrs["stride"] != (1, 1) or attrs["groups"] != 1 or min(gpad) < 0:
+        return b.node(CONV2D_INPUT_GRAD, [g, w], size=tuple(size), gpad=None, **attrs)
+    if any(gpad):
+        g = b.node(PAD2D, [g], padding=gpad)
+    return b.node(CONV2D_INPUT_GRAD, [g, w], size=tuple(size), gpad=gpad, **attrs)
+
+
 class Conv2dInputGrad(Op):
     """dx of conv2d from the output gradient g and the weight: a transposed
-    convolution. attrs: conv2d's, plus the input's spatial `size`."""
+    convolution. attrs: conv2d's, plus the input's spatial `size` and
+    `gpad`: None, or the zero padding g comes with (see `input_grad`)."""
     name = "conv2d_input_grad"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -243,6 +253,14 @@ class Conv2dInputGrad(Op):
         n, ci, ih, iw = idx
         g_t, w_t = (v.type for v in node.inputs)
         wh, ww = windows(node.attrs["size"], node.attrs)
+        if node.attrs["gpad"] is not None:
+            # dx[n, c, i, j] = sum g[n, o, i + pad - ky*dil, ...] * w[o, c, ky, kx],
+            # g padded by span - 1 - pad: always inside the padded g.
+            o, ky, kx = ctx.var("o"), ctx.var("ky"), ctx.var("kx")
+            gv = ins[0]([n, o, ih + (wh.span - 1) - ky * wh.dilation, iw + (ww.span - 1) - kx * ww.dilation])
+            return L.Reduce("sum", (o, ky, kx), (L.Const(w_t.shape[0], L.INDEX), L.Const(wh.kernel, L.INDEX),
+                                                 L.Const(ww.kernel, L.INDEX)),
+                            gv * ins[1]([o, ci, ky, kx]))
         groups = node.attrs["groups"]
         cg, og = w_t.shape[1], w_t.shape[0] // groups
         j, ky, kx = ctx.var("j"), ctx.var("ky"), ctx.var("kx")
@@ -258,7 +276,10 @@ class Conv2dInputGrad(Op):
                                              L.Const(ww.kernel, L.INDEX)),
                         gv * ins[1]([o, c, ky, kx]))
 
-    def reference(self, g, w, *, size, kernel, stride, padding, dilation, groups):
+    def reference(self, g, w, *, size, kernel, stride, padding, dilation, groups, gpad):
+        if gpad is not None:
+            (ph, pw), (h, w_) = gpad, g.shape[-2:]
+            g = g[..., ph:h - ph, pw:w_ - pw]
         n, o, oh, ow = g.shape
         cg = w.shape[1]
         gg = g.reshape(n, groups, o // groups, oh, ow)
@@ -309,7 +330,16 @@ class Pad2d(Op):
         return TensorType(x.dtype, x.shape[:-2] + (x.shape[-2] + 2 * ph, x.shape[-1] + 2 * pw))
 
     def grad(self, b, node, g):
-        return [b.node(PAD2D, [g], padding=tuple(-p for p in node.attrs["padding"]))]
+        pad, src = node.attrs["padding"], g.node
+        if src is not None and src.op is CONV2D_INPUT_GRAD and src.attrs["gpad"] is not None \
+                and src.attrs["padding"] == (0, 0) and min(pad) >= 0:
+            # conv2d's own padding: its transposed convolution computes only
+            # the unpadded part (input_grad with the padding), not all of it
+            # to be cropped.
+            dy = src.inputs[0].node.inputs[0] if any(src.attrs["gpad"]) else src.inputs[0]
+            return [input_grad(b, dy, src.inputs[1], node.inputs[0].type.shape[-2:],
+                               {**src.attrs, "padding": pad})]
+        return [b.node(PAD2D, [g], padding=tuple(-p for p in pad))]
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         x_t = node.inputs[0].type

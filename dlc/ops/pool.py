@@ -30,9 +30,26 @@ def non_overlapping(attrs: dict) -> bool:
     return attrs["stride"] == attrs["kernel"]
 
 
+# Windows up to this many taps find their first maximum with a chain of
+# selects (no reduction loop: the kernel stays elementwise and vectorizes).
+SELECT_TAPS = 9
+
+
 def first_max(ctx, x, y, wh, ww, n, c, oh, ow) -> L.Expr:
     """The position ky * kw + kx of window (oh, ow)'s first maximum, scanning
-    rows then columns, as an index expression (PyTorch's argmax rule)."""
+    rows then columns, as an index expression (PyTorch's argmax rule); past
+    the last position when there is none (a NaN window)."""
+    if wh.kernel * ww.kernel <= SELECT_TAPS:
+        first: L.Expr = L.Const(wh.kernel * ww.kernel, L.INDEX)
+        for ky in reversed(range(wh.kernel)):
+            for kx in reversed(range(ww.kernel)):
+                ih, ch = wh.input_at(oh, L.Const(ky, L.INDEX))
+                iw, cw = ww.input_at(ow, L.Const(kx, L.INDEX))
+                hit = L.cmp("==", x([n, c, ih, iw]), y)
+                for cond in ch + cw:
+                    hit = L.Bin("and", cond, hit, "bool")
+                first = L.Select(hit, L.Const(ky * ww.kernel + kx, L.INDEX), first)
+        return first
     qy, qx = ctx.var("qy"), ctx.var("qx")
     ih, ch = wh.input_at(oh, qy)
     iw, cw = ww.input_at(ow, qx)

@@ -121,13 +121,6 @@ def match(body: L.Stmt) -> Match | None:
     return None
 
 
-def _all(conds: list[L.Expr]) -> L.Expr:
-    out = conds[0]
-    for c in conds[1:]:
-        out = L.Bin("and", out, c, "bool")
-    return out
-
-
 def _const(e: L.Expr) -> int | None:
     return e.value if isinstance(e, L.Const) else None
 
@@ -235,7 +228,7 @@ class Tiler:
             body = L.loop(lane, active, stmt, "vectorized") if w > 1 else \
                 L.substitute_stmt(stmt, {lane: ZERO})
             if guard and inside:
-                body = L.If(_all(inside), body)
+                body = L.If(L.all_of(inside), body)
             return L.loop(ii, mr, L.loop(jv, nr, body, "unrolled"), "unrolled")
 
         def accumulate(env_k: dict, at: L.Expr, only: L.Expr | None = None) -> L.Stmt:
@@ -271,7 +264,7 @@ class Tiler:
                                           L.cmp("<", lane, rest)),
                                active=L.minimum(L.Const(w, L.INDEX), rest)))
         total = L.LaneSum(acc, slot, w) if w > 1 else L.Load(acc, slot)
-        out = L.loop(ii, mr, L.loop(jv, nr, L.If(_all(inside), epilogue(total)) if inside
+        out = L.loop(ii, mr, L.loop(jv, nr, L.If(L.all_of(inside), epilogue(total)) if inside
                                     else epilogue(total), "unrolled"), "unrolled")
         return L.Allocate(acc, L.Seq([init, reduce_over(L.Seq(steps), False), out]))
 

@@ -69,6 +69,12 @@ CONVS = [
     ((1, 3, 11, 10), 5, 5, 3, 2, 1, 1),
     ((4, 2, 4, 4), 3, 4, 1, 0, 1, 1),
     ((2, 2, 7, 9), 3, (1, 3), (3, 2), (0, 2), (1, 2), 1),
+    # Stride 1, one group, rows of 8 or more: the tiled input gradient over
+    # the padded output gradient (ragged rows; dilation; a padding beyond the
+    # kernel's span, which keeps the bounds-checked one).
+    ((2, 3, 9, 19), 5, 3, 1, 1, 1, 1),
+    ((1, 2, 10, 12), 3, (3, 2), 1, 1, (2, 1), 1),
+    ((2, 3, 6, 9), 4, 1, 1, 1, 1, 1),
 ]
 
 
@@ -196,7 +202,7 @@ def test_numpy_references_agree_with_torch(name):
     if name == "conv2d":
         got, want = op.reference(x.numpy(), w.detach().numpy(), **cattrs), y.detach()
     elif name == "conv2d_input_grad":
-        got, want = op.reference(g.numpy(), w.detach().numpy(), size=(7, 6), **cattrs), xg.grad
+        got, want = op.reference(g.numpy(), w.detach().numpy(), size=(7, 6), gpad=None, **cattrs), xg.grad
     elif name == "conv2d_weight_grad":
         got, want = op.reference(g.numpy(), x.numpy(), **cattrs), w.grad
     elif name == "maxpool_grad":
@@ -205,3 +211,21 @@ def test_numpy_references_agree_with_torch(name):
     else:
         got, want = op.reference(g.numpy(), size=(7, 6), **attrs), xg.grad
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_padded_input_grad_reference_agrees_with_torch():
+    """The input gradient's form over g zero-padded by span - 1 - padding
+    (stride 1, one group, dilation)."""
+    from dlc.ops import REGISTRY
+    rng = np.random.default_rng(1)
+    x = torch.tensor(rng.normal(size=(2, 4, 7, 6)), requires_grad=True)
+    w = torch.tensor(rng.normal(size=(3, 4, 3, 2)))
+    y = F.conv2d(x, w, padding=(1, 1), dilation=(2, 1))
+    g = rng.normal(size=y.shape)
+    y.backward(torch.tensor(g))
+    gpad = (2 * 2 - 1, 1 - 1)   # span - 1 - padding per axis
+    gp = np.pad(g, ((0, 0), (0, 0), (gpad[0],) * 2, (gpad[1],) * 2))
+    got = REGISTRY["conv2d_input_grad"].reference(
+        gp, w.numpy(), size=(7, 6), kernel=(3, 2), stride=(1, 1), padding=(1, 1), dilation=(2, 1),
+        groups=1, gpad=gpad)
+    np.testing.assert_allclose(got, x.grad.numpy(), rtol=1e-10, atol=1e-12)

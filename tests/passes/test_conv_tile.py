@@ -32,6 +32,13 @@ def tiled(k: L.Kernel) -> bool:
     return any(isinstance(s, L.Allocate) and s.buf.name.startswith("acc_") for s in L.stmts_of(k.body))
 
 
+def untiled_products(prog: L.LoopProgram, entry: str) -> list[str]:
+    """The kernels still holding a sum of products (left to `lower_reductions`)."""
+    return [k.name for k in kernels(prog, entry).values()
+            if any(isinstance(x, L.Reduce) and x.kind == "sum" and isinstance(x.body, L.Bin)
+                   and x.body.op == "*" for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+
+
 def conv_kernels(prog: L.LoopProgram, entry: str) -> dict[str, L.Kernel]:
     """The first kernel reading each convolution weight, by its name."""
     out = {}
@@ -69,12 +76,115 @@ def test_numbers_unchanged(monkeypatch, vector):
             np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def test_every_product_of_training_but_the_input_gradient_is_tiled():
+def test_every_product_of_training_is_tiled():
     """Convolutions, their weight gradients (narrow along kx: the dot form,
-    vectorized along ow) and the dense layer. The input gradients keep their
-    bounds checks (see dlc/ops/conv.py) and are left to `lower_reductions`."""
+    vectorized along ow), their input gradients (over the zero-padded output
+    gradient: plain loads, no bounds checks) and the dense layer."""
     prog = loops_after(SRC, "tile")
-    left = [k.name for k in kernels(prog, "fit").values()
-            if any(isinstance(x, L.Reduce) and x.kind == "sum" and isinstance(x.body, L.Bin)
-                   and x.body.op == "*" for e in L.exprs_of(k.body) for x in L.subexprs(e))]
-    assert len(left) == 2 and all(name.startswith("conv2d_input_grad") for name in left)
+    assert untiled_products(prog, "fit") == []
+    for w in ("c2.weight", "c3.weight"):   # c1's input is x: no input gradient
+        reading = [k for k in kernels(prog, "fit").values() if tiled(k) and any(
+            isinstance(x, L.Load) and x.buf.name == w for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+        assert len(reading) == 2, w   # the forward convolution and the input gradient
+        for k in reading:
+            updates = [s for s in L.stmts_of(k.body) if isinstance(s, L.Store) and s.buf.name.startswith("acc_")]
+            assert not any(isinstance(x, L.Select) for s in updates for x in L.subexprs(s.value)), k.name
+
+
+def test_input_gradient_of_a_padded_convolution_skips_the_padding():
+    """c2 (padding 1) gets the input gradient of its unpadded input directly
+    (g padded by span - 1 - padding = 1), not that of the padded input cropped."""
+    from dlc import frontend
+    from dlc.driver import GRAPH_PASSES
+    program = frontend.parse_program(SRC, "<test>")
+    for _, p in GRAPH_PASSES:
+        program = p(program)
+    nodes = program.functions["fit"].nodes
+    grads = [n for n in nodes if n.op.name == "conv2d_input_grad"]
+    assert sorted(n.attrs["gpad"] for n in grads) == [(1, 1), (2, 2)]
+    c2 = next(n for n in grads if n.attrs["padding"] == (1, 1))
+    assert c2.out.type.shape[2:] == (20, 20)
+
+
+def test_dense_input_gradient_into_a_narrow_flatten_is_tiled():
+    """dx of a dense layer after a flatten of 5x5 maps is inlined into the
+    reshape back to [4, 5, 5], whose kernel loops over the product's rows of
+    100 (not rows of 5, which the tile pass would leave alone): tiled."""
+    src = """
+model m {
+    input x: f32[batch, 2, 10, 10]
+    h = conv2d(x, 4, 3, padding=1, name="c") |> relu |> maxpool(2) |> flatten
+    output y = dense(h, 6, name="fc")
+}
+train fit {
+    input x: f32[batch, 2, 10, 10]
+    input t: i32[batch]
+    loss = cross_entropy(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+"""
+    prog = loops_after(src, "tile")
+    assert untiled_products(prog, "fit") == []
+
+
+def test_only_cold_kernels_skip_llvm_optimization():
+    """render marks kernels cheap outright and next to their entry (the loss
+    terms, bias-sized updates) optnone; convolutions and the like keep O3.
+    (Their numbers: test_numbers_unchanged and the optimizer tests.)"""
+    import re
+    from dlc import driver
+    from dlc.codegen.render import cold_kernels
+    art = driver.build(SRC)
+    fit = next(e for e in art.loops.entries if e.name == "fit")
+    cold = {k.name for k in fit.kernels if id(k) in cold_kernels(fit, art.loops.syms)}
+    assert {"exp", "sum_last", "scatter_last"} <= {name.rsplit("_", 1)[0] for name in cold}
+    assert not any(tiled(k) for k in fit.kernels if k.name in cold)
+    optnone = set(re.findall(r'define internal void @"dlc\.kernel\.fit\.([a-z_0-9]+)"\([^)]*\)[^\n]*optnone',
+                             art.llvm_ir))
+    assert cold <= optnone and not any(tiled(k) for k in fit.kernels if k.name in optnone)
+
+
+def test_tiled_updates_in_place_train_like_untiled():
+    """Rows of 20 (16 lanes + 4): the SGD update fused with the weight
+    gradient reads the weight it writes; its edge tile (masked lanes) must
+    update each column once. Training steps' numbers, tiled or not."""
+    src = """
+model m {
+    input x: f32[batch, 20]
+    output y = dense(x, 20, name="fc") |> relu |> dense(3, name="out")
+}
+train fit {
+    input x: f32[batch, 20]
+    input t: i32[batch]
+    loss = cross_entropy(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+"""
+    prog = loops_after(src, "tile")
+    fit = kernels(prog, "fit")
+    assert any(tiled(k) and any(isinstance(s, L.Store) and s.buf.name == "fc.weight" for s in L.stmts_of(k.body))
+               for k in fit.values())   # the update in place is tiled
+    fast, plain = compile_without(src), compile_without(src, skip=("tile",))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 20)).astype(np.float32)
+    t = rng.integers(0, 3, size=6).astype(np.int32)
+    for _ in range(2):
+        fast.train("fit", x=x, t=t)
+        plain.train("fit", x=x, t=t)
+    for name in fast.params:
+        np.testing.assert_allclose(fast.params[name], plain.params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_ragged_reduction_rows_end_with_a_masked_vector_step():
+    """c1's and c2's weight gradients reduce rows of 20 (16 lanes + 4): the
+    last 4 in one more vector step of 4 active lanes, whose inactive lanes
+    leave the accumulators alone (a Select on the lane), no scalar loop."""
+    prog = loops_after(SRC, "tile")
+    dots = [k for k in kernels(prog, "fit.grads").values()
+            if any(isinstance(s, L.Allocate) and s.buf.name == "acc_dot" for s in L.stmts_of(k.body))
+            and k.name.startswith("conv2d_weight_grad")]
+    assert len(dots) == 3
+    ragged = [k for k in dots if any(isinstance(x, L.Select) for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+    assert len(ragged) == 2   # c3's rows of 8 are whole vectors
+    for k in dots:
+        assert not any(isinstance(s, L.For) and s.var.name == "kt" for s in L.stmts_of(k.body)), k.name

@@ -138,23 +138,3 @@ def test_narrow_rows_block_the_next_output_loop(monkeypatch, vector, width):
         for name in g1:
             np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
-
-def test_a_product_inlined_into_a_reshape_is_tiled():
-    """flatten's gradient reshapes dense's input gradient (as in LeNet): the
-    reshape kernel loops over the product's [batch, 400] rows, not
-    [batch, 16, 5, 5] (rows of 5: too narrow to tile)."""
-    src = """
-model net {
-    input x: f32[batch, 16, 10, 10]
-    h = conv2d(x, 16, 1, name="c") |> relu |> maxpool(2) |> flatten
-    output y = dense(h, 120, name="fc")
-}
-train fit {
-    input x: f32[batch, 16, 10, 10]
-    input t: i32[batch]
-    loss = cross_entropy(net(x), t)
-    optimizer = sgd(lr=0.1)
-}
-"""
-    tiled = matmul_kernels(loops_after(src, "tile"), "fit")
-    assert any(k.name.startswith("reshape") for k in tiled)
