@@ -46,10 +46,11 @@ class EntrySlots:
 
 class LowerCtx:
     """What an op's lowering rule may ask for: dims as expressions, fresh
-    loop variables."""
+    loop variables, and the target (a CPU schedule in a statement-level
+    lowering is for target 'cpu' only)."""
 
-    def __init__(self, syms: dict[str, L.Var]):
-        self.syms = syms
+    def __init__(self, syms: dict[str, L.Var], target: str = "cpu"):
+        self.syms, self.target = syms, target
 
     def dim(self, d: Dim) -> L.Expr:
         if isinstance(d, int):
@@ -66,8 +67,9 @@ class KernelCtx(LowerCtx):
     """What a statement-level lowering (`Op.lower_kernel`) may also ask for:
     scratch workspace that lives for its kernel only."""
 
-    def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer]):
-        super().__init__(syms)
+    def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer],
+                 target: str = "cpu"):
+        super().__init__(syms, target)
         self.scratch = scratch   # (dtype, number of elements) -> a workspace buffer
 
 
@@ -86,10 +88,10 @@ def size_of(ctx: LowerCtx, shape: tuple[Dim, ...]) -> L.Expr:
     return n
 
 
-def lower(program: Program) -> tuple[L.LoopProgram, list[EntrySlots]]:
-    """Graph IR -> loop IR, and the tensor table with each entry's slots."""
+def lower(program: Program, target: str = "cpu") -> tuple[L.LoopProgram, list[EntrySlots]]:
+    """Graph IR -> loop IR for `target`, and the tensor table with each entry's slots."""
     syms = {s: L.Var(s) for s in program.symbols}
-    ctx = LowerCtx(syms)
+    ctx = LowerCtx(syms, target)
     tensors: list[TensorSlot] = []
     global_index: dict[str, int] = {}
     for p in program.params.values():
@@ -145,7 +147,7 @@ class FunctionLowering:
             buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
             name = f"{n.op.name}_{len(self.kernels)}"
             if n.op.lower_kernel is not None:
-                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer)
+                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.ctx.target)
                 body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
                 self.kernels.append(L.Kernel(name, body))
             else:
