@@ -11,6 +11,7 @@ default 2).
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from common import medians_ms, onnx_session, print_table, threads  # noqa: E402 
 import dlc  # noqa: E402
 
 FEATURES, HIDDEN, STEPS = 64, 128, 50
+BUDGET_S = float(os.environ.get("DLC_BENCH_BUDGET_S", "2"))   # per figure
 PARTS = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
 SRC = f"""
 model seq {{
@@ -67,7 +69,7 @@ def main() -> None:
                 net(xt)
 
         d, t, o = medians_ms(lambda: prog.run("seq", x=x), torch_infer,
-                             lambda: sess.run(None, {"x": x}))
+                             lambda: sess.run(None, {"x": x}), budget_s=BUDGET_S)
         rows.append((f"inference batch {batch}", d, t, o))
     x = rng.normal(size=(32, STEPS, FEATURES)).astype(np.float32)
     target = rng.normal(size=(32, HIDDEN)).astype(np.float32)
@@ -79,7 +81,7 @@ def main() -> None:
         torch.nn.functional.mse_loss(net(xt)[:, -1], tt).backward()
         opt.step()
 
-    d, t = medians_ms(lambda: prog.train("fit", x=x, t=target), torch_step)
+    d, t = medians_ms(lambda: prog.train("fit", x=x, t=target), torch_step, budget_s=BUDGET_S)
     rows.append(("train step batch 32", d, t, None))
 
     print_table(f"LSTM {FEATURES}-{HIDDEN}, {STEPS} steps", rows)
