@@ -35,7 +35,7 @@ import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
-from ..lower import flat_index
+from ..lower import flat_index, size_of
 from .base import Arg, Op, OpError, need_float, register
 from .elementwise import add
 
@@ -50,6 +50,15 @@ def _index(e: L.Expr) -> L.Expr:
 
 def _in_range(i: L.Expr, lo, hi: L.Expr) -> L.Expr:
     return L.Bin("and", L.cmp(">=", i, lo), L.cmp("<", i, hi), "bool")
+
+
+def _unravel(ctx, i: L.Expr, shape) -> list[L.Expr]:
+    """The index list of flat (row-major) position i in shape."""
+    idx = []
+    for d in reversed(shape[1:]):
+        idx.append(i - (i / ctx.dim(d)) * ctx.dim(d))
+        i = i / ctx.dim(d)
+    return [i] + idx[::-1]
 
 
 def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
@@ -221,10 +230,12 @@ class SeqProject(Op):
             row = lambda kk, nn: L.Load(rows, kk * N + nn)
         else:
             row = lambda kk, nn: ins[1]([kk, nn])
-        pos = [ctx.var(f"i{j}") for j in range(x_t.rank - 1)]
-        product = _loops([(v, ctx.dim(d)) for v, d in zip(pos, x_t.shape[:-1])] + [(n, N)], L.Store(
-            out, flat_index(ctx, pos + [n], node.out.type.shape),
-            _dot(ctx, K, lambda kk: ins[0](pos + [kk]) * row(kk, n))))
+        # One loop over all steps of all examples: full register blocks of
+        # rows, where per example its steps' edge would leave partial ones.
+        i = ctx.var("i")
+        pos = _unravel(ctx, i, x_t.shape[:-1])
+        product = _loops([(i, size_of(ctx, x_t.shape[:-1])), (n, N)], L.Store(
+            out, i * N + n, _dot(ctx, K, lambda kk: ins[0](pos + [kk]) * row(kk, n))))
         return L.Seq(stmts + [product])
 
     def reference(self, x, w, *, tw):
@@ -481,7 +492,8 @@ class Recurrence(Op):
     (h_{t-1} of the block @ W_hh^T, plus inputs and biases, a plain product
     nest that the `tile` pass register-blocks) into scratch, then per example
     still running the gates and the cell update, past its length zeros.
-    h_{t-1} and c_{t-1} live in scratch [batch, 2*hidden], zero at t = 0."""
+    h_{t-1} and c_{t-1} live in scratch [batch, 2*hidden], zero at t = 0.
+    When every reader takes only h (an inference entry), only h is stored."""
     name = "recurrence"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -508,6 +520,9 @@ class Recurrence(Op):
         pre = ctx.scratch(out.dtype, B_ * (G * H))
         state = ctx.scratch(out.dtype, B_ * (2 * H))   # h_{t-1} | c_{t-1} per example
         zero = L.const_like(0, out.dtype)
+        # Readers that take only h (inference) leave c and the gates unstored.
+        keep_all = ctx.readers is None or not all(
+            r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H for r in ctx.readers)
 
         def scan(b0, rows):
             t, bi, q, r2 = ctx.var("t"), ctx.var("bi"), ctx.var("q"), ctx.var("r")
@@ -524,18 +539,23 @@ class Recurrence(Op):
                 units = [_each(ctx, H, lambda j: L.Store(out, at(j), _tanh(gate(0, j)))),
                          _each(ctx, H, lambda j: L.Store(state, st(j), L.Load(out, at(j))))]
             else:
-                saved = lambda q, j: L.Load(out, at((2 + q) * H + j))
-                units = [_each(ctx, H, lambda j, q=q, f=f: L.Store(out, at((2 + q) * H + j), f(gate(q, j))))
+                # The gates go to the output when a reader needs them (the
+                # backward pass), else they replace the pre-activations.
+                act_buf, act_at = (out, lambda q, j: at((2 + q) * H + j)) if keep_all else \
+                    (pre, lambda q, j: b * (G * H) + q * H + j)
+                act = lambda q, j: L.Load(act_buf, act_at(q, j))
+                units = [_each(ctx, H, lambda j, q=q, f=f: L.Store(act_buf, act_at(q, j), f(gate(q, j))))
                          for q, f in enumerate((_sigmoid, _sigmoid, _tanh, _sigmoid))]
+                units.append(_each(ctx, H, lambda j: L.Store(
+                    state, st(H + j), act(1, j) * L.Load(state, st(H + j)) + act(0, j) * act(2, j))))
+                if keep_all:
+                    units.append(_each(ctx, H, lambda j: L.Store(out, at(H + j), L.Load(state, st(H + j)))))
                 units += [
-                    _each(ctx, H, lambda j: L.Store(state, st(H + j), saved(1, j) * L.Load(state, st(H + j))
-                                                    + saved(0, j) * saved(2, j))),
-                    _each(ctx, H, lambda j: L.Store(out, at(H + j), L.Load(state, st(H + j)))),
-                    _each(ctx, H, lambda j: L.Store(state, st(j), saved(3, j) * _tanh(L.Load(state, st(H + j))))),
+                    _each(ctx, H, lambda j: L.Store(state, st(j), act(3, j) * _tanh(L.Load(state, st(H + j))))),
                     _each(ctx, H, lambda j: L.Store(out, at(j), L.Load(state, st(j)))),
                 ]
             n = _length(ctx, ins, node, b, T)
-            past = _each(ctx, P, lambda p: L.Store(out, at(p), zero))
+            past = _each(ctx, P if keep_all else H, lambda p: L.Store(out, at(p), zero))
             step = L.For(bi, rows, L.Seq([L.If(L.cmp("<", t, n), L.Seq(units)),
                                           L.If(L.cmp(">=", t, n), past)]))
             return L.Seq([clear, L.For(t, ctx.dim(T), L.Seq([product, step]))])
