@@ -266,7 +266,11 @@ class SumSteps(Op):
 
 class SeqOuter(Op):
     """out[n, k] = sum over b, t of a[b, t, n] * x[b, t, k]: a weight's
-    gradient, one product over all steps (a plain product nest for `tile`)."""
+    gradient, one product over all steps (a plain product nest for `tile`).
+    An operand that is not a contiguous tensor (h_{t-1}: every step's h
+    within the packed states, shifted by a step) is copied into one first:
+    the product walks its rows, and rows strided by the packed width would
+    collide in cache."""
     name = "seq_outer"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -274,14 +278,28 @@ class SeqOuter(Op):
         return TensorType(a.dtype, (a.shape[-1], x.shape[-1]))
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        a_t = node.inputs[0].type
         shape = node.out.type.shape
+        steps = node.inputs[0].type.shape[:-1]
         n, k = ctx.var("n"), ctx.var("k")
-        pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
-        total = L.Reduce("sum", tuple(pos), tuple(ctx.dim(d) for d in a_t.shape[:-1]),
-                         ins[0](pos + [n]) * ins[1](pos + [k]))
-        return _loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
-                      L.Store(out, flat_index(ctx, [n, k], shape), total))
+        pos = [ctx.var(f"i{j}") for j in range(len(steps))]
+        copies, operands = [], []
+        for v, read in zip(node.inputs, ins):
+            full = v.type.shape
+            at = lambda idx, full=full: flat_index(ctx, idx, full)
+            probe = [ctx.var("p") for _ in full]
+            e = read(probe)
+            if isinstance(e, L.Load) and L.stride_of(e.index, probe[-1]) == 1 \
+                    and L.stride_of(e.index, probe[-2]) == full[-1]:   # rows back to back
+                operands.append(read)
+                continue
+            buf = ctx.scratch(out.dtype, size_of(ctx, full))
+            idx = [ctx.var(f"c{j}") for j in range(len(full))]
+            copies.append(_loops([(i, ctx.dim(d)) for i, d in zip(idx, full)], L.Store(buf, at(idx), read(idx))))
+            operands.append(lambda ix, buf=buf, at=at: L.Load(buf, at(ix)))
+        total = L.Reduce("sum", tuple(pos), tuple(ctx.dim(d) for d in steps),
+                         operands[0](pos + [n]) * operands[1](pos + [k]))
+        return L.Seq(copies + [_loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
+                                      L.Store(out, flat_index(ctx, [n, k], shape), total))])
 
     def reference(self, a, x):
         return np.einsum("...n,...k->nk", a, x)
