@@ -1,10 +1,13 @@
 """Loop tiling: register-blocked, vectorized micro-kernels for matmul-like
 kernels (dense forward and both gradients, convolution as implicit GEMM).
 
-A kernel qualifies when it is a nest of output loops storing an expression
-that holds one `sum` Reduce of a product of two operands:
+A loop nest qualifies when it is a nest of output loops storing an
+expression that holds one `sum` Reduce of a product of two operands:
 
     for o...:  out[f(o)] = g(sum(r...: a(o, r) * b(o, r)), o)
+
+It is usually a whole kernel; it may also be a step of one (a statement of
+a sequence, the body of another loop: a recurrence's per-step product).
 
 Two micro-kernel forms, chosen from how the operands are laid out:
 
