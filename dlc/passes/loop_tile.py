@@ -62,7 +62,7 @@ def _tile_steps(s: L.Stmt, vbytes: int, regs: int) -> L.Stmt:
     """s tiled if it is a matmul-like nest, else the matmul-like nests
     inside it (a statement-level lowering's steps: the per-step product of a
     recurrence sits in its time loop)."""
-    tiled = tile_nest(s, vbytes, regs)
+    tiled = _tile_kernel(s, vbytes, regs)
     if tiled is not None:
         return tiled
     if isinstance(s, L.Seq):
@@ -303,8 +303,7 @@ class Tiler:
         return body
 
 
-def tile_nest(body: L.Stmt, vbytes: int, regs: int) -> L.Stmt | None:
-    """A matmul-like loop nest (see `match`) tiled, or None if it is not one."""
+def _tile_kernel(body: L.Stmt, vbytes: int, regs: int) -> L.Stmt | None:
     mt = match(body)
     if mt is None:
         return None
