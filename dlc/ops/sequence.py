@@ -104,23 +104,29 @@ def _dot(ctx, n: L.Expr, term) -> L.Expr:
     return L.Reduce("sum", (k,), (n,), term(k))
 
 
-# Rows of w read per block of a transposition: their cache lines stay in L1
-# while the block's columns are written out, one contiguous run each.
-TRANSPOSE_BLOCK = 16
+# A product's right operand w [K, N] is copied once per call into panels of
+# PANEL columns, each [K, PANEL] contiguous: the tile pass's register blocks
+# sweep one panel at a time, and a panel whose rows were N apart would
+# collide in L1 (rows 2 KB apart share 8 of its 64 sets).
+PANEL = 64
+# Columns copied per block of the copy: read from a transposed w, the rows
+# of one block stay in L1 while the block's columns are written out.
+COPY_BLOCK = 16
 
 
-def _transposed(ctx, dtype: str, w, rows: L.Expr, cols: L.Expr) -> tuple[L.Buffer, L.Stmt]:
-    """Scratch [cols, rows] and the loop nest that fills it with w [rows,
-    cols] (an accessor) transposed."""
-    out = ctx.scratch(dtype, rows * cols)
-    rb, c, l = ctx.var("rb"), ctx.var("c"), ctx.var("l")
-    r = rb * TRANSPOSE_BLOCK + l
-    width = L.minimum(L.Const(TRANSPOSE_BLOCK, L.INDEX), rows - rb * TRANSPOSE_BLOCK)
-    if isinstance(rows, L.Const) and rows.value % TRANSPOSE_BLOCK == 0:
-        width = L.Const(TRANSPOSE_BLOCK, L.INDEX)
-    blocks = (rows + (TRANSPOSE_BLOCK - 1)) / L.Const(TRANSPOSE_BLOCK, L.INDEX)
-    fill = _loops([(rb, blocks), (c, cols), (l, width)], L.Store(out, c * rows + r, w([r, c])))
-    return out, fill
+def _panels(ctx, dtype: str, w, K: int, N: int):
+    """w (w(k, n), k < K, n < N) copied into panels: (buffer, the loop nest
+    that fills it, the panel width P, the element (k, panel, column) index)."""
+    P = PANEL if N % PANEL == 0 else N
+    blk = COPY_BLOCK if P % COPY_BLOCK == 0 else 1
+    buf = ctx.scratch(dtype, L.Const(K * N, L.INDEX))
+    at = lambda k, p, c: p * (K * P) + k * P + c
+    nb, k, l = ctx.var("nb"), ctx.var("k"), ctx.var("l")
+    first = nb * blk   # a block lies in one panel
+    fill = _loops([(nb, L.Const(N // blk, L.INDEX)), (k, L.Const(K, L.INDEX)), (l, L.Const(blk, L.INDEX))],
+                  L.Store(buf, at(k, first / L.Const(P, L.INDEX), first - first / L.Const(P, L.INDEX) * P + l),
+                          w(k, first + l)))
+    return buf, fill, P, at
 
 
 # ---------------------------------------------------------------- embedding
@@ -203,9 +209,9 @@ class Embedding(Op):
 class SeqProject(Op):
     """out[b, t, n] = sum_k x[b, t, k] * w[n, k] (tw) or w[k, n]: the matrix
     product of all steps' features at once, a plain product nest that the
-    `tile` pass register-blocks and `parallelize` shares out. With tw, w is
-    transposed once into scratch first, so both forms read w along n (the
-    tile pass's `outer` form, no lane sums)."""
+    `tile` pass register-blocks and `parallelize` shares out. w is first
+    copied into panels (`_panels`; with tw, transposed), so that the product
+    reads it along n (the tile pass's `outer` form, no lane sums)."""
     name = "seq_project"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -221,22 +227,18 @@ class SeqProject(Op):
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         x_t = node.inputs[0].type
-        K, N = ctx.dim(x_t.shape[-1]), ctx.dim(node.out.type.shape[-1])
-        n = ctx.var("n")
-        stmts: list[L.Stmt] = []
-        if node.attrs["tw"]:   # w [N, K] transposed into scratch [K, N]
-            rows, fill = _transposed(ctx, out.dtype, ins[1], N, K)
-            stmts.append(fill)
-            row = lambda kk, nn: L.Load(rows, kk * N + nn)
-        else:
-            row = lambda kk, nn: ins[1]([kk, nn])
+        K, N = x_t.shape[-1], node.out.type.shape[-1]
+        w = (lambda k, n: ins[1]([n, k])) if node.attrs["tw"] else (lambda k, n: ins[1]([k, n]))
+        panels, fill, P, at = _panels(ctx, out.dtype, w, K, N)
         # One loop over all steps of all examples: full register blocks of
         # rows, where per example its steps' edge would leave partial ones.
-        i = ctx.var("i")
+        i, p, c = ctx.var("i"), ctx.var("p"), ctx.var("c")
         pos = _unravel(ctx, i, x_t.shape[:-1])
-        product = _loops([(i, size_of(ctx, x_t.shape[:-1])), (n, N)], L.Store(
-            out, i * N + n, _dot(ctx, K, lambda kk: ins[0](pos + [kk]) * row(kk, n))))
-        return L.Seq(stmts + [product])
+        product = _loops([(p, L.Const(N // P, L.INDEX)), (i, size_of(ctx, x_t.shape[:-1])),
+                          (c, L.Const(P, L.INDEX))], L.Store(
+            out, i * N + p * P + c,
+            _dot(ctx, L.Const(K, L.INDEX), lambda kk: ins[0](pos + [kk]) * L.Load(panels, at(kk, p, c)))))
+        return L.Seq([fill, product])
 
     def reference(self, x, w, *, tw):
         return x @ (w.T if tw else w)
@@ -534,9 +536,9 @@ class Recurrence(Op):
         B, T, P = node.out.type.shape
         xp, w_hh, b_ih, b_hh = ins[:4]
         B_ = ctx.dim(B)
-        # W_hh^T [H, G*H], transposed once per call, so the product reads
-        # it along the gates (contiguous with its output rows).
-        w_t, transpose = _transposed(ctx, out.dtype, w_hh, L.Const(G * H, L.INDEX), L.Const(H, L.INDEX))
+        # W_hh^T [H, G*H] in panels (`_panels`), transposed once per call, so
+        # the product reads it along the gates (contiguous with its output rows).
+        w_t, transpose, PW, w_at = _panels(ctx, out.dtype, lambda k, r: w_hh([r, k]), H, G * H)
         pre = ctx.scratch(out.dtype, B_ * (G * H))
         state = ctx.scratch(out.dtype, B_ * (2 * H))   # h_{t-1} | c_{t-1} per example
         zero = L.const_like(0, out.dtype)
@@ -545,16 +547,18 @@ class Recurrence(Op):
             r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H for r in ctx.readers)
 
         def scan(b0, rows):
-            t, bi, q, r2 = ctx.var("t"), ctx.var("bi"), ctx.var("q"), ctx.var("r")
+            t, bi, q = ctx.var("t"), ctx.var("bi"), ctx.var("q")
             b = b0 + bi
             at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
             st = lambda col: b * (2 * H) + col
             gate = lambda g, j: L.Load(pre, b * (G * H) + g * H + j)
             clear = _loops([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, st(q), zero))
-            product = _loops([(bi, rows), (r2, L.Const(G * H, L.INDEX))], L.Store(
+            pw, c = ctx.var("p"), ctx.var("c")
+            r2 = pw * PW + c
+            product = _loops([(pw, L.Const(G * H // PW, L.INDEX)), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
                 pre, b * (G * H) + r2, xp([b, t, r2]) + b_ih([r2]) + b_hh([r2]) + _dot(
                     ctx, L.Const(H, L.INDEX),
-                    lambda kk: L.Load(state, st(kk)) * L.Load(w_t, kk * (G * H) + r2))))
+                    lambda kk: L.Load(state, st(kk)) * L.Load(w_t, w_at(kk, pw, c)))))
             if cell == "rnn":
                 units = [_each(ctx, H, lambda j: L.Store(out, at(j), _tanh(gate(0, j)))),
                          _each(ctx, H, lambda j: L.Store(state, st(j), L.Load(out, at(j))))]
