@@ -11,6 +11,7 @@ default 2).
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from common import medians_ms, onnx_session, print_table, threads  # noqa: E402 
 import dlc  # noqa: E402
 
 FEATURES, HIDDEN, STEPS = 64, 128, 50
+BUDGET_S = float(os.environ.get("DLC_BENCH_BUDGET_S", "2"))   # per figure
 PARTS = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
 SRC = f"""
 model seq {{
@@ -32,6 +34,14 @@ train fit {{
     optimizer = adam(lr=0.001)
 }}
 """
+
+
+def timed(*fs) -> list[float]:
+    """Median ms of each of fs, one framework after the other: interleaved
+    rounds would let one framework's thread pool, spinning after its run
+    (ONNX Runtime's and PyTorch's do, for milliseconds), hold a core while the
+    next one runs, so each figure would depend on the order of the others."""
+    return [medians_ms(f, budget_s=BUDGET_S)[0] for f in fs]
 
 
 class AllStates(torch.nn.Module):
@@ -66,8 +76,7 @@ def main() -> None:
             with torch.inference_mode():
                 net(xt)
 
-        d, t, o = medians_ms(lambda: prog.run("seq", x=x), torch_infer,
-                             lambda: sess.run(None, {"x": x}))
+        d, t, o = timed(lambda: prog.run("seq", x=x), torch_infer, lambda: sess.run(None, {"x": x}))
         rows.append((f"inference batch {batch}", d, t, o))
     x = rng.normal(size=(32, STEPS, FEATURES)).astype(np.float32)
     target = rng.normal(size=(32, HIDDEN)).astype(np.float32)
@@ -79,7 +88,7 @@ def main() -> None:
         torch.nn.functional.mse_loss(net(xt)[:, -1], tt).backward()
         opt.step()
 
-    d, t = medians_ms(lambda: prog.train("fit", x=x, t=target), torch_step)
+    d, t = timed(lambda: prog.train("fit", x=x, t=target), torch_step)
     rows.append(("train step batch 32", d, t, None))
 
     print_table(f"LSTM {FEATURES}-{HIDDEN}, {STEPS} steps", rows)

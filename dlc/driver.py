@@ -119,7 +119,7 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
         if verify:
             G.verify(program, name)
         _log(dump_after, name, lambda: G.print_program(program), out)
-    loops, entries = timed("lower", lower, program)
+    loops, entries = timed("lower", lower, program, target)
     if verify:
         L.verify(loops, "lower", allow_reduce=True)
     _log(dump_after, "lower", lambda: L.print_program(loops), out)

@@ -46,10 +46,11 @@ class EntrySlots:
 
 class LowerCtx:
     """What an op's lowering rule may ask for: dims as expressions, fresh
-    loop variables."""
+    loop variables, and the target (a CPU schedule in a statement-level
+    lowering is for target 'cpu' only)."""
 
-    def __init__(self, syms: dict[str, L.Var]):
-        self.syms = syms
+    def __init__(self, syms: dict[str, L.Var], target: str = "cpu"):
+        self.syms, self.target = syms, target
 
     def dim(self, d: Dim) -> L.Expr:
         if isinstance(d, int):
@@ -64,11 +65,15 @@ class LowerCtx:
 
 class KernelCtx(LowerCtx):
     """What a statement-level lowering (`Op.lower_kernel`) may also ask for:
-    scratch workspace that lives for its kernel only."""
+    scratch workspace that lives for its kernel only, and the nodes that
+    read its output (None when the entry also returns or assigns it), so an
+    op may leave out parts that no reader uses."""
 
-    def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer]):
-        super().__init__(syms)
+    def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer],
+                 target: str = "cpu", readers: list[Node] | None = None):
+        super().__init__(syms, target)
         self.scratch = scratch   # (dtype, number of elements) -> a workspace buffer
+        self.readers = readers
 
 
 def flat_index(ctx: LowerCtx, idx: list[L.Expr], shape: tuple[Dim, ...]) -> L.Expr:
@@ -86,10 +91,10 @@ def size_of(ctx: LowerCtx, shape: tuple[Dim, ...]) -> L.Expr:
     return n
 
 
-def lower(program: Program) -> tuple[L.LoopProgram, list[EntrySlots]]:
-    """Graph IR -> loop IR, and the tensor table with each entry's slots."""
+def lower(program: Program, target: str = "cpu") -> tuple[L.LoopProgram, list[EntrySlots]]:
+    """Graph IR -> loop IR for `target`, and the tensor table with each entry's slots."""
     syms = {s: L.Var(s) for s in program.symbols}
-    ctx = LowerCtx(syms)
+    ctx = LowerCtx(syms, target)
     tensors: list[TensorSlot] = []
     global_index: dict[str, int] = {}
     for p in program.params.values():
@@ -139,13 +144,19 @@ class FunctionLowering:
                 self.buffers[id(v)] = self.tensor_buffer(slot, v)
             else:
                 copies.append((slot, v))
+        readers = defaultdict(list)
+        for n in fn.nodes:
+            for v in n.inputs:
+                readers[id(v)].append(n)
+        escaping = {id(v) for v in fn.outputs.values()} | {id(v) for _, v in fn.assigns}
         for n in fn.nodes:
             if id(n.out) in fn.inlined:
                 continue
             buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
             name = f"{n.op.name}_{len(self.kernels)}"
             if n.op.lower_kernel is not None:
-                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer)
+                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.ctx.target,
+                                None if id(n.out) in escaping else readers[id(n.out)])
                 body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
                 self.kernels.append(L.Kernel(name, body))
             elif n.op.same_order_as_input:

@@ -445,6 +445,7 @@ class StmtEmitter(ExprEmitter):
         closure_t = ir.LiteralStructType([PTR] * len(bufs) + [I64] * len(free))
         fn = b.function
         name = self.module.get_unique_name(f"{fn.name}.{s.var.name}")
+        self.module.scope.register(name)   # a kernel may hold several loops over `p`
         # The body gets its buffers as noalias arguments (kept as scoped
         # metadata when LLVM inlines it into the task), like a kernel.
         body = ir.Function(self.module, ir.FunctionType(

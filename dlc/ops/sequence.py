@@ -35,7 +35,7 @@ import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
-from ..lower import flat_index
+from ..lower import flat_index, size_of
 from .base import Arg, Op, OpError, need_float, register
 from .elementwise import add
 
@@ -52,6 +52,15 @@ def _in_range(i: L.Expr, lo, hi: L.Expr) -> L.Expr:
     return L.Bin("and", L.cmp(">=", i, lo), L.cmp("<", i, hi), "bool")
 
 
+def _unravel(ctx, i: L.Expr, shape) -> list[L.Expr]:
+    """The index list of flat (row-major) position i in shape."""
+    idx = []
+    for d in reversed(shape[1:]):
+        idx.append(i - (i / ctx.dim(d)) * ctx.dim(d))
+        i = i / ctx.dim(d)
+    return [i] + idx[::-1]
+
+
 def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
     for v, n in reversed(vars_extents):
         body = L.For(v, n, body)
@@ -61,6 +70,8 @@ def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
 # Eigen's rational approximation of tanh in f32 (a few ulp, clamped where
 # f32 tanh is +-1): only multiplies, adds, a divide and min/max, so the
 # gate loops vectorize, where a libm call per element would dominate the scan.
+# (Eigen returns x itself for |x| < 0.0004; the quotient is within 2e-7 of
+# it there, and the select would cost a sixth of the gates' work.)
 TANH_CLAMP = 7.90531110763549805
 TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
             5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
@@ -81,8 +92,7 @@ def _tanh(x: L.Expr) -> L.Expr:
         return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
     xc = L.maximum(L.minimum(x, TANH_CLAMP), -TANH_CLAMP)
     x2 = xc * xc
-    return L.Select(L.cmp("<", L.call("abs", x), 0.0004), x,
-                    xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN))
+    return xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN)
 
 
 def _sigmoid(x: L.Expr) -> L.Expr:
@@ -92,6 +102,31 @@ def _sigmoid(x: L.Expr) -> L.Expr:
 def _dot(ctx, n: L.Expr, term) -> L.Expr:
     k = ctx.var("k")
     return L.Reduce("sum", (k,), (n,), term(k))
+
+
+# A product's right operand w [K, N] is copied once per call into panels of
+# PANEL columns, each [K, PANEL] contiguous: the tile pass's register blocks
+# sweep one panel at a time, and a panel whose rows were N apart would
+# collide in L1 (rows 2 KB apart share 8 of its 64 sets).
+PANEL = 64
+# Columns copied per block of the copy: read from a transposed w, the rows
+# of one block stay in L1 while the block's columns are written out.
+COPY_BLOCK = 16
+
+
+def _panels(ctx, dtype: str, w, K: int, N: int):
+    """w (w(k, n), k < K, n < N) copied into panels: (buffer, the loop nest
+    that fills it, the panel width P, the element (k, panel, column) index)."""
+    P = PANEL if N % PANEL == 0 else N
+    blk = COPY_BLOCK if P % COPY_BLOCK == 0 else 1
+    buf = ctx.scratch(dtype, L.Const(K * N, L.INDEX))
+    at = lambda k, p, c: p * (K * P) + k * P + c
+    nb, k, l = ctx.var("nb"), ctx.var("k"), ctx.var("l")
+    first = nb * blk   # a block lies in one panel
+    fill = _loops([(nb, L.Const(N // blk, L.INDEX)), (k, L.Const(K, L.INDEX)), (l, L.Const(blk, L.INDEX))],
+                  L.Store(buf, at(k, first / L.Const(P, L.INDEX), first - first / L.Const(P, L.INDEX) * P + l),
+                          w(k, first + l)))
+    return buf, fill, P, at
 
 
 # ---------------------------------------------------------------- embedding
@@ -173,10 +208,10 @@ class Embedding(Op):
 
 class SeqProject(Op):
     """out[b, t, n] = sum_k x[b, t, k] * w[n, k] (tw) or w[k, n]: the matrix
-    product of all steps' features at once. Lowered as one kernel: per step,
-    the output row accumulates rows of w^T (transposed once into scratch) or
-    of w scaled by x's features, so the row stays in registers and every
-    load runs along contiguous memory."""
+    product of all steps' features at once, a plain product nest that the
+    `tile` pass register-blocks and `parallelize` shares out. w is first
+    copied into panels (`_panels`; with tw, transposed), so that the product
+    reads it along n (the tile pass's `outer` form, no lane sums)."""
     name = "seq_project"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -191,25 +226,19 @@ class SeqProject(Op):
         return [gx, gw]
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        x_t, w_t = (v.type for v in node.inputs)
-        K, N = ctx.dim(x_t.shape[-1]), ctx.dim(node.out.type.shape[-1])
-        n, k, n2, k2, n3 = (ctx.var(v) for v in ("n", "k", "n", "k", "n"))
-        stmts: list[L.Stmt] = []
-        if node.attrs["tw"]:   # rows of w^T: w [N, K] transposed into scratch [K, N]
-            rows = ctx.scratch(out.dtype, K * N)
-            stmts.append(_loops([(k, K), (n, N)], L.Store(rows, k * N + n, ins[1]([n, k]))))
-            row = lambda kk, nn: L.Load(rows, kk * N + nn)
-        else:
-            row = lambda kk, nn: ins[1]([kk, nn])
-        pos = [ctx.var(f"i{j}") for j in range(x_t.rank - 1)]
-        at = lambda nn: flat_index(ctx, pos + [nn], node.out.type.shape)
-        per_step = L.Seq([
-            L.For(n2, N, L.Store(out, at(n2), L.const_like(0, out.dtype))),
-            _loops([(k2, K), (n3, N)], L.Store(out, at(n3), ins[0](pos + [k2]) * row(k2, n3),
-                                                 accumulate=True)),
-        ])
-        stmts.append(_loops([(v, ctx.dim(d)) for v, d in zip(pos, x_t.shape[:-1])], per_step))
-        return L.Seq(stmts)
+        x_t = node.inputs[0].type
+        K, N = x_t.shape[-1], node.out.type.shape[-1]
+        w = (lambda k, n: ins[1]([n, k])) if node.attrs["tw"] else (lambda k, n: ins[1]([k, n]))
+        panels, fill, P, at = _panels(ctx, out.dtype, w, K, N)
+        # One loop over all steps of all examples: full register blocks of
+        # rows, where per example its steps' edge would leave partial ones.
+        i, p, c = ctx.var("i"), ctx.var("p"), ctx.var("c")
+        pos = _unravel(ctx, i, x_t.shape[:-1])
+        product = _loops([(p, L.Const(N // P, L.INDEX)), (i, size_of(ctx, x_t.shape[:-1])),
+                          (c, L.Const(P, L.INDEX))], L.Store(
+            out, i * N + p * P + c,
+            _dot(ctx, L.Const(K, L.INDEX), lambda kk: ins[0](pos + [kk]) * L.Load(panels, at(kk, p, c)))))
+        return L.Seq([fill, product])
 
     def reference(self, x, w, *, tw):
         return x @ (w.T if tw else w)
@@ -239,8 +268,11 @@ class SumSteps(Op):
 
 class SeqOuter(Op):
     """out[n, k] = sum over b, t of a[b, t, n] * x[b, t, k]: a weight's
-    gradient. One pass of rank-1 updates whose inner loop runs along
-    contiguous rows of x and out."""
+    gradient, one product over all steps (a plain product nest for `tile`).
+    An operand that is not a contiguous tensor (h_{t-1}: every step's h
+    within the packed states, shifted by a step) is copied into one first:
+    the product walks its rows, and rows strided by the packed width would
+    collide in cache."""
     name = "seq_outer"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -248,23 +280,28 @@ class SeqOuter(Op):
         return TensorType(a.dtype, (a.shape[-1], x.shape[-1]))
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        a_t = node.inputs[0].type
         shape = node.out.type.shape
-        n, k, n2, k2 = ctx.var("n"), ctx.var("k"), ctx.var("n"), ctx.var("k")
-        pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
-        zero = _loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
-                      L.Store(out, flat_index(ctx, [n, k], shape), L.const_like(0, out.dtype)))
-        update = L.Store(out, flat_index(ctx, [n2, k2], shape),
-                         ins[0](pos + [n2]) * ins[1](pos + [k2]), accumulate=True)
-        steps = [(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)]
-        rows, cols = (n2, ctx.dim(shape[0])), (k2, ctx.dim(shape[1]))
-        # Short rows (measured: up to 32) stay in registers across all steps
-        # with the rows outermost; longer ones stream through cache with the
-        # steps outermost, where consecutive updates touch different rows.
-        short = isinstance(shape[1], int) and shape[1] <= 32
-        order = [rows] + steps + [cols] if short else steps + [rows, cols]
-        acc = _loops(order, update)
-        return L.Seq([zero, acc])
+        steps = node.inputs[0].type.shape[:-1]
+        n, k = ctx.var("n"), ctx.var("k")
+        pos = [ctx.var(f"i{j}") for j in range(len(steps))]
+        copies, operands = [], []
+        for v, read in zip(node.inputs, ins):
+            full = v.type.shape
+            at = lambda idx, full=full: flat_index(ctx, idx, full)
+            probe = [ctx.var("p") for _ in full]
+            e = read(probe)
+            if isinstance(e, L.Load) and L.stride_of(e.index, probe[-1]) == 1 \
+                    and L.stride_of(e.index, probe[-2]) == full[-1]:   # rows back to back
+                operands.append(read)
+                continue
+            buf = ctx.scratch(out.dtype, size_of(ctx, full))
+            idx = [ctx.var(f"c{j}") for j in range(len(full))]
+            copies.append(_loops([(i, ctx.dim(d)) for i, d in zip(idx, full)], L.Store(buf, at(idx), read(idx))))
+            operands.append(lambda ix, buf=buf, at=at: L.Load(buf, at(ix)))
+        total = L.Reduce("sum", tuple(pos), tuple(ctx.dim(d) for d in steps),
+                         operands[0](pos + [n]) * operands[1](pos + [k]))
+        return L.Seq(copies + [_loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
+                                      L.Store(out, flat_index(ctx, [n, k], shape), total))])
 
     def reference(self, a, x):
         return np.einsum("...n,...k->nk", a, x)
@@ -439,14 +476,46 @@ def packed_width(cell: str, hidden: int) -> int:
     return hidden if cell == "rnn" else 6 * hidden
 
 
+# Examples per block of a scan: the blocks are independent (on the CPU, the
+# thread pool's tasks); within one, the per-step product runs as one matrix
+# product over the block's examples, each panel of W_hh loaded once per
+# block and step. 8 = two of the tile pass's register blocks of 4 examples
+# per panel (measured at batch 32: faster than 4, halving the W_hh traffic
+# from L2, and than 16, and it still leaves 4 tasks for 2 threads).
+EXAMPLE_BLOCK = 8
+
+
+def _example_blocks(ctx, batch, scan) -> L.Stmt:
+    """for each block of EXAMPLE_BLOCK examples: scan(b0, rows), the block's
+    first example and its number of examples. On the CPU the blocks run on
+    the thread pool: a whole scan per task, no synchronisation per step."""
+    blk = ctx.var("blk")
+    b0 = blk * EXAMPLE_BLOCK
+    rows = L.minimum(L.Const(EXAMPLE_BLOCK, L.INDEX), ctx.dim(batch) - b0)
+    blocks = (ctx.dim(batch) + (EXAMPLE_BLOCK - 1)) / L.Const(EXAMPLE_BLOCK, L.INDEX)
+    if ctx.target == "cpu":
+        return L.For(blk, blocks, scan(b0, rows), "parallel", L.Const(1, L.INDEX))
+    return L.For(blk, blocks, scan(b0, rows))
+
+
+def _each(ctx, n: int, store) -> L.Stmt:
+    """for j < n: store(j), a loop of one store (vectorized by `vectorize`)."""
+    j = ctx.var("j")
+    return L.For(j, L.Const(n, L.INDEX), store(j))
+
+
 class Recurrence(Op):
     """The scan over time. Inputs: the projected inputs xp [batch, time,
     G*hidden], weight_hh, bias_ih, bias_hh and, with attr lengths, the
     lengths. Output per step: the packed state (see the module docstring).
 
-    One kernel: for t, for each example still running, the G*hidden gate
-    pre-activations (h_{t-1} read back from the previous step's output) and
-    the cell update; past its length, zeros."""
+    One kernel over blocks of examples (`_example_blocks`); per block, for
+    t: the G*hidden gate pre-activations of its examples as one product
+    (h_{t-1} of the block @ W_hh^T, plus inputs and biases, a plain product
+    nest that the `tile` pass register-blocks) into scratch, then per example
+    still running the gates and the cell update, past its length zeros.
+    h_{t-1} and c_{t-1} live in scratch [batch, 2*hidden], zero at t = 0.
+    When every reader takes only h (an inference entry), only h is stored."""
     name = "recurrence"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -463,57 +532,59 @@ class Recurrence(Op):
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         cell, H = node.attrs["cell"], node.attrs["hidden"]
+        G = CELLS[cell]
         B, T, P = node.out.type.shape
         xp, w_hh, b_ih, b_hh = ins[:4]
-        b, t, j = ctx.var("b"), ctx.var("t"), ctx.var("j")
-        at = lambda step, col: flat_index(ctx, [b, step, col], node.out.type.shape)
-        first = L.cmp("==", t, 0)
-        prev_t = L.maximum(t - 1, 0)
+        B_ = ctx.dim(B)
+        # W_hh^T [H, G*H] in panels (`_panels`), transposed once per call, so
+        # the product reads it along the gates (contiguous with its output rows).
+        w_t, transpose, PW, w_at = _panels(ctx, out.dtype, lambda k, r: w_hh([r, k]), H, G * H)
+        pre = ctx.scratch(out.dtype, B_ * (G * H))
+        state = ctx.scratch(out.dtype, B_ * (2 * H))   # h_{t-1} | c_{t-1} per example
         zero = L.const_like(0, out.dtype)
+        # Readers that take only h (inference) leave c and the gates unstored.
+        keep_all = ctx.readers is None or not all(
+            r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H for r in ctx.readers)
 
-        def prev(col):  # state column `col` at t - 1; zero before the first step
-            return L.Select(first, zero, L.Load(out, at(prev_t, col)))
+        def scan(b0, rows):
+            t, bi, q = ctx.var("t"), ctx.var("bi"), ctx.var("q")
+            b = b0 + bi
+            at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
+            st = lambda col: b * (2 * H) + col
+            gate = lambda g, j: L.Load(pre, b * (G * H) + g * H + j)
+            clear = _loops([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, st(q), zero))
+            pw, c = ctx.var("p"), ctx.var("c")
+            r2 = pw * PW + c
+            product = _loops([(pw, L.Const(G * H // PW, L.INDEX)), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
+                pre, b * (G * H) + r2, xp([b, t, r2]) + b_ih([r2]) + b_hh([r2]) + _dot(
+                    ctx, L.Const(H, L.INDEX),
+                    lambda kk: L.Load(state, st(kk)) * L.Load(w_t, w_at(kk, pw, c)))))
+            if cell == "rnn":
+                units = [_each(ctx, H, lambda j: L.Store(out, at(j), _tanh(gate(0, j)))),
+                         _each(ctx, H, lambda j: L.Store(state, st(j), L.Load(out, at(j))))]
+            else:
+                # The gates go to the output when a reader needs them (the
+                # backward pass), else they replace the pre-activations.
+                act_buf, act_at = (out, lambda q, j: at((2 + q) * H + j)) if keep_all else \
+                    (pre, lambda q, j: b * (G * H) + q * H + j)
+                act = lambda q, j: L.Load(act_buf, act_at(q, j))
+                units = [_each(ctx, H, lambda j, q=q, f=f: L.Store(act_buf, act_at(q, j), f(gate(q, j))))
+                         for q, f in enumerate((_sigmoid, _sigmoid, _tanh, _sigmoid))]
+                units.append(_each(ctx, H, lambda j: L.Store(
+                    state, st(H + j), act(1, j) * L.Load(state, st(H + j)) + act(0, j) * act(2, j))))
+                if keep_all:
+                    units.append(_each(ctx, H, lambda j: L.Store(out, at(H + j), L.Load(state, st(H + j)))))
+                units += [
+                    _each(ctx, H, lambda j: L.Store(state, st(j), act(3, j) * _tanh(L.Load(state, st(H + j))))),
+                    _each(ctx, H, lambda j: L.Store(out, at(j), L.Load(state, st(j)))),
+                ]
+            n = _length(ctx, ins, node, b, T)
+            past = _each(ctx, P if keep_all else H, lambda p: L.Store(out, at(p), zero))
+            step = L.For(bi, rows, L.Seq([L.If(L.cmp("<", t, n), L.Seq(units)),
+                                          L.If(L.cmp(">=", t, n), past)]))
+            return L.Seq([clear, L.For(t, ctx.dim(T), L.Seq([product, step]))])
 
-        # Per step and example: h_{t-1} and c_{t-1} are copied into scratch,
-        # the G*H gate pre-activations accumulate in scratch (inputs and
-        # biases, then one scaled row of W_hh^T per hidden unit, along
-        # contiguous memory; W_hh^T is transposed once per call), and the
-        # cell update reads only scratch. Distinct buffers cannot alias, so
-        # LLVM keeps the gate row in registers and vectorizes the update.
-        G = CELLS[cell]
-        GH = L.Const(G * H, L.INDEX)
-        HH = L.Const(H, L.INDEX)
-        w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
-        pre = ctx.scratch(out.dtype, GH)
-        state = ctx.scratch(out.dtype, L.Const(2 * H, L.INDEX))   # h_{t-1} | c_{t-1}
-        r, r2, r3, k, k2, q = (ctx.var(v) for v in ("r", "r", "r", "k", "k", "q"))
-        transpose = _loops([(k, HH), (r, GH)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))
-        saved = 1 if cell == "rnn" else 2
-        step = [
-            L.For(q, L.Const(saved * H, L.INDEX), L.Store(state, q, prev(q))),
-            L.For(r2, GH, L.Store(pre, r2, xp([b, t, r2]) + b_ih([r2]) + b_hh([r2]))),
-            _loops([(k2, HH), (r3, GH)], L.Store(
-                pre, r3, L.Load(w_t, k2 * (G * H) + r3) * L.Load(state, k2), accumulate=True)),
-        ]
-        gate = lambda g: L.Load(pre, g * H + j)
-        if cell == "rnn":
-            step.append(L.For(j, HH, L.Store(out, at(t, j), _tanh(gate(0)))))
-        else:
-            i, f, g, o = _sigmoid(gate(0)), _sigmoid(gate(1)), _tanh(gate(2)), _sigmoid(gate(3))
-            saved_gate = lambda q, v: L.Store(out, at(t, (2 + q) * H + j), v)
-            load = lambda q: L.Load(out, at(t, (2 + q) * H + j))
-            c = load(1) * L.Load(state, H + j) + load(0) * load(2)
-            step.append(L.For(j, HH, L.Seq([
-                saved_gate(0, i), saved_gate(1, f), saved_gate(2, g), saved_gate(3, o),
-                L.Store(out, at(t, H + j), c),
-                L.Store(out, at(t, j), load(3) * _tanh(L.Load(out, at(t, H + j)))),
-            ])))
-        step = L.Seq(step)
-        n = _length(ctx, ins, node, b, T)
-        p = ctx.var("p")
-        body = L.Seq([L.If(L.cmp("<", t, n), step),
-                      L.If(L.cmp(">=", t, n), L.For(p, L.Const(P, L.INDEX), L.Store(out, at(t, p), zero)))])
-        return L.Seq([transpose, _loops([(t, ctx.dim(T)), (b, ctx.dim(B))], body)])
+        return L.Seq([transpose, _example_blocks(ctx, B, scan)])
 
 
 class RecurrenceGrad(Op):
@@ -522,8 +593,11 @@ class RecurrenceGrad(Op):
     Output: the gradient of the pre-activation gates [batch, time, G*hidden],
     zero past each example's length.
 
-    One kernel, t from last to first, carrying per example the gradient
-    reaching h_{t-1} and c_{t-1} in a scratch buffer [batch, 2*hidden]."""
+    One kernel over blocks of examples (`_example_blocks`), t from last to
+    first, carrying per example the gradient reaching h_{t-1} and c_{t-1} in
+    scratch [batch, 2*hidden]; per step, the gate gradients of the block's
+    examples, then the gradient reaching h_{t-1}, d_pre @ W_hh, as one
+    product over the block (a plain product nest for `tile`)."""
     name = "recurrence_grad"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -536,57 +610,47 @@ class RecurrenceGrad(Op):
         B, T, GH = node.out.type.shape
         g, packed, w_hh = ins[:3]
         carry = ctx.scratch(out.dtype, ctx.dim(B) * (2 * H))
-        b, s, j, k, r = (ctx.var(v) for v in "bsjkr")
-        t = ctx.dim(T) - 1 - s
         one, zero = L.const_like(1, out.dtype), L.const_like(0, out.dtype)
-        at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
-        carried = lambda col: flat_index(ctx, [b, col], (B, 2 * H))
-        state = lambda col: packed([b, t, col])
-        dh = g([b, t, j]) + L.Load(carry, carried(j))
-        if cell == "rnn":
-            h = state(j)
-            units = L.Store(out, at(j), dh * (one - h * h))
-        else:
-            i, f, gg, o = (state((2 + q) * H + j) for q in range(4))
-            tc = _tanh(state(H + j))
-            c_prev = L.Select(L.cmp("==", t, 0), zero,
-                              packed([b, L.maximum(t - 1, 0), H + j]))
-            # dc is stored in the carry first, then read back for each gate.
-            dc = L.Load(carry, carried(H + j))
-            units = L.Seq([
-                L.Store(carry, carried(H + j),
-                        L.Load(carry, carried(H + j)) + g([b, t, H + j]) + dh * o * (one - tc * tc)),
-                L.Store(out, at(j), dc * gg * i * (one - i)),
-                L.Store(out, at(H + j), dc * c_prev * f * (one - f)),
-                L.Store(out, at(2 * H + j), dc * i * (one - gg * gg)),
-                L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
-                L.Store(carry, carried(H + j), dc * f),
-            ])
-        # The gradient reaching h_{t-1} is d_pre @ W_hh. Rows of W_hh scaled
-        # and accumulated keep the carried row in registers; for short rows
-        # (measured: hidden <= 32) LLVM vectorizes that badly, so there each
-        # unit is a dot product with a row of W_hh^T, transposed once.
-        k2, r2 = ctx.var("k"), ctx.var("r")
-        GHc, HH = L.Const(G * H, L.INDEX), L.Const(H, L.INDEX)
-        if H <= 32:
-            w_t = ctx.scratch(out.dtype, L.Const(G * H * H, L.INDEX))
-            prepare = [_loops([(k, HH), (r, GHc)], L.Store(w_t, k * (G * H) + r, w_hh([r, k])))]
-            to_prev_h = L.For(k2, HH, L.Store(carry, carried(k2), _dot(
-                ctx, GHc, lambda q: L.Load(w_t, k2 * (G * H) + q) * L.Load(out, at(q)))))
-        else:
-            prepare = []
-            to_prev_h = L.Seq([
-                L.For(k2, HH, L.Store(carry, carried(k2), zero)),
-                _loops([(r2, GHc), (k, HH)], L.Store(carry, carried(k), L.Load(out, at(r2)) * w_hh([r2, k]),
-                                                     accumulate=True))])
-        n = _length(ctx, ins, node, b, T)
-        q = ctx.var("q")
-        c0 = ctx.var("c")
-        clear = _loops([(b, ctx.dim(B)), (c0, L.Const(2 * H, L.INDEX))],
-                       L.Store(carry, carried(c0), zero))
-        step = L.Seq([L.If(L.cmp("<", t, n), L.Seq([L.For(j, L.Const(H, L.INDEX), units), to_prev_h])),
-                      L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))])
-        return L.Seq([clear] + prepare + [_loops([(s, ctx.dim(T)), (b, ctx.dim(B))], step)])
+
+        def scan(b0, rows):
+            bi, s, j, k, q, c0 = (ctx.var(v) for v in ("bi", "s", "j", "k", "q", "c"))
+            b = b0 + bi
+            t = ctx.dim(T) - 1 - s
+            at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
+            carried = lambda col: b * (2 * H) + col
+            state = lambda col: packed([b, t, col])
+            dh = g([b, t, j]) + L.Load(carry, carried(j))
+            if cell == "rnn":
+                h = state(j)
+                units = L.Store(out, at(j), dh * (one - h * h))
+            else:
+                i, f, gg, o = (state((2 + q) * H + j) for q in range(4))
+                tc = _tanh(state(H + j))
+                c_prev = L.Select(L.cmp("==", t, 0), zero,
+                                  packed([b, L.maximum(t - 1, 0), H + j]))
+                # dc is stored in the carry first, then read back for each gate.
+                dc = L.Load(carry, carried(H + j))
+                units = L.Seq([
+                    L.Store(carry, carried(H + j),
+                            L.Load(carry, carried(H + j)) + g([b, t, H + j]) + dh * o * (one - tc * tc)),
+                    L.Store(out, at(j), dc * gg * i * (one - i)),
+                    L.Store(out, at(H + j), dc * c_prev * f * (one - f)),
+                    L.Store(out, at(2 * H + j), dc * i * (one - gg * gg)),
+                    L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
+                    L.Store(carry, carried(H + j), dc * f),
+                ])
+            n = _length(ctx, ins, node, b, T)
+            gates = L.For(bi, rows, L.Seq([
+                L.If(L.cmp("<", t, n), L.For(j, L.Const(H, L.INDEX), units)),
+                L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))]))
+            # Past an example's length d_pre is zero, so is what reaches h_{t-1}.
+            to_prev_h = _loops([(bi, rows), (k, L.Const(H, L.INDEX))], L.Store(
+                carry, carried(k), _dot(ctx, L.Const(G * H, L.INDEX),
+                                        lambda rr: L.Load(out, at(rr)) * w_hh([rr, k]))))
+            clear = _loops([(bi, rows), (c0, L.Const(2 * H, L.INDEX))], L.Store(carry, carried(c0), zero))
+            return L.Seq([clear, L.For(s, ctx.dim(T), L.Seq([gates, to_prev_h]))])
+
+        return _example_blocks(ctx, B, scan)
 
 
 class Recurrent(Op):

@@ -1,10 +1,13 @@
 """Loop tiling: register-blocked, vectorized micro-kernels for matmul-like
 kernels (dense forward and both gradients, convolution as implicit GEMM).
 
-A kernel qualifies when it is a nest of output loops storing an expression
-that holds one `sum` Reduce of a product of two operands:
+A loop nest qualifies when it is a nest of output loops storing an
+expression that holds one `sum` Reduce of a product of two operands:
 
     for o...:  out[f(o)] = g(sum(r...: a(o, r) * b(o, r)), o)
+
+It is usually a whole kernel; it may also be a step of one (a statement of
+a sequence, the body of another loop: a recurrence's per-step product).
 
 Two micro-kernel forms, chosen from how the operands are laid out:
 
@@ -49,12 +52,30 @@ ZERO = L.Const(0, L.INDEX)
 
 
 def tile(prog: L.LoopProgram) -> L.LoopProgram:
-    """Rewrite every matmul-like kernel into tiled micro-kernels (pure)."""
+    """Rewrite every matmul-like loop nest into tiled micro-kernels (pure)."""
     vbytes, regs = vector_registers()
-    entries = [replace(e, kernels=[L.Kernel(k.name, _tile_kernel(k.body, vbytes, regs) or k.body)
+    entries = [replace(e, kernels=[L.Kernel(k.name, _tile_steps(k.body, vbytes, regs))
                                    for k in e.kernels])
                for e in prog.entries]
     return replace(prog, entries=entries)
+
+
+def _tile_steps(s: L.Stmt, vbytes: int, regs: int) -> L.Stmt:
+    """s tiled if it is a matmul-like nest, else the matmul-like nests
+    inside it (a statement-level lowering's steps: the per-step product of a
+    recurrence sits in its time loop)."""
+    tiled = _tile_kernel(s, vbytes, regs)
+    if tiled is not None:
+        return tiled
+    if isinstance(s, L.Seq):
+        return L.Seq([_tile_steps(b, vbytes, regs) for b in s.body])
+    if isinstance(s, L.For):
+        return L.For(s.var, s.extent, _tile_steps(s.body, vbytes, regs), s.kind, s.grain)
+    if isinstance(s, L.If):
+        return L.If(s.cond, _tile_steps(s.then, vbytes, regs))
+    if isinstance(s, L.Allocate):
+        return L.Allocate(s.buf, _tile_steps(s.body, vbytes, regs))
+    return s
 
 
 @dataclass

@@ -73,16 +73,18 @@ train last_step {{
 }}
 """
 # batch, time, features, hidden, lengths (1 and the maximum among them)
-# The last case has rows longer than 32, which some kernels lower differently.
+# The last two cases have hidden sizes the tile pass blocks (with ragged
+# edges); the last, a batch of two example blocks, the second partial
+# (EXAMPLE_BLOCK 8, register blocks of 4 examples).
 CASES = [(4, 6, 3, 5, [6, 1, 3, 6]), (3, 9, 7, 8, [2, 9, 1]), (1, 1, 2, 3, [1]),
-         (2, 4, 33, 36, [4, 2])]
+         (2, 4, 33, 36, [4, 2]), (11, 5, 9, 20, [5, 1, 3, 5, 2, 4, 5, 1, 2, 3, 5])]
 
 
 # Each program compiles in seconds, so the combinations are chosen, not crossed.
 @pytest.mark.parametrize("cell,layers,bidirectional,case", [
     ("rnn", 1, False, 0), ("rnn", 1, False, 2), ("rnn", 1, True, 1),
     ("lstm", 1, False, 0), ("lstm", 1, False, 1), ("lstm", 1, False, 2), ("lstm", 2, True, 0),
-    ("lstm", 1, False, 3)])
+    ("lstm", 1, False, 3), ("rnn", 1, False, 4), ("lstm", 1, False, 4)])
 def test_recurrent_vs_torch(cell, layers, bidirectional, case):
     B, T, F, H, n = CASES[case]
     bi = "true" if bidirectional else "false"
@@ -120,6 +122,37 @@ def test_recurrent_vs_torch(cell, layers, bidirectional, case):
     # The reverse direction's last step has seen one input: W_hh_reverse may get no gradient.
     check_grads(prog, "last_step", dict(x=x, n=n, t=t), net, names, loss, bidirectional,
                 all_used=T > 1 and not bidirectional)
+
+
+SCHEDULE_SRC = """
+model m {
+    input x: f32[batch, time, 16]
+    output y = lstm(x, 32, name="l")
+}
+train fit {
+    input x: f32[batch, time, 16]
+    input t: f32[batch, time, 32]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.1)
+}"""
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_scans_schedule(target):
+    """On the CPU the scans run over blocks of examples on the thread pool
+    with register-blocked per-step products; on cuda no CPU schedule."""
+    from tests.passes.helpers import kernels, loops_after, loops_of
+    from dlc.ir import loops as L
+    prog = loops_after(SCHEDULE_SRC, "vectorize" if target == "cpu" else "map_gpu", target)
+    for entry, op in (("m", "recurrence"), ("fit", "recurrence_grad")):
+        k = next(k for name, k in kernels(prog, entry).items() if name.startswith(op))
+        kinds = {lp.kind for lp in loops_of(k.body)}
+        tiled = any(isinstance(s, L.Allocate) and s.buf.name in ("acc_outer", "acc_dot")
+                    for s in L.stmts_of(k.body))
+        if target == "cpu":
+            assert {"parallel", "vectorized"} <= kinds and tiled, (entry, op)
+        else:
+            assert not kinds & {"parallel", "vectorized"} and not tiled, (entry, op)
 
 
 def test_time_is_symbolic_and_last_without_lengths():

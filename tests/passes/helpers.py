@@ -13,7 +13,7 @@ def loops_after(src: str, upto: str, target: str = "cpu") -> L.LoopProgram:
     program = frontend.parse_program(src, "<test>")
     for _, p in driver.GRAPH_PASSES:
         program = p(program)
-    loops, _ = lower(program)
+    loops, _ = lower(program, target)
     reduced = False
     for name, p in driver.LOOP_PASSES[target]:
         loops = p(loops)
