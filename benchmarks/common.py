@@ -1,5 +1,5 @@
 """What the benchmarks share: this checkout's dlc first on the import path,
-the thread count, interleaved median timings, ONNX Runtime sessions of
+the thread count, median timings (each framework on its own), ONNX Runtime sessions of
 PyTorch modules, and the results table."""
 from __future__ import annotations
 
@@ -20,25 +20,26 @@ def threads() -> int:
 
 
 def medians_ms(*fs, budget_s: float = 2.0) -> list[float]:
-    """Median time of each of fs, run in interleaved rounds (so that a load
-    change on a shared machine hits all of them alike), as many rounds as fit
-    budget_s per function (at least 3), after a warm-up."""
-    firsts = []
-    for f in fs:
+    """Median time of each of fs, each timed on its own after a warm-up, in
+    as many runs as fit budget_s (at least 3). One after the other, not in
+    interleaved rounds: ONNX Runtime's and PyTorch's thread pools spin for
+    milliseconds after a run and would hold a core during the next one's."""
+    return [_median_ms(f, budget_s) for f in fs]
+
+
+def _median_ms(f, budget_s: float) -> float:
+    t0 = time.perf_counter()
+    f()
+    first = time.perf_counter() - t0
+    rounds = int(min(2000, max(3, budget_s / max(first, 1e-6))))
+    for _ in range(min(3, rounds // 10 + 1)):
+        f()
+    times = []
+    for _ in range(rounds):
         t0 = time.perf_counter()
         f()
-        firsts.append(time.perf_counter() - t0)
-    rounds = int(min(2000, max(3, budget_s / max(max(firsts), 1e-6))))
-    for f in fs:
-        for _ in range(min(3, rounds // 10 + 1)):
-            f()
-    times: list[list[float]] = [[] for _ in fs]
-    for _ in range(rounds):
-        for f, ts in zip(fs, times):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) * 1e3 for ts in times]
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
 def onnx_session(module, example, dynamic_axes: dict, n_threads: int):

@@ -36,14 +36,6 @@ train fit {{
 """
 
 
-def timed(*fs) -> list[float]:
-    """Median ms of each of fs, one framework after the other: interleaved
-    rounds would let one framework's thread pool, spinning after its run
-    (ONNX Runtime's and PyTorch's do, for milliseconds), hold a core while the
-    next one runs, so each figure would depend on the order of the others."""
-    return [medians_ms(f, budget_s=BUDGET_S)[0] for f in fs]
-
-
 class AllStates(torch.nn.Module):
     """torch.nn.LSTM returning all hidden states, as the dlc model does."""
 
@@ -76,7 +68,8 @@ def main() -> None:
             with torch.inference_mode():
                 net(xt)
 
-        d, t, o = timed(lambda: prog.run("seq", x=x), torch_infer, lambda: sess.run(None, {"x": x}))
+        d, t, o = medians_ms(lambda: prog.run("seq", x=x), torch_infer, lambda: sess.run(None, {"x": x}),
+                             budget_s=BUDGET_S)
         rows.append((f"inference batch {batch}", d, t, o))
     x = rng.normal(size=(32, STEPS, FEATURES)).astype(np.float32)
     target = rng.normal(size=(32, HIDDEN)).astype(np.float32)
@@ -88,7 +81,7 @@ def main() -> None:
         torch.nn.functional.mse_loss(net(xt)[:, -1], tt).backward()
         opt.step()
 
-    d, t = timed(lambda: prog.train("fit", x=x, t=target), torch_step)
+    d, t = medians_ms(lambda: prog.train("fit", x=x, t=target), torch_step, budget_s=BUDGET_S)
     rows.append(("train step batch 32", d, t, None))
 
     print_table(f"LSTM {FEATURES}-{HIDDEN}, {STEPS} steps", rows)

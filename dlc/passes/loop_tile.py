@@ -64,18 +64,7 @@ def _tile_steps(s: L.Stmt, vbytes: int, regs: int) -> L.Stmt:
     """s tiled if it is a matmul-like nest, else the matmul-like nests
     inside it (a statement-level lowering's steps: the per-step product of a
     recurrence sits in its time loop)."""
-    tiled = _tile_kernel(s, vbytes, regs)
-    if tiled is not None:
-        return tiled
-    if isinstance(s, L.Seq):
-        return L.Seq([_tile_steps(b, vbytes, regs) for b in s.body])
-    if isinstance(s, L.For):
-        return L.For(s.var, s.extent, _tile_steps(s.body, vbytes, regs), s.kind, s.grain)
-    if isinstance(s, L.If):
-        return L.If(s.cond, _tile_steps(s.then, vbytes, regs))
-    if isinstance(s, L.Allocate):
-        return L.Allocate(s.buf, _tile_steps(s.body, vbytes, regs))
-    return s
+    return L.rewrite(s, lambda x: _tile_kernel(x, vbytes, regs))
 
 
 @dataclass
