@@ -152,6 +152,10 @@ class FunctionLowering:
         for n in fn.nodes:
             if id(n.out) in fn.inlined:
                 continue
+            if n.op.same_order_as_input and id(n.out) not in self.buffers \
+                    and id(n.inputs[0]) not in fn.inlined:
+                self.buffers[id(n.out)] = self.buffers[id(n.inputs[0])]   # a view: no kernel
+                continue
             buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
             name = f"{n.op.name}_{len(self.kernels)}"
             if n.op.lower_kernel is not None:

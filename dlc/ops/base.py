@@ -59,8 +59,9 @@ class Op:
     signature: tuple[Arg, ...] | None = None   # None: not callable from the language
     owns_params: bool = False                  # a layer: gets an automatic `name`
     # The output is the first input's elements in the same row-major order (a
-    # reshape): its kernel loops over the input's shape, so the loop nest of
-    # an inlined producer (a product's output rows) is kept for the passes.
+    # reshape): a view of the input's buffer when the input is stored, else a
+    # kernel looping over the input's shape, so the loop nest of the inlined
+    # producer (a product's output rows) is kept for the passes.
     same_order_as_input: bool = False
 
     # -- language
