@@ -7,7 +7,7 @@ For each network (examples/lenet.dl, examples/cifar_cnn.dl): inference
 latency at batch 1 and 64 (dlc, PyTorch, ONNX Runtime running the same
 network exported from PyTorch with dlc's weights) and a training step (dlc,
 PyTorch, SGD with momentum) at batch 64 (LeNet) or 32 (CIFAR), each the
-median of repeated runs (each framework on its own, as many as fit a time budget
+median of repeated runs (interleaved blocks, as many as fit a time budget
 per figure), with ratios; then the compile time of the CIFAR CNN with its training step,
 uncached. Threads: every framework gets the same number (DLC_BENCH_THREADS,
 default 2).

@@ -1,5 +1,5 @@
 """What the benchmarks share: this checkout's dlc first on the import path,
-the thread count, median timings (each framework on its own), ONNX Runtime sessions of
+the thread count, median timings (interleaved blocks), ONNX Runtime sessions of
 PyTorch modules, and the results table."""
 from __future__ import annotations
 
@@ -19,27 +19,33 @@ def threads() -> int:
     return int(os.environ.get("DLC_BENCH_THREADS", "2"))
 
 
+BLOCKS = 8          # interleaved blocks per function
+SETTLE_S = 0.05     # idle time before each block
+
+
 def medians_ms(*fs, budget_s: float = 2.0) -> list[float]:
-    """Median time of each of fs, each timed on its own after a warm-up, in
-    as many runs as fit budget_s (at least 3). One after the other, not in
-    interleaved rounds: ONNX Runtime's and PyTorch's thread pools spin for
-    milliseconds after a run and would hold a core during the next one's."""
-    return [_median_ms(f, budget_s) for f in fs]
-
-
-def _median_ms(f, budget_s: float) -> float:
-    t0 = time.perf_counter()
-    f()
-    first = time.perf_counter() - t0
-    rounds = int(min(2000, max(3, budget_s / max(first, 1e-6))))
-    for _ in range(min(3, rounds // 10 + 1)):
-        f()
-    times = []
-    for _ in range(rounds):
+    """Median time of each of fs over runs in interleaved blocks (a load
+    change on a shared machine hits all of them alike), as many runs as fit
+    budget_s per function (at least 3 per block), after a warm-up. Each block
+    starts after SETTLE_S idle: ONNX Runtime's and PyTorch's thread pools
+    spin for milliseconds after a run and would hold a core during the next
+    framework's runs."""
+    firsts = []
+    for f in fs:
         t0 = time.perf_counter()
         f()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        firsts.append(time.perf_counter() - t0)
+    per_block = [int(min(500, max(3, budget_s / BLOCKS / max(t, 1e-6)))) for t in firsts]
+    times: list[list[float]] = [[] for _ in fs]
+    for _ in range(BLOCKS):
+        for f, n, ts in zip(fs, per_block, times):
+            time.sleep(SETTLE_S)
+            f()   # warm: caches and the pool's threads
+            for _ in range(n):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def onnx_session(module, example, dynamic_axes: dict, n_threads: int):
