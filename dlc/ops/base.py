@@ -181,6 +181,16 @@ def need_float(op: str, t: TensorType, which: str = "input") -> None:
         raise OpError(f"'{op}' needs a floating-point {which}, got {t}")
 
 
+def need_image(op: str, t: TensorType, fixed_channels: bool = False) -> None:
+    """t is a floating-point [batch, channels, height, width] (with a constant
+    number of channels when asked)."""
+    if t.rank != 4:
+        raise OpError(f"'{op}' expects a 4-D input [batch, channels, height, width], got {t}", arg="x")
+    need_float(op, t)
+    if fixed_channels and not isinstance(t.shape[1], int):
+        raise OpError(f"'{op}' needs a fixed number of channels, got {t}", arg="x")
+
+
 def same_dtype(op: str, ts: list[TensorType]) -> str:
     dts = {t.dtype for t in ts}
     if len(dts) > 1:

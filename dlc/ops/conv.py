@@ -29,7 +29,7 @@ import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
-from .base import Arg, Op, OpError, need_float, register, same_dtype
+from .base import Arg, Op, OpError, need_image, register, same_dtype
 from .elementwise import add, broadcast
 
 
@@ -127,15 +127,10 @@ class Conv2d(Op):
 
     def build(self, b: Builder, args) -> Value:
         x, filters, groups, name = args["x"], args["filters"], args["groups"], args["name"]
-        if x.type.rank != 4:
-            raise OpError(f"'conv2d' expects a 4-D input [batch, channels, height, width], "
-                          f"got {x.type}", arg="x")
-        need_float("conv2d", x.type)
+        need_image("conv2d", x.type, fixed_channels=True)
         attrs = {**conv_attrs(args), "groups": groups}
         check_windows("conv2d", x.type.shape[2:], attrs)
         channels = x.type.shape[1]
-        if not isinstance(channels, int):
-            raise OpError(f"'conv2d' needs a fixed number of channels, got {x.type}", arg="x")
         if groups < 1:
             raise OpError(f"'conv2d' needs groups >= 1, got {groups}", arg="groups")
         if filters < 1:

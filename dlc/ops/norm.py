@@ -15,7 +15,7 @@ inference entry: normalise with the running statistics.
 from __future__ import annotations
 
 from ..ir.graph import Builder, Init, TensorType, Value
-from .base import Arg, Op, OpError, need_float, register
+from .base import Arg, Op, OpError, need_image, register
 from .elementwise import NUMEL, SQRT, add, broadcast, div, mul, scalar_like, sub
 from .shape import reshape, sum_to
 
@@ -28,13 +28,8 @@ class BatchNorm(Op):
 
     def build(self, b: Builder, args) -> Value:
         x, name, eps, momentum = args["x"], args["name"], args["eps"], args["momentum"]
-        if x.type.rank != 4:
-            raise OpError(f"'batchnorm' expects a 4-D input [batch, channels, height, width], "
-                          f"got {x.type}", arg="x")
-        need_float("batchnorm", x.type)
+        need_image("batchnorm", x.type, fixed_channels=True)
         c = x.type.shape[1]
-        if not isinstance(c, int):
-            raise OpError(f"'batchnorm' needs a fixed number of channels, got {x.type}", arg="x")
         if not 0 <= momentum <= 1:
             raise OpError(f"'batchnorm' needs momentum in [0, 1], got {momentum:g}", arg="momentum")
         dt, shape = x.type.dtype, x.type.shape

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import Builder, TensorType, Value
-from .base import Arg, Op, OpError, need_float, register
+from .base import Arg, Op, OpError, need_image, register
 from .conv import check_windows, col2im, guarded, im2col, pair, windows
 
 
@@ -74,10 +74,7 @@ class Pool(Op):
 
     def build(self, b: Builder, args) -> Value:
         x = args["x"]
-        if x.type.rank != 4:
-            raise OpError(f"'{self.name}' expects a 4-D input [batch, channels, height, width], "
-                          f"got {x.type}", arg="x")
-        need_float(self.name, x.type)
+        need_image(self.name, x.type)
         attrs = pool_attrs(args)
         check_windows(self.name, x.type.shape[2:], attrs)
         if any(2 * p > k for p, k in zip(attrs["padding"], attrs["kernel"])):
@@ -123,9 +120,7 @@ class GlobalAvgPool(Op):
 
     def build(self, b, args):
         x = args["x"]
-        if x.type.rank != 4:
-            raise OpError(f"'global_avgpool' expects a 4-D input [batch, channels, height, "
-                          f"width], got {x.type}", arg="x")
+        need_image("global_avgpool", x.type)
         return AVGPOOL.build(b, {"x": x, "size": tuple(x.type.shape[2:])})
 
 

@@ -195,9 +195,13 @@ class Tiler:
         self.m = ext.get(mt.i, one) if mt.i is not None else one
         self.n = ext.get(mt.j, one) if mt.j is not None else one
         self.np = ext[mt.p] if mt.p is not None else one
-        # columns per full tile
-        self.nj = nr * lanes if mt.form == "outer" and mt.p is None else lanes if mt.p else nr
-        self.npr = nr if mt.p is not None else 1   # p rows per full tile
+        # columns (nj) and p rows (npr) per full tile
+        if mt.p is not None:
+            self.nj, self.npr = lanes, nr     # one vector in each of NR rows
+        elif mt.form == "outer":
+            self.nj, self.npr = nr * lanes, 1
+        else:
+            self.nj, self.npr = nr, 1
 
     # ---- micro-kernels
     def micro(self, i0: L.Expr, j0: L.Expr, p0: L.Expr, mr: int,
