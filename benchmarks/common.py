@@ -19,6 +19,15 @@ def threads() -> int:
     return int(os.environ.get("DLC_BENCH_THREADS", "2"))
 
 
+def blas_threads() -> int:
+    """threads(), also for numpy's BLAS; call before numpy is imported (BLAS
+    reads its thread count when it loads)."""
+    n = threads()
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n
+
+
 BLOCKS = 8          # interleaved blocks per function
 SETTLE_S = 0.05     # idle time before each block
 

@@ -12,14 +12,11 @@ numpy's rate is `a @ b` at 1024^3 (the sgemm benchmark's shape). The target
 """
 from __future__ import annotations
 
-import os
 import sys
 
-from common import medians_ms, threads  # noqa: E402  (first: the checkout's dlc)
+from common import blas_threads, medians_ms  # noqa: E402  (first: the checkout's dlc)
 
-THREADS = threads()
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(THREADS)   # BLAS reads its thread count when it loads
+THREADS = blas_threads()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -9,16 +9,12 @@ of each, GFLOP/s and dlc's fraction of numpy's rate (the target is >= 0.70).
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-from common import medians_ms, threads  # noqa: E402  (first: the checkout's dlc)
+from common import blas_threads, medians_ms  # noqa: E402  (first: the checkout's dlc)
 
-THREADS = threads()
-# BLAS reads its thread count when it loads.
-for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(THREADS)
+THREADS = blas_threads()
 
 import numpy as np  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 from dlc.ir import loops as L
 from dlc.passes import loop_tile
 
-from .helpers import compile_without, kernels, loops_after
+from .helpers import assert_tiled_like_untiled, compile_without, kernels, loops_after
 
 SRC = """
 model cnn {
@@ -69,11 +69,7 @@ def test_numbers_unchanged(monkeypatch, vector):
     for batch in (1, 3):
         x = rng.normal(size=(batch, 3, 20, 20)).astype(np.float32)
         t = rng.integers(0, 5, size=batch).astype(np.int32)
-        np.testing.assert_allclose(fast.run("cnn", x=x)["y"], plain.run("cnn", x=x)["y"],
-                                   rtol=1e-5, atol=1e-5)
-        g1, g2 = fast.grads("fit", x=x, t=t), plain.grads("fit", x=x, t=t)
-        for name in g1:
-            np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        assert_tiled_like_untiled(fast, plain, "cnn", x, t)
 
 
 def test_every_product_of_training_is_tiled():

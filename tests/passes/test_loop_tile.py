@@ -8,7 +8,7 @@ import pytest
 from dlc.ir import loops as L
 from dlc.passes import loop_tile
 
-from .helpers import compile_without, kernels, loops_after, loops_of
+from .helpers import assert_tiled_like_untiled, compile_without, kernels, loops_after, loops_of
 
 SRC = """
 model net {
@@ -62,11 +62,7 @@ def test_numbers_unchanged(monkeypatch, vector):
     for batch in (1, 7, 20):
         x = rng.normal(size=(batch, 37)).astype(np.float32)
         t = rng.integers(0, 13, size=batch).astype(np.int32)
-        np.testing.assert_allclose(tiled.run("net", x=x)["y"], plain.run("net", x=x)["y"],
-                                   rtol=1e-5, atol=1e-5)
-        g1, g2 = tiled.grads("fit", x=x, t=t), plain.grads("fit", x=x, t=t)
-        for name in g1:
-            np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        assert_tiled_like_untiled(tiled, plain, "net", x, t)
 
 
 def test_register_model_fits_the_register_file():
@@ -132,9 +128,5 @@ def test_narrow_rows_block_the_next_output_loop(monkeypatch, vector, width):
     for batch in (1, 3):
         x = rng.normal(size=(batch, 6, 14, width + 4)).astype(np.float32)
         t = rng.normal(size=(batch, 12, 10, width)).astype(np.float32)
-        np.testing.assert_allclose(fast.run("cnn", x=x)["y"], plain.run("cnn", x=x)["y"],
-                                   rtol=1e-5, atol=1e-5)
-        g1, g2 = fast.grads("fit", x=x, t=t), plain.grads("fit", x=x, t=t)
-        for name in g1:
-            np.testing.assert_allclose(g1[name], g2[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        assert_tiled_like_untiled(fast, plain, "cnn", x, t)
 
