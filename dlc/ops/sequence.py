@@ -498,10 +498,11 @@ def _example_blocks(ctx, batch, scan) -> L.Stmt:
     return L.For(blk, blocks, scan(b0, rows))
 
 
-def _each(ctx, n: int, store) -> L.Stmt:
-    """for j < n: store(j), a loop of one store (vectorized by `vectorize`)."""
+def _each(ctx, n: int, store, first=0) -> L.Stmt:
+    """for j in [first, first + n): store(j), a loop of one store (vectorized
+    by `vectorize`)."""
     j = ctx.var("j")
-    return L.For(j, L.Const(n, L.INDEX), store(j))
+    return L.For(j, L.Const(n, L.INDEX), store(first + j))
 
 
 class Recurrence(Op):
@@ -515,7 +516,10 @@ class Recurrence(Op):
     nest that the `tile` pass register-blocks) into scratch, then per example
     still running the gates and the cell update, past its length zeros.
     h_{t-1} and c_{t-1} live in scratch [batch, 2*hidden], zero at t = 0.
-    When every reader takes only h (an inference entry), only h is stored."""
+    On the CPU a batch of one block splits each step by units over the
+    thread pool instead (at batch 1, 0.18 -> 0.14 ms for the benchmark's
+    LSTM on 2 threads). When every reader takes only h (an inference
+    entry), only h is stored."""
     name = "recurrence"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -540,51 +544,93 @@ class Recurrence(Op):
         # the product reads it along the gates (contiguous with its output rows).
         w_t, transpose, PW, w_at = _panels(ctx, out.dtype, lambda k, r: w_hh([r, k]), H, G * H)
         pre = ctx.scratch(out.dtype, B_ * (G * H))
-        state = ctx.scratch(out.dtype, B_ * (2 * H))   # h_{t-1} | c_{t-1} per example
         zero = L.const_like(0, out.dtype)
         # Readers that take only h (inference) leave c and the gates unstored.
         keep_all = ctx.readers is None or not all(
             r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H for r in ctx.readers)
 
-        def scan(b0, rows):
-            t, bi, q = ctx.var("t"), ctx.var("bi"), ctx.var("q")
-            b = b0 + bi
+        def product(t, b, bi, rows, columns, h_prev):
+            """The pre-activations of step t, examples b = b0 + bi (bi < rows):
+            xp + biases + h_{t-1} @ W_hh^T (h_prev(b, k) reads h_{t-1}), a
+            plain product nest that the `tile` pass register-blocks. columns =
+            ((p, panels), col, weight): for p < panels and c < PW, column
+            col(p, c), whose W_hh[col, k] is weight(k, p, c)."""
+            (p, n_panels), col, weight = columns
+            c = ctx.var("c")
+            return _loops([(p, n_panels), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
+                pre, b * (G * H) + col(p, c), xp([b, t, col(p, c)]) + b_ih([col(p, c)]) + b_hh([col(p, c)]) + _dot(
+                    ctx, L.Const(H, L.INDEX), lambda k: h_prev(b, k) * weight(k, p, c))))
+
+        def step(t, b, bi, rows, product, units, h_next, c_at):
+            """Step t of examples b = b0 + bi, bi < rows: `product`, then the
+            cell update of `units` (first unit, count). h_next(b, j) and
+            c_at(b, j) are (buffer, index) of h_t and of c (c_{t-1}, replaced
+            by c_t)."""
+            j0, width = units
             at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
-            st = lambda col: b * (2 * H) + col
             gate = lambda g, j: L.Load(pre, b * (G * H) + g * H + j)
-            clear = _loops([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, st(q), zero))
-            pw, c = ctx.var("p"), ctx.var("c")
-            r2 = pw * PW + c
-            product = _loops([(pw, L.Const(G * H // PW, L.INDEX)), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
-                pre, b * (G * H) + r2, xp([b, t, r2]) + b_ih([r2]) + b_hh([r2]) + _dot(
-                    ctx, L.Const(H, L.INDEX),
-                    lambda kk: L.Load(state, st(kk)) * L.Load(w_t, w_at(kk, pw, c)))))
+            each = lambda store: _each(ctx, width, store, j0)
+            h_store = lambda j, v: L.Store(*h_next(b, j), v)
+            c_load = lambda j: L.Load(*c_at(b, j))
             if cell == "rnn":
-                units = [_each(ctx, H, lambda j: L.Store(out, at(j), _tanh(gate(0, j)))),
-                         _each(ctx, H, lambda j: L.Store(state, st(j), L.Load(out, at(j))))]
+                cell_units = [each(lambda j: L.Store(out, at(j), _tanh(gate(0, j)))),
+                              each(lambda j: h_store(j, L.Load(out, at(j))))]
             else:
                 # The gates go to the output when a reader needs them (the
                 # backward pass), else they replace the pre-activations.
                 act_buf, act_at = (out, lambda q, j: at((2 + q) * H + j)) if keep_all else \
                     (pre, lambda q, j: b * (G * H) + q * H + j)
                 act = lambda q, j: L.Load(act_buf, act_at(q, j))
-                units = [_each(ctx, H, lambda j, q=q, f=f: L.Store(act_buf, act_at(q, j), f(gate(q, j))))
-                         for q, f in enumerate((_sigmoid, _sigmoid, _tanh, _sigmoid))]
-                units.append(_each(ctx, H, lambda j: L.Store(
-                    state, st(H + j), act(1, j) * L.Load(state, st(H + j)) + act(0, j) * act(2, j))))
+                cell_units = [each(lambda j, q=q, f=f: L.Store(act_buf, act_at(q, j), f(gate(q, j))))
+                              for q, f in enumerate((_sigmoid, _sigmoid, _tanh, _sigmoid))]
+                cell_units.append(each(lambda j: L.Store(
+                    *c_at(b, j), act(1, j) * c_load(j) + act(0, j) * act(2, j))))
                 if keep_all:
-                    units.append(_each(ctx, H, lambda j: L.Store(out, at(H + j), L.Load(state, st(H + j)))))
-                units += [
-                    _each(ctx, H, lambda j: L.Store(state, st(j), act(3, j) * _tanh(L.Load(state, st(H + j))))),
-                    _each(ctx, H, lambda j: L.Store(out, at(j), L.Load(state, st(j)))),
-                ]
+                    cell_units.append(each(lambda j: L.Store(out, at(H + j), c_load(j))))
+                cell_units += [each(lambda j: h_store(j, act(3, j) * _tanh(c_load(j)))),
+                               each(lambda j: L.Store(out, at(j), L.Load(*h_next(b, j))))]
             n = _length(ctx, ins, node, b, T)
-            past = _each(ctx, P if keep_all else H, lambda p: L.Store(out, at(p), zero))
-            step = L.For(bi, rows, L.Seq([L.If(L.cmp("<", t, n), L.Seq(units)),
-                                          L.If(L.cmp(">=", t, n), past)]))
-            return L.Seq([clear, L.For(t, ctx.dim(T), L.Seq([product, step]))])
+            past = [each(lambda j, s=s: L.Store(out, at(s * H + j), zero))
+                    for s in range(P // H if keep_all else 1)]
+            return L.Seq([product, L.For(bi, rows, L.Seq([
+                L.If(L.cmp("<", t, n), L.Seq(cell_units)), L.If(L.cmp(">=", t, n), L.Seq(past))]))])
 
-        return L.Seq([transpose, _example_blocks(ctx, B, scan)])
+        def blocks_scan(b0, rows):
+            # h_{t-1} and c_{t-1} per example in scratch [batch, 2*hidden]:
+            # each block's product reads h before its cell updates replace it.
+            state = ctx.scratch(out.dtype, B_ * (2 * H))
+            t, bi, q, p = ctx.var("t"), ctx.var("bi"), ctx.var("q"), ctx.var("p")
+            b = b0 + bi
+            clear = _loops([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, b * (2 * H) + q, zero))
+            columns = ((p, L.Const(G * H // PW, L.INDEX)), lambda p, c: p * PW + c,
+                       lambda k, p, c: L.Load(w_t, w_at(k, p, c)))
+            return L.Seq([clear, L.For(t, ctx.dim(T), step(
+                t, b, bi, rows, product(t, b, bi, rows, columns, lambda b, k: L.Load(state, b * (2 * H) + k)),
+                (0, H), lambda b, j: (state, b * (2 * H) + j), lambda b, j: (state, b * (2 * H) + H + j)))])
+
+        blocks = _example_blocks(ctx, B, blocks_scan)
+        parts = H // PW if PW < G * H and H % PW == 0 else 1
+        if ctx.target != "cpu" or parts == 1:
+            return L.Seq([transpose, blocks])
+        # One block of examples (small batches): each step is split by units
+        # instead, a parallel loop per step with a task per PW units, each
+        # task reading its own G panels of W_hh (so each thread streams its
+        # own part from its own cache). h alternates between two buffers: a
+        # task's h_t must not overwrite the h_{t-1} that the others still read.
+        hs, cs = ctx.scratch(out.dtype, 2 * B_ * H), ctx.scratch(out.dtype, B_ * H)
+        t, u, bi, q, i = ctx.var("t"), ctx.var("u"), ctx.var("bi"), ctx.var("q"), ctx.var("i")
+        parity = t - t / L.Const(2, L.INDEX) * 2
+        h_at = lambda odd, b, j: odd * (B_ * H) + b * H + j
+        panel = lambda q: q * parts + u
+        columns = ((q, L.Const(G, L.INDEX)), lambda q, c: panel(q) * PW + c,
+                   lambda k, q, c: L.Load(w_t, w_at(k, panel(q), c)))
+        part = step(t, bi, bi, B_, product(t, bi, bi, B_, columns, lambda b, k: L.Load(hs, h_at(1 - parity, b, k))),
+                    (u * PW, PW), lambda b, j: (hs, h_at(parity, b, j)), lambda b, j: (cs, b * H + j))
+        clear = L.Seq([L.For(i, 2 * B_ * H, L.Store(hs, i, zero)), L.For(i, B_ * H, L.Store(cs, i, zero))])
+        split = L.Seq([clear, L.For(t, ctx.dim(T), L.For(u, L.Const(parts, L.INDEX), part, "parallel",
+                                                       L.Const(1, L.INDEX)))])
+        return L.Seq([transpose, L.If(L.cmp("<=", B_, L.Const(EXAMPLE_BLOCK, L.INDEX)), split),
+                      L.If(L.cmp(">", B_, L.Const(EXAMPLE_BLOCK, L.INDEX)), blocks)])
 
 
 class RecurrenceGrad(Op):

@@ -73,18 +73,21 @@ train last_step {{
 }}
 """
 # batch, time, features, hidden, lengths (1 and the maximum among them)
-# The last two cases have hidden sizes the tile pass blocks (with ragged
-# edges); the last, a batch of two example blocks, the second partial
-# (EXAMPLE_BLOCK 8, register blocks of 4 examples).
+# Cases 3 and 4 have hidden sizes the tile pass blocks (with ragged edges);
+# 4, a batch of two example blocks, the second partial (EXAMPLE_BLOCK 8,
+# register blocks of 4 examples); 5, one block of a hidden size whose steps
+# are split by units over the thread pool (2 parts of PANEL 64 units).
 CASES = [(4, 6, 3, 5, [6, 1, 3, 6]), (3, 9, 7, 8, [2, 9, 1]), (1, 1, 2, 3, [1]),
-         (2, 4, 33, 36, [4, 2]), (11, 5, 9, 20, [5, 1, 3, 5, 2, 4, 5, 1, 2, 3, 5])]
+         (2, 4, 33, 36, [4, 2]), (11, 5, 9, 20, [5, 1, 3, 5, 2, 4, 5, 1, 2, 3, 5]),
+         (3, 6, 10, 128, [6, 1, 4])]
 
 
 # Each program compiles in seconds, so the combinations are chosen, not crossed.
 @pytest.mark.parametrize("cell,layers,bidirectional,case", [
     ("rnn", 1, False, 0), ("rnn", 1, False, 2), ("rnn", 1, True, 1),
     ("lstm", 1, False, 0), ("lstm", 1, False, 1), ("lstm", 1, False, 2), ("lstm", 2, True, 0),
-    ("lstm", 1, False, 3), ("rnn", 1, False, 4), ("lstm", 1, False, 4)])
+    ("lstm", 1, False, 3), ("rnn", 1, False, 4), ("lstm", 1, False, 4), ("rnn", 1, False, 5),
+    ("lstm", 1, False, 5)])
 def test_recurrent_vs_torch(cell, layers, bidirectional, case):
     B, T, F, H, n = CASES[case]
     bi = "true" if bidirectional else "false"
@@ -127,11 +130,11 @@ def test_recurrent_vs_torch(cell, layers, bidirectional, case):
 SCHEDULE_SRC = """
 model m {
     input x: f32[batch, time, 16]
-    output y = lstm(x, 32, name="l")
+    output y = lstm(x, 128, name="l")
 }
 train fit {
     input x: f32[batch, time, 16]
-    input t: f32[batch, time, 32]
+    input t: f32[batch, time, 128]
     loss = mse(m(x), t)
     optimizer = sgd(lr=0.1)
 }"""
@@ -140,7 +143,9 @@ train fit {
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
 def test_scans_schedule(target):
     """On the CPU the scans run over blocks of examples on the thread pool
-    with register-blocked per-step products; on cuda no CPU schedule."""
+    with register-blocked per-step products, and the forward scan of a
+    single block has its steps split by units (a parallel loop inside the
+    loop over time); on cuda no CPU schedule."""
     from tests.passes.helpers import kernels, loops_after, loops_of
     from dlc.ir import loops as L
     prog = loops_after(SCHEDULE_SRC, "vectorize" if target == "cpu" else "map_gpu", target)
@@ -151,6 +156,9 @@ def test_scans_schedule(target):
                     for s in L.stmts_of(k.body))
         if target == "cpu":
             assert {"parallel", "vectorized"} <= kinds and tiled, (entry, op)
+            split = [lp for lp in loops_of(k.body) if lp.kind == "serial" and lp.var.name == "t"
+                     and any(inner.kind == "parallel" for inner in loops_of(lp.body))]
+            assert bool(split) == (op == "recurrence"), (entry, op)
         else:
             assert not kinds & {"parallel", "vectorized"} and not tiled, (entry, op)
 
