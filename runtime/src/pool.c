@@ -29,9 +29,11 @@ struct dlc_pool {
   int32_t started;   /* workers running (0 until the first parallel loop) */
   pthread_t *workers;
   int64_t spin_ns;
-  pthread_mutex_t lock; /* guards sleeping on `wake`, and `busy` */
+  pthread_mutex_t lock; /* guards sleeping on `wake` */
   pthread_cond_t wake;
-  int busy; /* a parallel loop is running: nested or concurrent calls run inline */
+  /* A parallel loop is running: nested or concurrent calls run inline. An
+   * atomic flag, not the mutex: a scan calls the pool once per time step. */
+  atomic_int busy;
   atomic_uint_fast64_t generation; /* bumped per job; workers wait for a change */
   uint_fast64_t born; /* the generation when the workers started: their first
                          job is the next one, however late a thread starts */
@@ -125,6 +127,7 @@ dlc_pool *dlc__pool_create(int32_t n_threads) {
   atomic_init(&p->next, 0);
   atomic_init(&p->open, 0);
   atomic_init(&p->active, 0);
+  atomic_init(&p->busy, 0);
   return p;
 }
 
@@ -150,16 +153,15 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
     grain = 1;
   int inline_run = p == NULL || p->n_threads <= 1 || n < 2 * grain;
   if (!inline_run) {
-    pthread_mutex_lock(&p->lock);
-    if (p->busy) {
+    if (atomic_exchange(&p->busy, 1)) {
       inline_run = 1;
     } else {
-      if (p->workers == NULL)
+      if (p->workers == NULL) /* only the holder of `busy` gets here */
         start_workers(p);
       inline_run = p->started == 0;
-      p->busy = !inline_run;
+      if (inline_run)
+        atomic_store(&p->busy, 0);
     }
-    pthread_mutex_unlock(&p->lock);
   }
   if (inline_run) {
     fn(closure, 0, n);
@@ -190,9 +192,7 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
     if ((k & 63) == 63)
       sched_yield();
   }
-  pthread_mutex_lock(&p->lock);
-  p->busy = 0;
-  pthread_mutex_unlock(&p->lock);
+  atomic_store(&p->busy, 0);
 }
 
 void dlc__pool_release(dlc_pool *p) {
