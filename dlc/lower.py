@@ -219,9 +219,7 @@ class FunctionLowering:
                          + [L.Store(buf, flat, L.Load(t, zero)) for t, (buf, _) in zip(temps, stores)])
             for t in temps:
                 body = L.Allocate(t, body)
-        for var, d in reversed(list(zip(idx, shape))):
-            body = L.For(var, self.ctx.dim(d), body)
-        return L.Kernel(name, body)
+        return L.Kernel(name, L.nest([(var, self.ctx.dim(d)) for var, d in zip(idx, shape)], body))
 
     def assign_kernels(self) -> list[L.Kernel]:
         """One kernel per target shape; a kernel that overwrites a value other

@@ -443,6 +443,13 @@ def vector_lanes(extent: Expr) -> tuple[int, Expr | None] | None:
     return None
 
 
+def nest(loops: list[tuple[Var, Expr]], body: Stmt) -> Stmt:
+    """Serial loops (var, extent), outermost first, around body."""
+    for var, extent in reversed(loops):
+        body = For(var, extent, body)
+    return body
+
+
 def loop(var: Var, extent, body: Stmt, kind: str = "serial") -> Stmt:
     """A For, folded away when the extent is the constant 1 (var := 0) and
     dropped when it is the constant 0."""

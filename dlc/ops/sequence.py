@@ -61,12 +61,6 @@ def _unravel(ctx, i: L.Expr, shape) -> list[L.Expr]:
     return [i] + idx[::-1]
 
 
-def _loops(vars_extents: list[tuple[L.Var, L.Expr]], body: L.Stmt) -> L.Stmt:
-    for v, n in reversed(vars_extents):
-        body = L.For(v, n, body)
-    return body
-
-
 # Eigen's rational approximation of tanh in f32 (a few ulp, clamped where
 # f32 tanh is +-1): only multiplies, adds, a divide and min/max, so the
 # gate loops vectorize, where a libm call per element would dominate the scan.
@@ -123,7 +117,7 @@ def _panels(ctx, dtype: str, w, K: int, N: int):
     at = lambda k, p, c: p * (K * P) + k * P + c
     nb, k, l = ctx.var("nb"), ctx.var("k"), ctx.var("l")
     first = nb * blk   # a block lies in one panel
-    fill = _loops([(nb, L.Const(N // blk, L.INDEX)), (k, L.Const(K, L.INDEX)), (l, L.Const(blk, L.INDEX))],
+    fill = L.nest([(nb, L.Const(N // blk, L.INDEX)), (k, L.Const(K, L.INDEX)), (l, L.Const(blk, L.INDEX))],
                   L.Store(buf, at(k, first / L.Const(P, L.INDEX), first - first / L.Const(P, L.INDEX) * P + l),
                           w(k, first + l)))
     return buf, fill, P, at
@@ -166,7 +160,7 @@ class ScatterRows(Op):
         g_t, tok_t = (v.type for v in node.inputs)
         rows, dim = node.attrs["rows"], g_t.shape[-1]
         r, d = ctx.var("r"), ctx.var("d")
-        zero = _loops([(r, ctx.dim(rows)), (d, ctx.dim(dim))],
+        zero = L.nest([(r, ctx.dim(rows)), (d, ctx.dim(dim))],
                       L.Store(out, flat_index(ctx, [r, d], node.out.type.shape),
                               L.const_like(0, out.dtype)))
         pos = [ctx.var(f"i{k}") for k in range(tok_t.rank)]
@@ -174,7 +168,7 @@ class ScatterRows(Op):
         d2 = ctx.var("d")
         add_row = L.For(d2, ctx.dim(dim), L.Store(
             out, flat_index(ctx, [tok, d2], node.out.type.shape), ins[0](pos + [d2]), accumulate=True))
-        scatter = _loops([(v, ctx.dim(n)) for v, n in zip(pos, tok_t.shape)],
+        scatter = L.nest([(v, ctx.dim(n)) for v, n in zip(pos, tok_t.shape)],
                          L.If(_in_range(tok, 0, ctx.dim(rows)), add_row))
         return L.Seq([zero, scatter])
 
@@ -234,7 +228,7 @@ class SeqProject(Op):
         # rows, where per example its steps' edge would leave partial ones.
         i, p, c = ctx.var("i"), ctx.var("p"), ctx.var("c")
         pos = _unravel(ctx, i, x_t.shape[:-1])
-        product = _loops([(p, L.Const(N // P, L.INDEX)), (i, size_of(ctx, x_t.shape[:-1])),
+        product = L.nest([(p, L.Const(N // P, L.INDEX)), (i, size_of(ctx, x_t.shape[:-1])),
                           (c, L.Const(P, L.INDEX))], L.Store(
             out, i * N + p * P + c,
             _dot(ctx, L.Const(K, L.INDEX), lambda kk: ins[0](pos + [kk]) * L.Load(panels, at(kk, p, c)))))
@@ -258,7 +252,7 @@ class SumSteps(Op):
         pos = [ctx.var(f"i{j}") for j in range(a_t.rank - 1)]
         width = ctx.dim(a_t.shape[-1])
         zero = L.For(n, width, L.Store(out, n, L.const_like(0, out.dtype)))
-        acc = _loops([(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)] + [(n2, width)],
+        acc = L.nest([(v, ctx.dim(d)) for v, d in zip(pos, a_t.shape)] + [(n2, width)],
                      L.Store(out, n2, ins[0](pos + [n2]), accumulate=True))
         return L.Seq([zero, acc])
 
@@ -296,11 +290,11 @@ class SeqOuter(Op):
                 continue
             buf = ctx.scratch(out.dtype, size_of(ctx, full))
             idx = [ctx.var(f"c{j}") for j in range(len(full))]
-            copies.append(_loops([(i, ctx.dim(d)) for i, d in zip(idx, full)], L.Store(buf, at(idx), read(idx))))
+            copies.append(L.nest([(i, ctx.dim(d)) for i, d in zip(idx, full)], L.Store(buf, at(idx), read(idx))))
             operands.append(lambda ix, buf=buf, at=at: L.Load(buf, at(ix)))
         total = L.Reduce("sum", tuple(pos), tuple(ctx.dim(d) for d in steps),
                          operands[0](pos + [n]) * operands[1](pos + [k]))
-        return L.Seq(copies + [_loops([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
+        return L.Seq(copies + [L.nest([(n, ctx.dim(shape[0])), (k, ctx.dim(shape[1]))],
                                       L.Store(out, flat_index(ctx, [n, k], shape), total))])
 
     def reference(self, a, x):
@@ -557,7 +551,7 @@ class Recurrence(Op):
             col(p, c), whose W_hh[col, k] is weight(k, p, c)."""
             (p, n_panels), col, weight = columns
             c = ctx.var("c")
-            return _loops([(p, n_panels), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
+            return L.nest([(p, n_panels), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
                 pre, b * (G * H) + col(p, c), xp([b, t, col(p, c)]) + b_ih([col(p, c)]) + b_hh([col(p, c)]) + _dot(
                     ctx, L.Const(H, L.INDEX), lambda k: h_prev(b, k) * weight(k, p, c))))
 
@@ -601,7 +595,7 @@ class Recurrence(Op):
             state = ctx.scratch(out.dtype, B_ * (2 * H))
             t, bi, q, p = ctx.var("t"), ctx.var("bi"), ctx.var("q"), ctx.var("p")
             b = b0 + bi
-            clear = _loops([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, b * (2 * H) + q, zero))
+            clear = L.nest([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, b * (2 * H) + q, zero))
             columns = ((p, L.Const(G * H // PW, L.INDEX)), lambda p, c: p * PW + c,
                        lambda k, p, c: L.Load(w_t, w_at(k, p, c)))
             return L.Seq([clear, L.For(t, ctx.dim(T), step(
@@ -690,10 +684,10 @@ class RecurrenceGrad(Op):
                 L.If(L.cmp("<", t, n), L.For(j, L.Const(H, L.INDEX), units)),
                 L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))]))
             # Past an example's length d_pre is zero, so is what reaches h_{t-1}.
-            to_prev_h = _loops([(bi, rows), (k, L.Const(H, L.INDEX))], L.Store(
+            to_prev_h = L.nest([(bi, rows), (k, L.Const(H, L.INDEX))], L.Store(
                 carry, carried(k), _dot(ctx, L.Const(G * H, L.INDEX),
                                         lambda rr: L.Load(out, at(rr)) * w_hh([rr, k]))))
-            clear = _loops([(bi, rows), (c0, L.Const(2 * H, L.INDEX))], L.Store(carry, carried(c0), zero))
+            clear = L.nest([(bi, rows), (c0, L.Const(2 * H, L.INDEX))], L.Store(carry, carried(c0), zero))
             return L.Seq([clear, L.For(s, ctx.dim(T), L.Seq([gates, to_prev_h]))])
 
         return _example_blocks(ctx, B, scan)

@@ -9,11 +9,13 @@ A value is inlined into its consumers when that costs no repeated work:
   reduction), never into one that re-reads it (a matmul, a broadcast).
 So dense + bias + activation becomes one kernel, and so do loss chains.
 Convolutions stay plain register-blocked products for the `tile` pass: the
-zero padding of their input (`pad2d`) is not inlined into them, and a
-convolution is not inlined into a pooling (whose window would make it a max
-of several reductions) or a reshape (whose flat index hides the output row).
+zero padding of their input (`pad2d`, a kernel statement of its own) is not
+inlined into them, and a convolution is not inlined into a pooling (whose
+window would make it a max of several reductions), a reshape (whose flat
+index hides the output row) or a padding.
 An op lowered as a whole statement (`lower_kernel`) is never inlined, and
-counts as a consumer that re-reads its inputs.
+counts as a consumer that re-reads its inputs, except `pad2d`, which reads
+each once (so a pooling is computed inside the padding of its output).
 """
 from __future__ import annotations
 
@@ -39,18 +41,21 @@ REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, AVGPOOL_GRAD, MAXPOOL
 REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
 # Consumers whose most elements are a constant: a reduction inlined into them
 # would be evaluated for every element, even where it is not selected.
-REREADS |= {PLACE_TIME, PAD_LAST, PAD2D}
+REREADS |= {PLACE_TIME, PAD_LAST}
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
-# Consumers whose index forms (a pooling window, a flattened index) would keep
-# a convolution inlined into them from being register-blocked by `tile`.
-UNBLOCKED = POOLS | {RESHAPE}
+# Consumers whose index forms (a pooling window, a flattened index, a copy of
+# rows) would keep a convolution inlined into them from being register-blocked
+# by `tile`.
+UNBLOCKED = POOLS | {RESHAPE, PAD2D}
 
 
 def rereads(n: Node) -> bool:
     """Whether n reads some element of its inputs more than once."""
     if n.op in POOLS:
         return not non_overlapping(n.attrs)
-    return n.op in REREADS
+    if n.op is PAD2D:
+        return False
+    return n.op in REREADS or n.op.lower_kernel is not None
 
 
 def fuse(program: Program) -> Program:
@@ -83,11 +88,10 @@ def plan(fn: Function) -> set[int]:
         if key in pinned or n_users == 0 or n.op.lower_kernel is not None:
             continue
         if has_reduce[key]:
-            ok = n_users == 1 and not any(rereads(u) or u.op.lower_kernel is not None
-                                          or (u.op in UNBLOCKED and has_conv[key]) for u in users)
+            ok = n_users == 1 and not any(rereads(u) or (u.op in UNBLOCKED and has_conv[key])
+                                          for u in users)
         else:
-            ok = (n.op in TRIVIAL or n_users == 1) and not (
-                n.op is PAD2D and any(u.op in CONVS for u in users))
+            ok = n.op in TRIVIAL or n_users == 1
         if ok:
             inlined.add(key)
     return inlined

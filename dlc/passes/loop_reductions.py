@@ -46,9 +46,7 @@ def _hoist(e: L.Expr, pre: list[L.Stmt], accs: list[L.Buffer], counter) -> L.Exp
         zero = L.Const(0, L.INDEX)
         old = L.Load(acc, zero)
         new = old + body if e.kind == "sum" else L.maximum(old, body)
-        loop: L.Stmt = L.Seq(body_pre + [L.Store(acc, zero, new)])
-        for v, ext in reversed(list(zip(e.vars, e.extents))):
-            loop = L.For(v, ext, loop)
+        loop = L.nest(list(zip(e.vars, e.extents)), L.Seq(body_pre + [L.Store(acc, zero, new)]))
         pre += [L.Store(acc, zero, L.const_like(INITS[e.kind], e.dtype)), loop]
         return L.Load(acc, zero)
     if isinstance(e, (L.Const, L.Var)):

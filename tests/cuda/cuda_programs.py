@@ -58,14 +58,17 @@ PROGRAMS = {
     "cross_entropy": classifier("cross_entropy", 'dense(h, 3, name="out")'),
     "bce": classifier("bce", 'sigmoid(dense(h, 3, name="out"))'),
     # Pools of every lowering (avgpool, 3x3 stride-1 maxpool saves argmax
-    # indices), global pooling, concat (its gradient slices), flatten.
+    # indices), global pooling, concat (its gradient slices), flatten; a
+    # strided padded convolution (its input gradient is cropped).
     "cnn": """
 model m {
     input x: f32[batch, 2, 7, 7]
     a = conv2d(x, 3, 3, padding=1, name="c1") |> relu |> maxpool(3, stride=1, padding=1)
     b = avgpool(x, 2, stride=1, padding=1) |> conv2d(2, (2, 2), name="c2")
+    c = conv2d(x, 3, 1, name="c0") |> conv2d(4, 3, stride=2, padding=1, name="c3")
     h = concat(a, b, axis=1)
-    output y = dense(flatten(global_avgpool(h)) + flatten(avgpool(h, 7)), 4, name="out")
+    z = dense(flatten(global_avgpool(c)), 4, name="out2")
+    output y = dense(flatten(global_avgpool(h)) + flatten(avgpool(h, 7)), 4, name="out") + z
 }
 train g {
     input x: f32[batch, 2, 7, 7]

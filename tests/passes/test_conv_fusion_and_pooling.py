@@ -71,7 +71,26 @@ def test_overlapping_pool_is_not_fused_with_its_producer():
     assert [n.split("_")[0] for n in names] == ["pad2d", "relu", "reshape"]
 
 
-@pytest.mark.parametrize("pool", ["maxpool(h, 2)", "maxpool(h, 3, stride=1, padding=1)"])
+POOL_THEN_CONV = 'maxpool(h, 2) |> conv2d(4, 3, padding=1, name="d")'
+
+
+def test_pool_is_computed_inside_the_next_convs_padding():
+    """A pooling read by a padded conv is inlined into the pad2d kernel
+    (read once per element, the border not at all); the pad kernels copy
+    their rows with stride-1 vector stores, without selects."""
+    from tests.passes.helpers import loops_after
+    names = [k.name for k in kernels(driver.build(net(POOL_THEN_CONV)), "m")]
+    assert [n.split("_")[0] for n in names] == ["pad2d", "relu", "pad2d", "add", "reshape"]
+    prog = loops_after(net(POOL_THEN_CONV), "vectorize")
+    pads = [k for k in next(e for e in prog.entries if e.name == "m").kernels if k.name.startswith("pad2d")]
+    for k in pads:
+        assert not any(isinstance(x, L.Select) for e in L.exprs_of(k.body) for x in L.subexprs(e))
+    first_rows = [s for s in L.stmts_of(pads[0].body) if isinstance(s, L.For) and s.kind == "vectorized"
+                  and isinstance(s.body, L.Store) and isinstance(s.body.value, L.Load)]
+    assert first_rows
+
+
+@pytest.mark.parametrize("pool", ["maxpool(h, 2)", "maxpool(h, 3, stride=1, padding=1)", POOL_THEN_CONV])
 def test_fuse_keeps_the_numbers(pool, monkeypatch):
     (y1, g1, _), (y2, g2, _) = run_both(net(pool), monkeypatch, "fuse")
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
