@@ -1,0 +1,136 @@
+"""Winograd convolution: 3x3 convolutions of stride 1 (dilation 1, one
+group, f32) become `winograd_input` + `winograd_conv2d` (dlc/ops/winograd.py),
+F(2x2, 3x3): 2.25x fewer multiplies than the direct convolution.
+
+The pass runs after autodiff, on every entry: the forward values of a
+train entry's convolutions come from Winograd too, while their gradients
+were already built from conv2d's own rule (which reads conv2d's inputs and
+the output gradient, never its output). It absorbs what `fuse` would have
+fused into the convolution's kernel: the bias add (`add(y,
+broadcast_to(reshape(bias)))`, as conv2d builds it) and a relu after it,
+each only where the value before it has no other reader and is not an
+output or an assign (a train entry's relu reads its own output in the
+backward pass, so it is absorbed there too). Nodes left unused are dropped.
+
+Where it pays (measured with benchmarks/conv_layers.py on the 2-core AMD
+Zen 4 with AVX-512, batch 64 and 1): with at least MIN_CHANNELS input
+channels and filters. With few channels (the 3-channel first layer of an
+image network) the per-tile transforms cost more than the products they
+save. The pass is for the cpu target (the driver runs it there only).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+from ..ir.graph import Function, Node, Program, Value
+from ..ops.conv import CONV2D
+from ..ops.elementwise import ADD, RELU
+from ..ops.shape import BROADCAST_TO, RESHAPE
+from ..ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
+from .graph_dce import eliminate_dead_code
+
+MIN_CHANNELS = 16
+# Output tiles per chunk and the bytes of a chunk's transformed input and
+# products (16 * (channels + filters) * tiles floats): they stay in L2.
+CHUNK_TILES = 64
+CHUNK_BYTES = 512 * 1024
+
+
+def eligible(n: Node) -> bool:
+    x, w = n.inputs
+    a = n.attrs
+    return (a["kernel"] == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
+            and a["groups"] == 1 and a["padding"] == (0, 0) and x.type.dtype == "f32"
+            and x.type.shape[1] >= MIN_CHANNELS and w.type.shape[0] >= MIN_CHANNELS)
+
+
+def chunk_rows(th: int, tw: int, channels: int, filters: int) -> int:
+    """Tile rows per chunk: the most that divide th within CHUNK_TILES and
+    CHUNK_BYTES, leaving at least two chunks per image (two tasks at batch 1)."""
+    fits = [r for r in range(1, th + 1) if th % r == 0 and r * tw <= CHUNK_TILES
+            and 16 * (channels + filters) * r * tw * 4 <= CHUNK_BYTES and (th // r >= 2 or th == 1)]
+    return max(fits, default=1)
+
+
+def winograd(program: Program) -> Program:
+    """Replace eligible convolutions (pure: returns a new program)."""
+    out = replace(program, functions={})
+    for fn in program.functions.values():
+        out.functions[fn.name] = _function(fn)
+    return eliminate_dead_code(out)
+
+
+def _bias(v: Value, filters: int) -> Value | None:
+    """b where v = broadcast_to(reshape(b, (filters, 1, 1))), b of [filters]."""
+    if v.node is None or v.node.op is not BROADCAST_TO:
+        return None
+    r = v.node.inputs[0]
+    if r.node is None or r.node.op is not RESHAPE or r.type.shape != (filters, 1, 1):
+        return None
+    b = r.node.inputs[0]
+    return b if b.type.shape == (filters,) else None
+
+
+def _function(fn: Function) -> Function:
+    readers = defaultdict(list)
+    for n in fn.nodes:
+        for v in n.inputs:
+            readers[id(v)].append(n)
+    escaping = {id(v) for v in fn.outputs.values()} | {id(v) for _, v in fn.assigns}
+
+    def sole_reader(v: Value, op) -> Node | None:
+        rs = readers[id(v)]
+        ok = len(rs) == 1 and rs[0].op is op and id(v) not in escaping
+        return rs[0] if ok else None
+
+    # id(last node of a replaced chain) -> the nodes in its place
+    plans: dict[int, list[Node]] = {}
+    absorbed: set[int] = set()
+    for n in fn.nodes:
+        if n.op is not CONV2D or not eligible(n):
+            continue
+        x, w = n.inputs
+        filters, (oh, ow) = w.type.shape[0], n.out.type.shape[2:]
+        chain, ins, relu = [n], [w], False
+        add = sole_reader(n.out, ADD)
+        if add is not None and add.out.type == n.out.type:
+            other = add.inputs[1] if add.inputs[0] is n.out else add.inputs[0]
+            b = _bias(other, filters)
+            if b is not None:
+                chain.append(add)
+                ins.append(b)
+                act = sole_reader(add.out, RELU)
+                if act is not None:
+                    chain.append(act)
+                    relu = True
+        th, tw = tiles(oh), tiles(ow)
+        attrs = {"tiles": (th, tw)}
+        layout = Node(WINOGRAD_INPUT, (x,), attrs, WINOGRAD_INPUT.infer([x.type], attrs), n.span)
+        attrs = {"size": (oh, ow), "relu": relu,
+                 "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
+        ins = [layout.out] + ins
+        conv = Node(WINOGRAD_CONV2D, tuple(ins), attrs,
+                    WINOGRAD_CONV2D.infer([v.type for v in ins], attrs), n.span)
+        plans[id(chain[-1])] = [layout, conv]
+        absorbed.update(id(m) for m in chain[:-1])
+
+    vmap: dict[int, Value] = {}
+    nodes: list[Node] = []
+    for n in fn.nodes:
+        if id(n) in absorbed:
+            continue
+        if id(n) in plans:
+            nodes += plans[id(n)]
+            vmap[id(n.out)] = plans[id(n)][-1].out
+            continue
+        ins = tuple(vmap.get(id(v), v) for v in n.inputs)
+        if ins != n.inputs:
+            new = Node(n.op, ins, n.attrs, n.out.type, n.span)
+            vmap[id(n.out)] = new.out
+            n = new
+        nodes.append(n)
+    m = lambda v: vmap.get(id(v), v)
+    return Function(**{**fn.__dict__, "nodes": nodes,
+                       "outputs": {k: m(v) for k, v in fn.outputs.items()},
+                       "assigns": [(t, m(v)) for t, v in fn.assigns]})
