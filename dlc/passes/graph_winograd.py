@@ -84,53 +84,54 @@ def _function(fn: Function) -> Function:
         ok = len(rs) == 1 and rs[0].op is op and id(v) not in escaping
         return rs[0] if ok else None
 
-    # id(last node of a replaced chain) -> the nodes in its place
-    plans: dict[int, list[Node]] = {}
+    # id(last node of a replaced chain) -> (the conv2d, its bias or None, relu)
+    plans: dict[int, tuple[Node, Value | None, bool]] = {}
     absorbed: set[int] = set()
     for n in fn.nodes:
         if n.op is not CONV2D or not eligible(n):
             continue
-        x, w = n.inputs
-        filters, (oh, ow) = w.type.shape[0], n.out.type.shape[2:]
-        chain, ins, relu = [n], [w], False
+        chain, bias = [n], None
         add = sole_reader(n.out, ADD)
         if add is not None and add.out.type == n.out.type:
-            other = add.inputs[1] if add.inputs[0] is n.out else add.inputs[0]
-            b = _bias(other, filters)
-            if b is not None:
+            bias = _bias(add.inputs[1] if add.inputs[0] is n.out else add.inputs[0], n.out.type.shape[1])
+            if bias is not None:
                 chain.append(add)
-                ins.append(b)
                 act = sole_reader(add.out, RELU)
                 if act is not None:
                     chain.append(act)
-                    relu = True
-        th, tw = tiles(oh), tiles(ow)
-        attrs = {"tiles": (th, tw)}
-        layout = Node(WINOGRAD_INPUT, (x,), attrs, WINOGRAD_INPUT.infer([x.type], attrs), n.span)
-        attrs = {"size": (oh, ow), "relu": relu,
-                 "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
-        ins = [layout.out] + ins
-        conv = Node(WINOGRAD_CONV2D, tuple(ins), attrs,
-                    WINOGRAD_CONV2D.infer([v.type for v in ins], attrs), n.span)
-        plans[id(chain[-1])] = [layout, conv]
+        plans[id(chain[-1])] = (n, bias, chain[-1].op is RELU)
         absorbed.update(id(m) for m in chain[:-1])
 
     vmap: dict[int, Value] = {}
+    m = lambda v: vmap.get(id(v), v)
     nodes: list[Node] = []
     for n in fn.nodes:
         if id(n) in absorbed:
             continue
         if id(n) in plans:
-            nodes += plans[id(n)]
-            vmap[id(n.out)] = plans[id(n)][-1].out
+            conv, bias, relu = plans[id(n)]
+            new = _replacement(m(conv.inputs[0]), m(conv.inputs[1]), None if bias is None else m(bias), relu, conv)
+            nodes += new
+            vmap[id(n.out)] = new[-1].out
             continue
-        ins = tuple(vmap.get(id(v), v) for v in n.inputs)
+        ins = tuple(m(v) for v in n.inputs)
         if ins != n.inputs:
             new = Node(n.op, ins, n.attrs, n.out.type, n.span)
             vmap[id(n.out)] = new.out
             n = new
         nodes.append(n)
-    m = lambda v: vmap.get(id(v), v)
     return Function(**{**fn.__dict__, "nodes": nodes,
                        "outputs": {k: m(v) for k, v in fn.outputs.items()},
                        "assigns": [(t, m(v)) for t, v in fn.assigns]})
+
+
+def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node) -> list[Node]:
+    """winograd_input and winograd_conv2d in place of conv (+ bias, relu)."""
+    filters, (oh, ow) = w.type.shape[0], conv.out.type.shape[2:]
+    th, tw = tiles(oh), tiles(ow)
+    attrs = {"tiles": (th, tw)}
+    layout = Node(WINOGRAD_INPUT, (x,), attrs, WINOGRAD_INPUT.infer([x.type], attrs), conv.span)
+    attrs = {"size": (oh, ow), "relu": relu, "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
+    ins = (layout.out, w) + ((bias,) if bias is not None else ())
+    return [layout, Node(WINOGRAD_CONV2D, ins, attrs, WINOGRAD_CONV2D.infer([v.type for v in ins], attrs),
+                         conv.span)]
