@@ -31,6 +31,9 @@ from ..ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
 from .graph_dce import eliminate_dead_code
 
 MIN_CHANNELS = 16
+# Below this many tiles per chunk (outputs smaller than 8x8) the products are
+# too narrow for the tile pass's vectors.
+MIN_CHUNK_TILES = 16
 # Output tiles per chunk and the bytes of a chunk's transformed input and
 # products (16 * (channels + filters) * tiles floats): they stay in L2.
 CHUNK_TILES = 64
@@ -42,15 +45,23 @@ def eligible(n: Node) -> bool:
     a = n.attrs
     return (a["kernel"] == (3, 3) and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
             and a["groups"] == 1 and a["padding"] == (0, 0) and x.type.dtype == "f32"
-            and x.type.shape[1] >= MIN_CHANNELS and w.type.shape[0] >= MIN_CHANNELS)
+            and x.type.shape[1] >= MIN_CHANNELS and w.type.shape[0] >= MIN_CHANNELS
+            and _chunk_tiles(n) >= MIN_CHUNK_TILES)
+
+
+def _chunk_tiles(n: Node) -> int:
+    (oh, ow), (_, c, _, _), k = n.out.type.shape[2:], n.inputs[0].type.shape, n.inputs[1].type.shape[0]
+    return chunk_rows(tiles(oh), tiles(ow), c, k) * tiles(ow)
 
 
 def chunk_rows(th: int, tw: int, channels: int, filters: int) -> int:
-    """Tile rows per chunk: the most that divide th within CHUNK_TILES and
-    CHUNK_BYTES, leaving at least two chunks per image (two tasks at batch 1)."""
-    fits = [r for r in range(1, th + 1) if th % r == 0 and r * tw <= CHUNK_TILES
-            and 16 * (channels + filters) * r * tw * 4 <= CHUNK_BYTES and (th // r >= 2 or th == 1)]
-    return max(fits, default=1)
+    """Tile rows per chunk: a divisor of th within CHUNK_TILES tiles and
+    CHUNK_BYTES; the most that leave at least two chunks per image (two
+    tasks at batch 1) with MIN_CHUNK_TILES tiles, else the most."""
+    fits = [r for r in range(1, th + 1) if th % r == 0 and r * tw <= max(CHUNK_TILES, tw)
+            and 16 * (channels + filters) * r * tw * 4 <= CHUNK_BYTES]
+    shared = [r for r in fits if th // r >= 2 and r * tw >= MIN_CHUNK_TILES]
+    return max(shared or fits or [1])
 
 
 def winograd(program: Program) -> Program:
