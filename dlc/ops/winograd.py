@@ -12,12 +12,13 @@ the sum over channels is a matrix product M[xi] = U[xi] (K x C) @ V[xi]
 The `winograd` graph pass (dlc/passes/graph_winograd.py) puts two ops in
 place of a conv2d (and its bias add and relu):
 
-- `winograd_input`: the convolution's (padded) input in the layout the
-  input transform reads with vector loads, columns split by parity:
-  xw[n, c, y, p, q] = x[n, c, y, 2q + p], zero past x's end, sized for
-  whole tiles (2 * tiles + 2 rows, tiles + 1 columns of each parity). The
-  4x4 patch of tile (ty, tx) is then rows 2ty.. of columns q = tx, tx + 1
-  of each parity: contiguous in tx.
+- `winograd_input`: the convolution's input, zero-padded (conv2d's
+  `pad2d` folds into it), in the layout the input transform reads with
+  vector loads, columns split by parity: xw[n, c, y, p, q] = padded
+  x[n, c, y, 2q + p], zero past its end, sized for whole tiles
+  (2 * tiles + 2 rows, tiles + 1 columns of each parity). The 4x4 patch of
+  tile (ty, tx) is then rows 2ty.. of columns q = tx, tx + 1 of each
+  parity: contiguous in tx.
 - `winograd_conv2d` (xw, weight[, bias], relu): one kernel (`lower_kernel`):
   U = G g G^T for all filters and channels into scratch, then in parallel
   over chunks of `rows` tile rows of one image (T = rows * tiles per row
@@ -43,7 +44,6 @@ from ..ir import loops as L
 from ..ir.graph import TensorType
 from ..lower import flat_index
 from .base import Op, register
-from .conv import clamp, guarded
 
 # The F(2x2, 3x3) transforms (Lavin and Gray's B^T, G, A^T).
 BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -88,28 +88,55 @@ def tiles(size: int) -> int:
 
 
 class WinogradInput(Op):
-    """x [n, c, h, w] -> [n, c, 2*th + 2, 2, tw + 1]: x[n, c, y, 2q + p] at
-    [n, c, y, p, q], zero past x (attrs: tiles = (th, tw))."""
+    """x [n, c, h, w] zero-padded by `padding` (ph, pw) on each side and
+    laid out as [n, c, 2*th + 2, 2, tw + 1]: padded x[n, c, y, 2q + p] at
+    [n, c, y, p, q], zero past its end (attrs: padding, tiles = (th, tw)).
+
+    Lowered as loops over rows (`lower_kernel`): zero rows, and per row of
+    x and parity three spans of columns, zeros, x's (loads of stride 2: a
+    vector load pair and a shuffle) and zeros, so no load needs a bounds
+    check (a select on a clamped index would make it a gather)."""
     name = "winograd_input"
 
     def infer(self, ins, attrs) -> TensorType:
         x, (th, tw) = ins[0], attrs["tiles"]
         return TensorType(x.dtype, x.shape[:2] + (2 * th + 2, 2, tw + 1))
 
-    def lower(self, ctx, idx, ins, node) -> L.Expr:
-        n, c, y, p, q = idx
-        h, w = node.inputs[0].type.shape[2:]
-        th, tw = node.attrs["tiles"]
-        xcol = q * 2 + p
-        high_y, high_x = 2 * th + 2 > h, 2 * tw + 2 > w
-        conds = [L.cmp("<", y, h)] * high_y + [L.cmp("<", xcol, w)] * high_x
-        return guarded(ins[0]([n, c, clamp(y, False, high_y, h), clamp(xcol, False, high_x, w)]), conds, 0)
+    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
+        N, C, H, W = node.inputs[0].type.shape
+        (ph, pw), (th, tw) = node.attrs["padding"], node.attrs["tiles"]
+        rows, cols = 2 * th + 2, tw + 1
+        I = lambda v: L.Const(v, L.INDEX)
+        zero = L.const_like(0, out.dtype)
 
-    def reference(self, x, *, tiles):
-        th, tw = tiles
+        def image_rows(first: int, count: int, fill) -> L.Stmt:
+            n, c, y = ctx.var("n"), ctx.var("c"), ctx.var("y")
+            at = lambda p, q: flat_index(ctx, [n, c, y + first, p, q], node.out.type.shape)
+            return L.loop(n, ctx.dim(N), L.loop(c, I(C), L.loop(y, I(count), fill(n, c, y, at))))
+
+        def zeros(n, c, y, at):
+            j = ctx.var("j")   # both parities: 2 * cols contiguous elements
+            return L.For(j, I(2 * cols), L.Store(out, at(I(0), j), zero))
+
+        def data(n, c, y, at):
+            spans = []
+            for p in (0, 1):
+                lo, hi = (pw - p + 1) // 2, (W + pw - p + 1) // 2   # q with 0 <= 2q + p - pw < W
+                for start, end, value in ((0, lo, lambda q: zero),
+                                          (lo, hi, lambda q, p=p: ins[0]([n, c, y, q * 2 + (p - pw)])),
+                                          (hi, cols, lambda q: zero)):
+                    q = ctx.var("q")
+                    spans.append(L.loop(q, I(end - start), L.Store(out, at(I(p), q + start), value(q + start))))
+            return L.Seq(spans)
+
+        return L.Seq([image_rows(0, ph, zeros), image_rows(ph, H, data),
+                      image_rows(ph + H, rows - ph - H, zeros)])
+
+    def reference(self, x, *, padding, tiles):
+        (ph, pw), (th, tw) = padding, tiles
         n, c, h, w = x.shape
         xp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), x.dtype)
-        xp[:, :, :h, :w] = x
+        xp[:, :, ph:ph + h, pw:pw + w] = x
         return xp.reshape(n, c, 2 * th + 2, tw + 1, 2).transpose(0, 1, 2, 4, 3).copy()
 
 

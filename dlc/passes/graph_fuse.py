@@ -13,9 +13,7 @@ zero padding of their input (`pad2d`) is not inlined into them, and a
 convolution is not inlined into a pooling (whose window would make it a max
 of several reductions) or a reshape (whose flat index hides the output row).
 An op lowered as a whole statement (`lower_kernel`) is never inlined, and
-counts as a consumer that re-reads its inputs. A Winograd convolution's
-input layout (`winograd_input`) stays stored: the convolution reads it with
-vector loads, each element in up to four tiles.
+counts as a consumer that re-reads its inputs.
 """
 from __future__ import annotations
 
@@ -32,7 +30,6 @@ from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_G
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
 from ..ops.sequence import PAD_LAST, PLACE_TIME
 from ..ops.shape import BROADCAST_TO, RESHAPE, SUM_TO
-from ..ops.winograd import WINOGRAD_CONV2D
 
 CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
 POOLS = {MAXPOOL, AVGPOOL}
@@ -90,8 +87,7 @@ def plan(fn: Function) -> set[int]:
                                           or (u.op in UNBLOCKED and has_conv[key]) for u in users)
         else:
             ok = (n.op in TRIVIAL or n_users == 1) and not (
-                n.op is PAD2D and any(u.op in CONVS for u in users)) and not (
-                any(u.op is WINOGRAD_CONV2D for u in users))
+                n.op is PAD2D and any(u.op in CONVS for u in users))
         if ok:
             inlined.add(key)
     return inlined

@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from ..ir.graph import Function, Node, Program, Value
-from ..ops.conv import CONV2D
+from ..ops.conv import CONV2D, PAD2D
 from ..ops.elementwise import ADD, RELU
 from ..ops.shape import BROADCAST_TO, RESHAPE
 from ..ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
@@ -140,7 +140,12 @@ def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node)
     """winograd_input and winograd_conv2d in place of conv (+ bias, relu)."""
     filters, (oh, ow) = w.type.shape[0], conv.out.type.shape[2:]
     th, tw = tiles(oh), tiles(ow)
-    attrs = {"tiles": (th, tw)}
+    # conv2d's own zero padding folds into the layout (a pad2d that other
+    # nodes read, the weight gradient in training, stays for them).
+    padding = (0, 0)
+    if x.node is not None and x.node.op is PAD2D and min(x.node.attrs["padding"]) >= 0:
+        x, padding = x.node.inputs[0], x.node.attrs["padding"]
+    attrs = {"padding": padding, "tiles": (th, tw)}
     layout = Node(WINOGRAD_INPUT, (x,), attrs, WINOGRAD_INPUT.infer([x.type], attrs), conv.span)
     attrs = {"size": (oh, ow), "relu": relu, "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
     ins = (layout.out, w) + ((bias,) if bias is not None else ())
