@@ -22,8 +22,9 @@ place of a conv2d (and its bias add and relu):
 - `winograd_conv2d` (xw, weight[, bias], relu): one kernel (`lower_kernel`):
   U = G g G^T for all filters and channels into scratch, then in parallel
   over chunks of `rows` tile rows of one image (T = rows * tiles per row
-  tiles), per chunk in a local buffer (V and M stay in L2: unchunked, the
-  transformed tiles of a batch of 64 are 100+ MB): the input transform
+  tiles), per chunk in its task's scratch (V and M, at most the pass's
+  CHUNK_BYTES, stay in L2: unchunked, the transformed tiles of a batch of
+  64 are 100+ MB): the input transform
   V[xi][c][t], the 16 products M[xi][k][t] (plain product nests that the
   `tile` pass register-blocks), and the output transform A^T m A (+ bias,
   relu) into y, two output columns per tile stored together (an
@@ -44,6 +45,7 @@ from ..ir import loops as L
 from ..ir.graph import TensorType
 from ..lower import flat_index
 from .base import Op, register
+from .conv import CONV2D
 
 # The F(2x2, 3x3) transforms (Lavin and Gray's B^T, G, A^T).
 BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -80,6 +82,11 @@ def _sandwich(left, right, d) -> list[list[L.Expr]]:
 # and streams a multiple of 4 KB apart would share one L1 set (measured: the
 # filter transform of 64x64 filters ran 10x slower).
 XI_PAD = 16
+# Parallel tasks of a convolution, each with its chunk's V and M in
+# workspace (SLOTS times at most the pass's CHUNK_BYTES): enough to share
+# out over the threads of a larger machine too. (Local buffers would be
+# unsafe: a product's ragged edge tile stores whole vectors into locals.)
+SLOTS = 16
 
 
 def tiles(size: int) -> int:
@@ -172,33 +179,39 @@ class WinogradConv2d(Op):
         filt = L.For(k, I(K), L.For(c, I(C), L.Seq([
             L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j]) for i in range(4) for j in range(4)])))
 
-        ch = ctx.var("chunk")
+        # Chunks are shared out over SLOTS parallel tasks (fewer when there are
+        # fewer chunks), each with its own V and M in workspace (task slot
+        # `slot`, its chunks slot, slot + P, ...).
+        slot, i_ch = ctx.var("slot"), ctx.var("i")
         per_image = th // R
+        n_chunks = ctx.dim(N) * per_image
+        P = L.minimum(I(SLOTS), n_chunks)
+        ch = slot + i_ch * P
         n = ch / I(per_image)
         ty0 = (ch - n * per_image) * R
-        V = L.Buffer("wino_v", dtype, "local", -1, I(16 * sv))
-        M = L.Buffer("wino_m", dtype, "local", -1, I(16 * sm))
+        V, M = ctx.scratch(dtype, I(SLOTS * 16 * sv)), ctx.scratch(dtype, I(SLOTS * 16 * sm))
+        v0, m0 = slot * (16 * sv), slot * (16 * sm)
 
         # V[xi][c][t] = (B^T d B)[xi], t = r * tw + tx: one vector store per
         # xi, the patch's loads contiguous in tx.
         c1, r1, tx1 = ctx.var("c"), ctx.var("r"), ctx.var("tx")
         v = _sandwich(BT, BT, lambda rr, s: xw([n, c1, (ty0 + r1) * 2 + rr, I(s % 2), tx1 + s // 2]))
         inputs = L.For(c1, I(C), L.For(r1, I(R), L.Seq([
-            L.For(tx1, I(tw), L.Store(V, (i * 4 + j) * sv + c1 * T + r1 * tw + tx1, v[i][j]))
+            L.For(tx1, I(tw), L.Store(V, v0 + (i * 4 + j) * sv + c1 * T + r1 * tw + tx1, v[i][j]))
             for i in range(4) for j in range(4)])))
 
         # M[xi][k][t] = sum_c U[xi][k][c] * V[xi][c][t]: the tile pass's
         # `outer` form (t contiguous in M and V, blocked k).
         xi, k2, t, c2 = ctx.var("xi"), ctx.var("k"), ctx.var("t"), ctx.var("c")
         products = L.For(xi, I(16), L.For(k2, I(K), L.For(t, I(T), L.Store(
-            M, xi * sm + k2 * T + t, L.Reduce("sum", (c2,), (I(C),),
-                                              L.Load(U, xi * su + k2 * C + c2) * L.Load(V, xi * sv + c2 * T + t))))))
+            M, m0 + xi * sm + k2 * T + t, L.Reduce("sum", (c2,), (I(C),),
+                                                   L.Load(U, xi * su + k2 * C + c2) * L.Load(V, v0 + xi * sv + c2 * T + t))))))
 
         # y = A^T m A (+ bias, relu): per output row, columns 2tx and
         # 2tx + 1 stored by one loop (to the last whole pair), then the odd
         # last column; the odd last row is skipped.
         k3, r3, tx3 = ctx.var("k"), ctx.var("r"), ctx.var("tx")
-        at = lambda i, j, txe: L.Load(M, (i * 4 + j) * sm + k3 * T + r3 * tw + txe)
+        at = lambda i, j, txe: L.Load(M, m0 + (i * 4 + j) * sm + k3 * T + r3 * tw + txe)
 
         def value(a, b, txe):
             e = _sandwich(AT, AT, lambda i, j: at(i, j, txe))[a][b]
@@ -218,12 +231,11 @@ class WinogradConv2d(Op):
             return L.If(L.cmp("<", oy, OH), body) if OH % 2 and a == 1 else body
 
         outputs = L.For(k3, I(K), L.For(r3, I(R), L.Seq([row(0), row(1)])))
-        chunk = L.Allocate(V, L.Allocate(M, L.Seq([inputs, products, outputs])))
-        chunks = L.For(ch, ctx.dim(N) * per_image, chunk, "parallel", I(1))
-        return L.Seq([filt, chunks])
+        chunk = L.Seq([inputs, products, outputs])
+        tasks = L.For(slot, P, L.For(i_ch, (n_chunks - slot + (P - 1)) / P, chunk), "parallel", I(1))
+        return L.Seq([filt, tasks])
 
     def reference(self, xw, w, bias=None, *, size, relu, rows):
-        from .conv import CONV2D
         n, c, rows_in, _, tw1 = xw.shape
         x = xw.transpose(0, 1, 2, 4, 3).reshape(n, c, rows_in, 2 * tw1)
         oh, ow = size
