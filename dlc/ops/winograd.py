@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..codegen.compiler import vector_registers
 from ..ir import loops as L
 from ..ir.graph import TensorType
 from ..lower import flat_index
@@ -174,10 +175,19 @@ class WinogradConv2d(Op):
         # U[xi][k][c] = (G g G^T)[xi], per call (the weights may change).
         su, sv, sm = K * C + XI_PAD, C * T + XI_PAD, K * T + XI_PAD   # xi strides
         U = ctx.scratch(dtype, I(16 * su))
-        k, c = ctx.var("k"), ctx.var("c")
-        u = _sandwich(G, G, lambda a, b: w([k, c, I(a), I(b)]))
-        filt = L.For(k, I(K), L.For(c, I(C), L.Seq([
-            L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j]) for i in range(4) for j in range(4)])))
+        # Per filter, W channels at once (a vector of each of the 16 U
+        # values, the taps gathered), then the rest one by one.
+        W = vector_registers()[0] // L.DTYPE_BYTES[dtype]
+        k = ctx.var("k")
+
+        def filters_at(c: L.Expr) -> L.Stmt:
+            u = _sandwich(G, G, lambda a, b: w([k, c, I(a), I(b)]))
+            return L.Seq([L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j]) for i in range(4) for j in range(4)])
+
+        cv, lane, ct = ctx.var("cv"), ctx.var("l"), ctx.var("ct")
+        filt = L.For(k, I(K), L.Seq([
+            L.loop(cv, I(C // W), L.For(lane, I(W), filters_at(cv * W + lane), "vectorized")),
+            L.loop(ct, I(C % W), filters_at(ct + (C // W) * W))]))
 
         # Chunks are shared out over SLOTS parallel tasks (fewer when there are
         # fewer chunks), each with its own V and M in workspace (task slot

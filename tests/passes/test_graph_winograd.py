@@ -130,3 +130,18 @@ def test_numbers_match_the_program_without_it(monkeypatch, vector):
     l1 = with_pass.train("fit", x=x, t=t)
     l2 = without.train("fit", x=x, t=t)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
+
+
+def test_input_layout_reads_with_vector_loads():
+    """winograd_input folds conv2d's padding into spans of plain loads: its
+    vectorized loops read x with stride 2 (rendered as two vector loads and
+    a shuffle), no selects."""
+    loops = loops_after(SRC, "vectorize")
+    layouts = [k for name, k in kernels(loops, "cnn").items() if name.startswith("winograd_input")]
+    assert len(layouts) == 2
+    for k in layouts:
+        vec = [s for s in L.stmts_of(k.body) if isinstance(s, L.For) and s.kind == "vectorized"]
+        loads = [x for s in vec for e in L.exprs_of(s.body) for x in L.subexprs(e) if isinstance(x, L.Load)]
+        assert loads and all(L.stride_of(x.index, s.var) == 2 for s in vec
+                             for e in L.exprs_of(s.body) for x in L.subexprs(e) if isinstance(x, L.Load))
+        assert not any(isinstance(x, L.Select) for e in L.exprs_of(k.body) for x in L.subexprs(e))
