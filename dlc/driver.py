@@ -66,6 +66,7 @@ def graph_passes(target: str) -> list[tuple[str, Callable[[G.Program], G.Program
     """The graph passes `target` runs, in order."""
     return [(n, p) for n, p in GRAPH_PASSES if target in GRAPH_PASS_TARGETS.get(n, TARGETS)]
 
+
 PASS_NAMES = (["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"]
               + list(dict.fromkeys(n for t in TARGETS for n, _ in LOOP_PASSES[t])) + ["render"])
 
