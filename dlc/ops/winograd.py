@@ -190,15 +190,14 @@ class WinogradConv2d(Op):
             L.loop(ct, I(C % W), filters_at(ct + (C // W) * W))]))
 
         # Chunks are shared out over SLOTS parallel tasks (fewer when there are
-        # fewer chunks), each with its own V and M in workspace (task slot
-        # `slot`, its chunks slot, slot + P, ...).
-        slot, i_ch = ctx.var("slot"), ctx.var("i")
+        # fewer chunks), each with its own V and M in workspace: task `slot`
+        # takes chunks slot, slot + P, ... (image n, tile rows from ty0: loop
+        # variables, so that the many loads' indices stay short).
+        slot, n, cy = ctx.var("slot"), ctx.var("n"), ctx.var("cy")
         per_image = th // R
-        n_chunks = ctx.dim(N) * per_image
-        P = L.minimum(I(SLOTS), n_chunks)
-        ch = slot + i_ch * P
-        n = ch / I(per_image)
-        ty0 = (ch - n * per_image) * R
+        P = L.minimum(I(SLOTS), ctx.dim(N) * per_image)
+        ch = n * per_image + cy
+        ty0 = cy * R
         V, M = ctx.scratch(dtype, I(SLOTS * 16 * sv)), ctx.scratch(dtype, I(SLOTS * 16 * sm))
         v0, m0 = slot * (16 * sv), slot * (16 * sm)
 
@@ -242,7 +241,9 @@ class WinogradConv2d(Op):
 
         outputs = L.For(k3, I(K), L.For(r3, I(R), L.Seq([row(0), row(1)])))
         chunk = L.Seq([inputs, products, outputs])
-        tasks = L.For(slot, P, L.For(i_ch, (n_chunks - slot + (P - 1)) / P, chunk), "parallel", I(1))
+        mine = L.cmp("==", ch - (ch / P) * P, slot)
+        tasks = L.For(slot, P, L.For(n, ctx.dim(N), L.For(cy, I(per_image), L.If(mine, chunk))),
+                      "parallel", I(1))
         return L.Seq([filt, tasks])
 
     def reference(self, xw, w, bias=None, *, size, relu, rows):
