@@ -1,6 +1,6 @@
 """The pipeline: one table of named passes from source to shared library.
 
-    parse+check -> autodiff -> dce -> lower_pooling -> fuse   (graph IR)
+    parse+check -> autodiff -> dce -> lower_pooling -> winograd (cpu) -> fuse   (graph IR)
     -> lower -> loop passes of the target:                  (loop IR)
          cpu:  tile -> lower_reductions -> parallelize -> vectorize -> plan_memory
          cuda: lower_reductions -> plan_memory -> tile_gpu -> map_gpu
@@ -34,6 +34,7 @@ from .lower import EntrySlots, lower
 from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
 from .passes.graph_pooling import lower_pooling
+from .passes.graph_winograd import winograd
 from .passes.loop_memory import plan_memory
 from .passes.loop_gpu import map_to_gpu, tile_matmuls
 from .passes.loop_parallel import parallelize
@@ -45,8 +46,11 @@ GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("autodiff", differentiate),
     ("dce", eliminate_dead_code),
     ("lower_pooling", lower_pooling),
+    ("winograd", winograd),
     ("fuse", fuse),
 ]
+# Graph passes that only some targets run (the rest run for all).
+GRAPH_PASS_TARGETS = {"winograd": ("cpu",)}
 LoopPass = tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]
 # The loop passes of each target, in order.
 LOOP_PASSES: dict[str, list[LoopPass]] = {
@@ -56,6 +60,13 @@ LOOP_PASSES: dict[str, list[LoopPass]] = {
              ("tile_gpu", tile_matmuls), ("map_gpu", map_to_gpu)],
 }
 TARGETS = tuple(LOOP_PASSES)
+
+
+def graph_passes(target: str) -> list[tuple[str, Callable[[G.Program], G.Program]]]:
+    """The graph passes `target` runs, in order."""
+    return [(n, p) for n, p in GRAPH_PASSES if target in GRAPH_PASS_TARGETS.get(n, TARGETS)]
+
+
 PASS_NAMES = (["check"] + [n for n, _ in GRAPH_PASSES] + ["lower"]
               + list(dict.fromkeys(n for t in TARGETS for n, _ in LOOP_PASSES[t])) + ["render"])
 
@@ -114,7 +125,7 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
 
     program = timed("check", frontend.parse_program, source, file)
     _log(dump_after, "check", lambda: G.print_program(program), out)
-    for name, p in GRAPH_PASSES:
+    for name, p in graph_passes(target):
         program = timed(name, p, program)
         if verify:
             G.verify(program, name)

@@ -38,8 +38,9 @@ class ExprEmitter:
 
     Inside a vectorized loop (`lanes` = (var, W)) an expression that uses the
     loop's variable becomes a W-lane vector: loads with stride 1 in it are
-    vector loads, other loads are gathered lane by lane, and operands that do
-    not use it stay scalar until combined with a vector (then splatted).
+    vector loads, with stride 2 two vector loads and a shuffle, other loads
+    are gathered lane by lane, and operands that do not use it stay scalar
+    until combined with a vector (then splatted).
     In a loop of min(W, n) lanes, `mask` holds the active ones: loads and
     stores of stride 1 outside local buffers are masked (locals are whole)."""
 
@@ -195,6 +196,16 @@ class ExprEmitter:
             v = self.b.load(p, typ=vt)
             v.align = L.DTYPE_BYTES[e.dtype]
             return v
+        if L.stride_of(e.index, var) == 2 and self.mask is None and w > 1:
+            # Every other element (a stride-2 window, a split by parity):
+            # two vector loads that end at the last lane's element, the even
+            # elements of the first and the odd ones of the second.
+            first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
+            vt = ir.VectorType(TYPES[e.dtype], w)
+            lo, hi = (self.b.load(self.address(e.buf, at), typ=vt) for at in (first, first + (w - 1)))
+            lo.align = hi.align = L.DTYPE_BYTES[e.dtype]
+            pick = [2 * l for l in range(w // 2)] + [w + 2 * l + 1 for l in range(w // 2)]
+            return self.b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, w), pick))
         return self.per_lane(lambda: self.b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype]))
 
     def masked(self, buf: L.Buffer) -> bool:

@@ -13,7 +13,7 @@ from dlc.lower import lower
 def loops_after(src: str, upto: str, target: str = "cpu") -> L.LoopProgram:
     """The loop IR after pass `upto` of `target`'s pipeline (verified)."""
     program = frontend.parse_program(src, "<test>")
-    for _, p in driver.GRAPH_PASSES:
+    for _, p in driver.graph_passes(target):
         program = p(program)
     loops, _ = lower(program, target)
     reduced = False

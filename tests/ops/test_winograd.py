@@ -1,0 +1,75 @@
+"""Winograd convolution F(2x2, 3x3) (dlc/ops/winograd.py), as the `winograd`
+pass puts it in place of 3x3 stride-1 convolutions with at least
+MIN_CHANNELS channels and filters: forward (and the gradients of the train
+entry whose forward convolutions it computes) against PyTorch, for odd and
+even output sizes, batch 1, channel counts that are not multiples of the
+vector width, with and without bias and relu; the ops' NumPy references
+against PyTorch.
+
+Tolerance: fp32 rtol 1e-4, atol 1e-5, as for the direct convolution. The
+transforms add and subtract up to 16 products of both signs, so the rounding
+error grows with the size of the terms, not of the result; with these inputs
+(unit normal, nn.Conv2d's initialisation) the largest error measured is
+about 1e-6.
+"""
+import numpy as np
+import pytest
+import torch
+
+import dlc
+from dlc.ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
+from tests.ops.test_conv_torch import ATOL, RTOL, check
+
+F = torch.nn.functional
+
+
+def compile_conv(c, k, h, w, padding, bias, relu):
+    src = f"""
+model m {{
+    input x: f32[batch, {c}, {h}, {w}]
+    output y = conv2d(x, {k}, 3, padding={padding}, bias={str(bias).lower()}, name="c"){" |> relu" * relu}
+}}
+"""
+    prog = dlc.compile(src)
+    kinds = [k.name.rsplit("_", 1)[0] for e in prog.loops.entries for k in e.kernels]
+    assert "winograd_conv2d" in kinds and "conv2d" not in kinds, kinds
+    return prog
+
+
+@pytest.mark.parametrize("c,k,h,w,padding,bias,relu,n", [
+    (16, 16, 8, 8, 1, True, True, 2),
+    (32, 32, 32, 32, 1, True, True, 3),     # the CIFAR CNN's conv2: 4 chunks per image
+    (17, 20, 7, 9, 1, False, False, 1),     # odd output sizes, batch 1
+    (16, 24, 13, 10, 0, True, False, 2),    # no padding: odd rows, even columns
+    (20, 16, 9, 9, 1, False, True, 1),
+])
+def test_forward_matches_torch(c, k, h, w, padding, bias, relu, n):
+    prog = compile_conv(c, k, h, w, padding, bias, relu)
+    x = np.random.default_rng(0).normal(size=(n, c, h, w)).astype(np.float32)
+    p = {name: torch.tensor(v.copy()) for name, v in prog.params.items()}
+    want = F.conv2d(torch.tensor(x), p["c.weight"], p.get("c.bias"), padding=padding)
+    if relu:
+        want = F.relu(want)
+    np.testing.assert_allclose(prog.run("m", x=x)["y"], want.numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 9, 10), (1, 16, 8, 8)])
+def test_train_entry_forward_and_gradients_match_torch(shape):
+    # The train entry's convolution (bias and relu absorbed) is Winograd;
+    # its gradients come from conv2d's rule.
+    check('conv2d(h, 18, 3, padding=1, name="c") |> relu',
+          lambda h, P: F.relu(F.conv2d(h, P["c.weight"], P["c.bias"], padding=1)), shape)
+
+
+def test_references_match_torch():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 7, 9)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    th, tw = tiles(7), tiles(7)
+    xw = WINOGRAD_INPUT.reference(x, padding=(1, 0), tiles=(th, tw))
+    assert xw.shape == (2, 3, 2 * th + 2, 2, tw + 1)
+    np.testing.assert_array_equal(xw[:, :, 1:8, 1, :4], x[:, :, :, 1::2])
+    y = WINOGRAD_CONV2D.reference(xw, w, b, size=(7, 7), relu=True, rows=1)
+    want = F.relu(F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=(1, 0)))
+    np.testing.assert_allclose(y, want.numpy(), rtol=RTOL, atol=ATOL)
