@@ -30,8 +30,9 @@ def non_overlapping(attrs: dict) -> bool:
     return attrs["stride"] == attrs["kernel"]
 
 
-# Windows up to this many taps find their first maximum with a chain of
-# selects (no reduction loop: the kernel stays elementwise and vectorizes).
+# Windows up to this many taps are pooled, and find their first maximum, by
+# a chain of maxima, sums or selects (no reduction loop: the kernel stays
+# elementwise and vectorizes).
 SELECT_TAPS = 9
 
 
@@ -96,13 +97,25 @@ class Pool(Op):
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         n, c, oh, ow = idx
         wh, ww = windows(node.inputs[0].type.shape[2:], node.attrs)
-        ky, kx = ctx.var("ky"), ctx.var("kx")
-        ih, ch = wh.input_at(oh, ky)
-        iw, cw = ww.input_at(ow, kx)
         fill = float("-inf") if self.kind == "max" else 0.0
-        body = guarded(ins[0]([n, c, ih, iw]), ch + cw, fill)
-        extents = (L.Const(wh.kernel, L.INDEX), L.Const(ww.kernel, L.INDEX))
-        r = L.Reduce("max" if self.kind == "max" else "sum", (ky, kx), extents, body)
+        combine = L.maximum if self.kind == "max" else (lambda a, b: a + b)
+
+        def tap(ky, kx):
+            ih, ch = wh.input_at(oh, ky)
+            iw, cw = ww.input_at(ow, kx)
+            return guarded(ins[0]([n, c, ih, iw]), ch + cw, fill)
+
+        if wh.kernel * ww.kernel <= SELECT_TAPS:
+            # The taps combined in the reduction's order, from the same start:
+            # no loop, so the kernel vectorizes along the output row.
+            r = L.const_like(fill, node.out.type.dtype)
+            for ky in range(wh.kernel):
+                for kx in range(ww.kernel):
+                    r = combine(r, tap(L.Const(ky, L.INDEX), L.Const(kx, L.INDEX)))
+        else:
+            ky, kx = ctx.var("ky"), ctx.var("kx")
+            extents = (L.Const(wh.kernel, L.INDEX), L.Const(ww.kernel, L.INDEX))
+            r = L.Reduce("max" if self.kind == "max" else "sum", (ky, kx), extents, tap(ky, kx))
         return r if self.kind == "max" else r * (1.0 / (wh.kernel * ww.kernel))
 
     def reference(self, x, *, kernel, stride, padding, dilation):

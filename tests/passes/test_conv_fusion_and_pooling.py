@@ -77,7 +77,8 @@ POOL_THEN_CONV = 'maxpool(h, 2) |> conv2d(4, 3, padding=1, name="d")'
 def test_pool_is_computed_inside_the_next_convs_padding():
     """A pooling read by a padded conv is inlined into the pad2d kernel
     (read once per element, the border not at all); the pad kernels copy
-    their rows with stride-1 vector stores, without selects."""
+    their rows with stride-1 vector stores, without selects, and the 2x2
+    pooling (a chain of maxima, no reduction loop) is vectorized too."""
     from tests.passes.helpers import loops_after
     names = [k.name for k in kernels(driver.build(net(POOL_THEN_CONV)), "m")]
     assert [n.split("_")[0] for n in names] == ["pad2d", "relu", "pad2d", "add", "reshape"]
@@ -88,6 +89,9 @@ def test_pool_is_computed_inside_the_next_convs_padding():
     first_rows = [s for s in L.stmts_of(pads[0].body) if isinstance(s, L.For) and s.kind == "vectorized"
                   and isinstance(s.body, L.Store) and isinstance(s.body.value, L.Load)]
     assert first_rows
+    pooled_rows = [s for s in L.stmts_of(pads[1].body) if isinstance(s, L.For) and s.kind == "vectorized"
+                   and "max(" in L.print_stmt(s)]
+    assert pooled_rows
 
 
 @pytest.mark.parametrize("pool", ["maxpool(h, 2)", "maxpool(h, 3, stride=1, padding=1)", POOL_THEN_CONV])
