@@ -5,7 +5,9 @@ sgemm rate and PyTorch's conv2d + relu on the same layer, in one process.
     python benchmarks/conv_layers.py [BATCH]
 
 Each layer of examples/cifar_cnn.dl (3x3, padding 1) runs alone at batch 64
-(default) in inference; FLOPs count 2 per multiply-add of the convolution.
+(default) in inference; FLOPs count 2 per multiply-add of the direct
+convolution, whatever the algorithm (conv2..conv4 compile to Winograd
+F(2x2, 3x3), which does 2.25x fewer: their rate can pass sgemm's).
 numpy's rate is `a @ b` at 1024^3 (the sgemm benchmark's shape). The target
 (issue 4) is every layer at >= 50% of numpy's rate. Threads: DLC_BENCH_THREADS
 (default 2) for every framework.
