@@ -144,11 +144,7 @@ class FunctionLowering:
                 self.buffers[id(v)] = self.tensor_buffer(slot, v)
             else:
                 copies.append((slot, v))
-        readers = defaultdict(list)
-        for n in fn.nodes:
-            for v in n.inputs:
-                readers[id(v)].append(n)
-        escaping = {id(v) for v in fn.outputs.values()} | {id(v) for _, v in fn.assigns}
+        readers, escaping = fn.readers(), fn.escaping()
         for n in fn.nodes:
             if id(n.out) in fn.inlined:
                 continue
@@ -160,7 +156,7 @@ class FunctionLowering:
             name = f"{n.op.name}_{len(self.kernels)}"
             if n.op.lower_kernel is not None:
                 ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.ctx.target,
-                                None if id(n.out) in escaping else readers[id(n.out)])
+                                None if id(n.out) in escaping else readers.get(id(n.out), []))
                 body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
                 self.kernels.append(L.Kernel(name, body))
             elif n.op.same_order_as_input:

@@ -114,6 +114,18 @@ class Function:
     # Node values computed inside their consumers' kernels (graph_fuse).
     inlined: set[int] = field(default_factory=set)
 
+    def readers(self) -> dict[int, list[Node]]:
+        """id(value) -> the nodes that read it, in order (none: absent)."""
+        out: dict[int, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                out.setdefault(id(v), []).append(n)
+        return out
+
+    def escaping(self) -> set[int]:
+        """ids of the values the entry returns or assigns: read after it."""
+        return {id(v) for v in self.outputs.values()} | {id(v) for _, v in self.assigns}
+
 
 @dataclass
 class StateDecl:

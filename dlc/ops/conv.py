@@ -349,10 +349,9 @@ class Pad2d(Op):
         i, j = ctx.var("i"), ctx.var("j")
         at = lambda row, col: flat_index(ctx, lead + [row, col], o_t.shape)
         if ctx.target != "cpu":   # the threads of a launch share out every element
-            inside = L.all_of([L.cmp(">=", i - ph, 0), L.cmp("<", i - ph, h),
-                               L.cmp(">=", j - pw, 0), L.cmp("<", j - pw, w)])
+            inside = [L.cmp(">=", i - ph, 0), L.cmp("<", i - ph, h), L.cmp(">=", j - pw, 0), L.cmp("<", j - pw, w)]
             src = ins[0](lead + [clamp(i - ph, True, True, h), clamp(j - pw, True, True, w)])
-            body = L.Store(out, at(i, j), guarded(src, [inside] if inside is not None else [], 0))
+            body = L.Store(out, at(i, j), guarded(src, inside, 0))
             return L.nest([(v, ctx.dim(d)) for v, d in zip(lead + [i, j], o_t.shape)], body)
         zero = L.const_like(0, out.dtype)
         fill = lambda row, first, n: [L.For(j, L.Const(n, L.INDEX), L.Store(out, at(row, first + j), zero))] * (n > 0)

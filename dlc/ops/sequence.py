@@ -555,11 +555,11 @@ class Recurrence(Op):
                 pre, b * (G * H) + col(p, c), xp([b, t, col(p, c)]) + b_ih([col(p, c)]) + b_hh([col(p, c)]) + _dot(
                     ctx, L.Const(H, L.INDEX), lambda k: h_prev(b, k) * weight(k, p, c))))
 
-        def step(t, b, bi, rows, product, units, h_next, c_at):
-            """Step t of examples b = b0 + bi, bi < rows: `product`, then the
-            cell update of `units` (first unit, count). h_next(b, j) and
-            c_at(b, j) are (buffer, index) of h_t and of c (c_{t-1}, replaced
-            by c_t)."""
+        def step(t, b, bi, rows, pre_acts, units, h_next, c_at):
+            """Step t of examples b = b0 + bi, bi < rows: `pre_acts` (the
+            nest `product` builds), then the cell update of `units` (first
+            unit, count). h_next(b, j) and c_at(b, j) are (buffer, index) of
+            h_t and of c (c_{t-1}, replaced by c_t)."""
             j0, width = units
             at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
             gate = lambda g, j: L.Load(pre, b * (G * H) + g * H + j)
@@ -586,7 +586,7 @@ class Recurrence(Op):
             n = _length(ctx, ins, node, b, T)
             past = [each(lambda j, s=s: L.Store(out, at(s * H + j), zero))
                     for s in range(P // H if keep_all else 1)]
-            return L.Seq([product, L.For(bi, rows, L.Seq([
+            return L.Seq([pre_acts, L.For(bi, rows, L.Seq([
                 L.If(L.cmp("<", t, n), L.Seq(cell_units)), L.If(L.cmp(">=", t, n), L.Seq(past))]))])
 
         def blocks_scan(b0, rows):

@@ -67,10 +67,7 @@ def fuse(program: Program) -> Program:
 
 
 def plan(fn: Function) -> set[int]:
-    consumers: dict[int, list] = {}
-    for n in fn.nodes:
-        for v in n.inputs:
-            consumers.setdefault(id(v), []).append(n)
+    consumers = fn.readers()
     pinned = {id(v) for v in fn.outputs.values()}
     # An assign reads its new value once per element, like an elementwise op.
     assigned = Counter(id(v) for _, v in fn.assigns)

@@ -24,7 +24,6 @@ pass is for the cpu target (the driver runs it there only).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import replace
 
 from ..ir.graph import Function, Node, Program, Value
@@ -88,14 +87,10 @@ def _bias(v: Value, filters: int) -> Value | None:
 
 
 def _function(fn: Function) -> Function:
-    readers = defaultdict(list)
-    for n in fn.nodes:
-        for v in n.inputs:
-            readers[id(v)].append(n)
-    escaping = {id(v) for v in fn.outputs.values()} | {id(v) for _, v in fn.assigns}
+    readers, escaping = fn.readers(), fn.escaping()
 
     def sole_reader(v: Value, op) -> Node | None:
-        rs = readers[id(v)]
+        rs = readers.get(id(v), [])
         ok = len(rs) == 1 and rs[0].op is op and id(v) not in escaping
         return rs[0] if ok else None
 
@@ -147,7 +142,7 @@ def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node)
     # conv2d's own zero padding folds into the layout (a pad2d that other
     # nodes read, the weight gradient in training, stays for them).
     padding = (0, 0)
-    if x.node is not None and x.node.op is PAD2D and min(x.node.attrs["padding"]) >= 0:
+    if x.node is not None and x.node.op is PAD2D:
         x, padding = x.node.inputs[0], x.node.attrs["padding"]
     attrs = {"padding": padding, "tiles": (th, tw)}
     layout = Node(WINOGRAD_INPUT, (x,), attrs, WINOGRAD_INPUT.infer([x.type], attrs), conv.span)
