@@ -9,7 +9,8 @@ pass no graph op survives; `Reduce` expressions remain until
 `lower_reductions`.
 
 The tensor table (what the runtime sees) is laid out here: parameters,
-optimizer states, then each entry's inputs and outputs.
+optimizer states, then each entry's inputs and outputs, and the caches its
+kernels ask for (state rows too: see `KernelCtx`).
 """
 from __future__ import annotations
 
@@ -65,14 +66,19 @@ class LowerCtx:
 
 class KernelCtx(LowerCtx):
     """What a statement-level lowering (`Op.lower_kernel`) may also ask for:
-    scratch workspace that lives for its kernel only, and the nodes that
-    read its output (None when the entry also returns or assigns it), so an
-    op may leave out parts that no reader uses."""
+    scratch workspace that lives for its kernel only; a cache, a buffer the
+    session keeps from call to call (zeroed when it starts), shared by every
+    entry that asks for the same name, for values derived from params (it
+    is the op's to check that they still match); and the nodes that read
+    its output (None when the entry also returns or assigns it), so an op
+    may leave out parts that no reader uses."""
 
     def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer],
-                 target: str = "cpu", readers: list[Node] | None = None):
+                 cache: Callable[[str, str, int], L.Buffer], target: str = "cpu",
+                 readers: list[Node] | None = None):
         super().__init__(syms, target)
         self.scratch = scratch   # (dtype, number of elements) -> a workspace buffer
+        self.cache = cache       # (name, dtype, number of elements) -> a session buffer
         self.readers = readers
 
 
@@ -114,7 +120,7 @@ def lower(program: Program, target: str = "cpu") -> tuple[L.LoopProgram, list[En
 class FunctionLowering:
     def __init__(self, ctx: LowerCtx, fn: Function, tensors: list[TensorSlot],
                  global_index: dict[str, int]):
-        self.ctx, self.fn, self.tensors = ctx, fn, tensors
+        self.ctx, self.fn, self.tensors, self.global_index = ctx, fn, tensors, global_index
         self.buffers: dict[int, L.Buffer] = {}
         self.workspace: list[L.Buffer] = []
         self.kernels: list[L.Kernel] = []
@@ -155,7 +161,8 @@ class FunctionLowering:
             buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
             name = f"{n.op.name}_{len(self.kernels)}"
             if n.op.lower_kernel is not None:
-                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.ctx.target,
+                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.cache_buffer,
+                                self.ctx.target,
                                 None if id(n.out) in escaping else readers.get(id(n.out), []))
                 body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
                 self.kernels.append(L.Kernel(name, body))
@@ -182,6 +189,15 @@ class FunctionLowering:
         buf = L.Buffer(f"t{len(self.workspace)}", dtype, "workspace", len(self.workspace), size)
         self.workspace.append(buf)
         return buf
+
+    def cache_buffer(self, name: str, dtype: str, size: int) -> L.Buffer:
+        """A session-owned buffer (a zero-initialised `state` row of the
+        tensor table), the same for every entry that names it."""
+        if name not in self.global_index:
+            self.global_index[name] = len(self.tensors)
+            self.tensors.append(TensorSlot(name, "state", dtype, (size,), Init("zeros")))
+        index = self.global_index[name]
+        return L.Buffer(name, dtype, "tensor", index, L.Const(size, L.INDEX))
 
     def define(self, node: Node) -> Accessor:
         """node's output element as an expression of its inputs' elements."""

@@ -30,17 +30,16 @@ from ..ir.graph import Function, Node, Program, Value
 from ..ops.conv import CONV2D, PAD2D
 from ..ops.elementwise import ADD, RELU
 from ..ops.shape import BROADCAST_TO, RESHAPE
-from ..ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
+from ..ops.winograd import CHUNK_BYTES, WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
 from .graph_dce import eliminate_dead_code
 
 MIN_CHANNELS = 16
 # Below this many tiles per chunk (outputs smaller than 8x8) the products are
 # too narrow for the tile pass's vectors.
 MIN_CHUNK_TILES = 16
-# Output tiles per chunk and the bytes of a chunk's transformed input and
-# products (16 * (channels + filters) * tiles floats): they stay in L2.
+# Output tiles per chunk; a chunk's transformed input and products (16 *
+# (channels + filters) * tiles floats) fit CHUNK_BYTES where they can.
 CHUNK_TILES = 64
-CHUNK_BYTES = 512 * 1024
 
 
 def eligible(n: Node) -> bool:

@@ -3,9 +3,18 @@
  * One pool per session. Workers are started on the first parallel loop (many
  * sessions never run one), then wait for jobs by spinning for a short while
  * (so back-to-back small calls, as in batch-1 inference, never pay a wake-up)
- * before sleeping on a condition variable. The calling thread takes chunks
- * too; chunks are handed out through an atomic counter, so a worker delayed by
- * other load on the machine only delays its own chunk. */
+ * before sleeping on a condition variable.
+ *
+ * A job's chunks are split into one contiguous range per thread (the calling
+ * thread is slot 0), and each thread runs its own range first, then takes
+ * what is left of the others': a worker delayed by other load on the machine
+ * only delays the chunks nobody else has taken. Owning a range matters as
+ * much as sharing: the same thread touches the same weights and outputs call
+ * after call, so they stay in its own caches. When the two vCPUs of a virtual
+ * machine sit on different dies (core-to-core round trips of ~330 ns instead
+ * of ~55 ns), handing chunks out first come first served made batch-1 CNN
+ * inference 2x slower: the dense layer's 8 MB of weights moved between the
+ * dies' caches on every call. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -24,10 +33,25 @@
 /* How long an idle worker spins before sleeping; DLC_SPIN_US overrides. */
 #define DEFAULT_SPIN_NS 100000
 
+/* A thread's share of the current job: chunks [next, end). Threads take a
+ * chunk by incrementing `next`, so thieves and the owner never run one twice.
+ * One cache line each: the owner's increments must not evict its peers'. */
+typedef struct {
+  _Alignas(64) atomic_int_fast64_t next;
+  int64_t end;
+} dlc_range;
+
+typedef struct {
+  pthread_t thread;
+  dlc_pool *pool;
+  int32_t slot; /* its range in every job */
+} dlc_worker;
+
 struct dlc_pool {
   int32_t n_threads; /* including the caller */
   int32_t started;   /* workers running (0 until the first parallel loop) */
-  pthread_t *workers;
+  dlc_worker *workers;
+  dlc_range *ranges; /* one per thread: the caller's first, then the workers' */
   int64_t spin_ns;
   pthread_mutex_t lock; /* guards sleeping on `wake` */
   pthread_cond_t wake;
@@ -43,7 +67,6 @@ struct dlc_pool {
   dlc_task_fn fn;
   void *closure;
   int64_t n, chunk;
-  atomic_int_fast64_t next; /* first iteration not yet handed out */
   atomic_int open;          /* workers may still join the current job */
   atomic_int active;        /* workers inside a job (joining or running chunks) */
 };
@@ -54,18 +77,22 @@ static int64_t now_ns(void) {
   return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-static void run_chunks(dlc_pool *p) {
-  for (;;) {
-    int64_t begin = atomic_fetch_add(&p->next, p->chunk);
-    if (begin >= p->n)
-      return;
-    int64_t end = begin + p->chunk < p->n ? begin + p->chunk : p->n;
-    p->fn(p->closure, begin, end);
+/* Runs the chunks of range `slot`, then what is left of the others'. */
+static void run_chunks(dlc_pool *p, int32_t slot) {
+  int32_t threads = p->started + 1;
+  for (int32_t k = 0; k < threads; k++) {
+    dlc_range *r = &p->ranges[(slot + k) % threads];
+    for (int64_t c; (c = atomic_fetch_add(&r->next, 1)) < r->end;) {
+      int64_t begin = c * p->chunk;
+      int64_t end = begin + p->chunk < p->n ? begin + p->chunk : p->n;
+      p->fn(p->closure, begin, end);
+    }
   }
 }
 
 static void *worker_main(void *arg) {
-  dlc_pool *p = (dlc_pool *)arg;
+  dlc_worker *w = (dlc_worker *)arg;
+  dlc_pool *p = w->pool;
   uint_fast64_t seen = p->born;
   for (;;) {
     uint_fast64_t g = atomic_load(&p->generation);
@@ -97,7 +124,7 @@ static void *worker_main(void *arg) {
      * the job and then waits for `active`, never misses a worker inside. */
     atomic_fetch_add(&p->active, 1);
     if (atomic_load(&p->open))
-      run_chunks(p);
+      run_chunks(p, w->slot);
     atomic_fetch_sub(&p->active, 1);
   }
 }
@@ -124,7 +151,6 @@ dlc_pool *dlc__pool_create(int32_t n_threads) {
   atomic_init(&p->generation, 0);
   atomic_init(&p->sleepers, 0);
   atomic_init(&p->stop, 0);
-  atomic_init(&p->next, 0);
   atomic_init(&p->open, 0);
   atomic_init(&p->active, 0);
   atomic_init(&p->busy, 0);
@@ -133,15 +159,22 @@ dlc_pool *dlc__pool_create(int32_t n_threads) {
 
 /* Starts the workers; on failure the pool keeps the ones it got. */
 static void start_workers(dlc_pool *p) {
-  p->workers = (pthread_t *)calloc((size_t)p->n_threads, sizeof(pthread_t));
-  if (p->workers == NULL) {
+  p->workers = (dlc_worker *)calloc((size_t)p->n_threads, sizeof(dlc_worker));
+  p->ranges = (dlc_range *)aligned_alloc(64, (size_t)p->n_threads * sizeof(dlc_range));
+  if (p->workers == NULL || p->ranges == NULL) {
     p->n_threads = 1;
     return;
   }
+  for (int32_t k = 0; k < p->n_threads; k++)
+    atomic_init(&p->ranges[k].next, 0);
   p->born = atomic_load(&p->generation);
-  while (p->started < p->n_threads - 1 &&
-         pthread_create(&p->workers[p->started], NULL, worker_main, p) == 0)
-    p->started++;
+  for (; p->started < p->n_threads - 1; p->started++) {
+    dlc_worker *w = &p->workers[p->started];
+    w->pool = p;
+    w->slot = p->started + 1;
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+      break;
+  }
 }
 
 void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn,
@@ -168,14 +201,19 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
     return;
   }
   /* Chunks: a few per thread so that a slow thread does not hold everyone,
-   * never fewer iterations than `grain`. */
-  int64_t parts = (int64_t)(p->started + 1) * 4;
+   * never fewer iterations than `grain`; each thread's range an equal share. */
+  int32_t threads = p->started + 1;
+  int64_t parts = (int64_t)threads * 4;
   int64_t chunk = (n + parts - 1) / parts;
   p->fn = fn;
   p->closure = closure;
   p->n = n;
   p->chunk = chunk > grain ? chunk : grain;
-  atomic_store(&p->next, 0);
+  int64_t n_chunks = (n + p->chunk - 1) / p->chunk;
+  for (int32_t k = 0; k < threads; k++) {
+    atomic_store(&p->ranges[k].next, n_chunks * k / threads);
+    p->ranges[k].end = n_chunks * (k + 1) / threads;
+  }
   atomic_store(&p->open, 1);
   atomic_fetch_add(&p->generation, 1);
   if (atomic_load(&p->sleepers) > 0) {
@@ -183,7 +221,7 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
   }
-  run_chunks(p);
+  run_chunks(p, 0);
   atomic_store(&p->open, 0);
   /* Wait for the workers that joined; yield now and then, as one may be waiting
    * for this very core when the machine is oversubscribed. */
@@ -205,9 +243,10 @@ void dlc__pool_release(dlc_pool *p) {
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     for (int32_t k = 0; k < p->started; k++)
-      pthread_join(p->workers[k], NULL);
+      pthread_join(p->workers[k].thread, NULL);
   }
   free(p->workers);
+  free(p->ranges);
   pthread_cond_destroy(&p->wake);
   pthread_mutex_destroy(&p->lock);
   free(p);

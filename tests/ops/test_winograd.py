@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import dlc
-from dlc.ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
+from dlc.ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, XI_PAD, tiles
 from tests.ops.test_conv_torch import ATOL, RTOL, check
 
 F = torch.nn.functional
@@ -59,6 +59,49 @@ def test_train_entry_forward_and_gradients_match_torch(shape):
     # its gradients come from conv2d's rule.
     check('conv2d(h, 18, 3, padding=1, name="c") |> relu',
           lambda h, P: F.relu(F.conv2d(h, P["c.weight"], P["c.bias"], padding=1)), shape)
+
+
+def test_changed_weights_are_seen():
+    # The transformed filters are cached in the session with the weights
+    # they came from: writes to the live params (a whole tensor, one
+    # element, a NaN) and train steps must each show in the next call.
+    prog = dlc.compile("""
+model m {
+    input x: f32[batch, 16, 8, 8]
+    output y = conv2d(x, 16, 3, padding=1, name="c")
+}
+train g {
+    input x: f32[batch, 16, 8, 8]
+    input t: f32[batch, 16, 8, 8]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.5)
+}
+""")
+    # one cache for both entries: session state, zeroed with the optimizer's
+    states = [(t.name, t.dims) for t in prog.loops.tensors if t.role == "state"]
+    assert states == [("c.weight.winograd", (16 * (16 * 16 + XI_PAD),)),
+                      ("c.weight.winograd_of", (16 * 16 * 9,))], states
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 16, 8, 8)).astype(np.float32)
+    w = prog.params["c.weight"]
+
+    def matches_torch():
+        want = F.conv2d(torch.tensor(x), torch.tensor(w.copy()), torch.tensor(prog.params["c.bias"].copy()),
+                        padding=1).numpy()
+        np.testing.assert_allclose(prog.run("m", x=x)["y"], want, rtol=RTOL, atol=ATOL)
+
+    matches_torch()
+    w *= 2
+    matches_torch()
+    w[3, 5, 1, 2] += 1
+    matches_torch()
+    before = w.copy()
+    prog.train("g", x=x, t=rng.normal(size=(2, 16, 8, 8)).astype(np.float32))
+    assert not np.array_equal(w, before)
+    matches_torch()
+    w[0, 0, 0, 0] = np.nan
+    y = prog.run("m", x=x)["y"]
+    assert np.isnan(y[:, 0]).all() and not np.isnan(y[:, 1:]).any()
 
 
 def test_references_match_torch():

@@ -23,8 +23,10 @@ typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
 
 typedef enum dlc_role {
   DLC_ROLE_PARAM = 0,  /* trainable, owned by the session, saved in weights files */
-  DLC_ROLE_STATE = 1,  /* optimizer state (momenta, Adam moments, step count):
-                          owned by the session, zero at creation, not saved */
+  DLC_ROLE_STATE = 1,  /* optimizer state (momenta, Adam moments, step count)
+                          and caches of values derived from params (Winograd's
+                          transformed filters): owned by the session, zero at
+                          creation, not saved */
   DLC_ROLE_INPUT = 2,  /* given by the caller on each call of an entry */
   DLC_ROLE_OUTPUT = 3  /* produced by an entry on each call */
 } dlc_role;
