@@ -17,7 +17,7 @@ from . import driver
 from .codegen import compiler
 from .errors import DlcError, NotFoundError
 from .ir.graph import Program as GraphProgram
-from .ir.loops import DTYPE_BYTES, Const, LoopEntry, LoopProgram, Var
+from .ir.loops import DTYPE_BYTES, LoopEntry, LoopProgram, evaluate
 from .runtime import load_program
 
 
@@ -85,18 +85,9 @@ def workspace_bytes(entry: LoopEntry, syms: dict[str, int]) -> int:
     compiled workspace function computes them: slots 64-byte aligned)."""
     total = 0
     for slot in entry.slots():
-        size = max((_evaluate(b.size, syms) * DTYPE_BYTES[b.dtype] for b in slot), default=0)
+        size = max((evaluate(b.size, syms) * DTYPE_BYTES[b.dtype] for b in slot), default=0)
         total += -(-size // 64) * 64
     return total
-
-
-def _evaluate(e, syms: dict[str, int]) -> int:
-    if isinstance(e, Const):
-        return int(e.value)
-    if isinstance(e, Var):
-        return syms[e.name]
-    a, b = _evaluate(e.a, syms), _evaluate(e.b, syms)
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a // b, "max": max(a, b), "min": min(a, b)}[e.op]
 
 
 def _bytes(n: int) -> str:

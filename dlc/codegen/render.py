@@ -267,8 +267,7 @@ def _fold(op: str, x: ir.Constant, y: ir.Constant) -> ir.Value:
     if op == "/":
         if c == 0:
             return ir.Constant(x.type, ir.Undefined)
-        q = abs(a) // abs(c)
-        return ir.Constant(x.type, q if (a >= 0) == (c > 0) else -q)  # C's truncation
+        return ir.Constant(x.type, L.trunc_div(a, c))
     return ir.Constant(x.type, {"+": a + c, "-": a - c, "*": a * c}[op])
 
 
@@ -597,26 +596,10 @@ COLD_COST, COLD_SHARE, NOMINAL_SIZE = 16384, 1000, 64
 def cold_kernels(entry: L.LoopEntry, syms: list[L.Var]) -> set[int]:
     """The ids of the entry's cold kernels (see COLD_COST)."""
     from ..passes.loop_parallel import cost
-    env = {v: NOMINAL_SIZE for v in syms}
-    costs = {id(k): _evaluate(cost(k.body), env) for k in entry.kernels}
+    nominal = {v.name: NOMINAL_SIZE for v in syms}
+    costs = {id(k): L.evaluate(cost(k.body), nominal) for k in entry.kernels}
     total = sum(c for c in costs.values() if c is not None)
     return {k for k, c in costs.items() if c is not None and c < COLD_COST and c * COLD_SHARE < total}
-
-
-def _evaluate(e: L.Expr, env: dict) -> int | None:
-    """The value of an index expression of constants and symbols (None for others)."""
-    if isinstance(e, L.Const):
-        return e.value
-    if isinstance(e, L.Var):
-        return env.get(e)
-    if isinstance(e, L.Bin) and e.op in ("+", "-", "*", "/", "min", "max"):
-        a, b = _evaluate(e.a, env), _evaluate(e.b, env)
-        if a is None or b is None or (e.op == "/" and b == 0):
-            return None
-        if e.op == "/":
-            return _fold("/", I64(a), I64(b)).constant
-        return {"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b)}[e.op]
-    return None
 
 
 class Renderer:

@@ -193,6 +193,31 @@ def cmp(op: str, a, b) -> Expr:
     return binop(op, a, b)
 
 
+def trunc_div(a: int, b: int) -> int:
+    """a / b as the IR's index division means it: truncated toward zero (C's,
+    LLVM's sdiv), not Python's floor."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def evaluate(e: Expr, syms: dict[str, int]) -> int | None:
+    """The value of an index expression of constants and symbols (`syms`:
+    by name); None when it holds anything else, an unknown symbol or a
+    division by zero."""
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Var):
+        return syms.get(e.name)
+    if isinstance(e, Bin) and e.op in ("+", "-", "*", "/", "min", "max"):
+        a, b = evaluate(e.a, syms), evaluate(e.b, syms)
+        if a is None or b is None or (e.op == "/" and b == 0):
+            return None
+        if e.op == "/":
+            return trunc_div(a, b)
+        return {"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b)}[e.op]
+    return None
+
+
 def all_of(conds: list[Expr]) -> Expr | None:
     """The conjunction of conds (None for none)."""
     out = None

@@ -46,9 +46,7 @@ def first_max(ctx, x, y, wh, ww, n, c, oh, ow) -> L.Expr:
             for kx in reversed(range(ww.kernel)):
                 ih, ch = wh.input_at(oh, L.Const(ky, L.INDEX))
                 iw, cw = ww.input_at(ow, L.Const(kx, L.INDEX))
-                hit = L.cmp("==", x([n, c, ih, iw]), y)
-                for cond in ch + cw:
-                    hit = L.Bin("and", cond, hit, "bool")
+                hit = L.all_of(ch + cw + [L.cmp("==", x([n, c, ih, iw]), y)])
                 first = L.Select(hit, L.Const(ky * ww.kernel + kx, L.INDEX), first)
         return first
     qy, qx = ctx.var("qy"), ctx.var("qx")

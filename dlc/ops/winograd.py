@@ -95,8 +95,8 @@ CHUNK_BYTES = 512 * 1024
 # every Winograd convolution, which the memory planner gives the same slot.
 # (With region s, a task wrote where another thread's task of the
 # convolution before had, and the lines moved between the cores' caches on
-# every call: batch-1 CIFAR inference took 0.47 ms instead of 0.40 when the
-# two cores were on different dies.)
+# every call: in a variant with 8 slots, batch-1 CIFAR inference took 0.47 ms
+# instead of 0.40 when the two cores were on different dies.)
 SLOTS = 16
 REGION = CHUNK_BYTES // 4 + 32 * XI_PAD   # floats: V and M, each padded
 
@@ -213,8 +213,8 @@ class WinogradConv2d(Op):
         # with the weights it was computed from, and recomputed only when they
         # changed: batch-1 CIFAR inference spent a sixth of its CPU time on
         # it, and as one thread wrote U and both read it, U crossed between
-        # the cores' caches on every call (0.63 ms instead of 0.47 when they
-        # sat on different dies).
+        # the cores' caches on every call (costliest when they sit on
+        # different dies).
         su, sv, sm = K * C + XI_PAD, C * T + XI_PAD, K * T + XI_PAD   # xi strides
         weight = node.inputs[1]
         cached = weight.kind == "param"
@@ -235,7 +235,8 @@ class WinogradConv2d(Op):
             L.loop(ct, I(C % W), filters_at(ct + (C // W) * W))]))
         if cached:
             seen = ctx.cache(f"{weight.name}.winograd_of", dtype, K * C * 9)
-            filt = _when_changed(lambda i: w([I(0), I(0), I(0), i]), seen, K * C * 9, filt)
+            flat = lambda i: w([I(0), I(0), I(0), i])   # element i of the contiguous weights
+            filt = _when_changed(flat, seen, K * C * 9, filt)
 
         # Chunks are shared out over SLOTS parallel tasks (fewer when there are
         # fewer chunks), each with its own V and M in a region of workspace:

@@ -253,9 +253,7 @@ class Tiler:
 
         def reduce_over(inner: L.Stmt, keep_last: bool) -> L.Stmt:
             pairs = list(zip(mt.red.vars, mt.red.extents))
-            for v, x in reversed(pairs if keep_last else pairs[:-1]):
-                inner = L.For(v, x, inner)
-            return inner
+            return L.nest(pairs if keep_last else pairs[:-1], inner)
 
         def epilogue(total: L.Expr) -> L.Stmt:
             return L.Store(mt.store.buf, L.substitute(mt.store.index, env),

@@ -9,12 +9,10 @@
  * thread is slot 0), and each thread runs its own range first, then takes
  * what is left of the others': a worker delayed by other load on the machine
  * only delays the chunks nobody else has taken. Owning a range matters as
- * much as sharing: the same thread touches the same weights and outputs call
- * after call, so they stay in its own caches. When the two vCPUs of a virtual
- * machine sit on different dies (core-to-core round trips of ~330 ns instead
- * of ~55 ns), handing chunks out first come first served made batch-1 CNN
- * inference 2x slower: the dense layer's 8 MB of weights moved between the
- * dies' caches on every call. */
+ * much as sharing: the same thread touches the same data call after call,
+ * so it stays in its own caches (lines moving between cores cost most when
+ * the two vCPUs of a virtual machine sit on different dies: core-to-core
+ * round trips of ~330 ns instead of ~55 ns). */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
