@@ -31,6 +31,8 @@ ENTRY_CODE = {"infer": 0, "train": 1, "grads": 2}
 FAST = ["reassoc", "contract", "nsz"]
 FCMP = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
 ALIGN = 64
+# Loads of a larger stride in a vectorized loop are gathered lane by lane.
+MAX_SHUFFLED_STRIDE = 4
 
 
 class ExprEmitter:
@@ -38,8 +40,8 @@ class ExprEmitter:
 
     Inside a vectorized loop (`lanes` = (var, W)) an expression that uses the
     loop's variable becomes a W-lane vector: loads with stride 1 in it are
-    vector loads, with stride 2 two vector loads and a shuffle, other loads
-    are gathered lane by lane, and operands that do not use it stay scalar
+    vector loads, with stride k up to MAX_SHUFFLED_STRIDE k vector loads and
+    shuffles, other loads are gathered lane by lane, and operands that do not use it stay scalar
     until combined with a vector (then splatted).
     In a loop of min(W, n) lanes, `mask` holds the active ones: loads and
     stores of stride 1 outside local buffers are masked (locals are whole)."""
@@ -196,16 +198,33 @@ class ExprEmitter:
             v = self.b.load(p, typ=vt)
             v.align = L.DTYPE_BYTES[e.dtype]
             return v
-        if L.stride_of(e.index, var) == 2 and self.mask is None and w > 1:
-            # Every other element (a stride-2 window, a split by parity):
-            # two vector loads that end at the last lane's element, the even
-            # elements of the first and the odd ones of the second.
+        k = L.stride_of(e.index, var)
+        if k is not None and 2 <= k <= MAX_SHUFFLED_STRIDE and self.mask is None and w > 1:
+            # Every k-th element (a stride-2 window, a split by parity, both
+            # of a pooling window's columns): k vector loads, the last ending
+            # at the last lane's element (none reads past it), joined into
+            # one wide vector and the lanes picked from it by a shuffle.
             first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
             vt = ir.VectorType(TYPES[e.dtype], w)
-            lo, hi = (self.b.load(self.address(e.buf, at), typ=vt) for at in (first, first + (w - 1)))
-            lo.align = hi.align = L.DTYPE_BYTES[e.dtype]
-            pick = [2 * l for l in range(w // 2)] + [w + 2 * l + 1 for l in range(w // 2)]
-            return self.b.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(I32, w), pick))
+            starts = [j * w for j in range(k - 1)] + [(k - 1) * (w - 1)]
+            parts = []
+            for start in starts:
+                part = self.b.load(self.address(e.buf, first + start), typ=vt)
+                part.align = L.DTYPE_BYTES[e.dtype]
+                parts.append(part)
+            pick = []
+            for lane in range(w):
+                j = min(k * lane // w, k - 1)
+                pick.append(j * w + k * lane - starts[j])
+            while len(parts) > 1:
+                if len(parts) % 2:
+                    parts.append(ir.Constant(parts[0].type, None))
+                n = parts[0].type.count
+                join = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
+                parts = [self.b.shuffle_vector(parts[i], parts[i + 1], join) for i in range(0, len(parts), 2)]
+            wide = parts[0]
+            return self.b.shuffle_vector(wide, ir.Constant(wide.type, None),
+                                         ir.Constant(ir.VectorType(I32, w), pick))
         return self.per_lane(lambda: self.b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype]))
 
     def masked(self, buf: L.Buffer) -> bool:

@@ -9,29 +9,31 @@ so per tile and each of the 16 positions xi of the 4x4 transformed domain
 the sum over channels is a matrix product M[xi] = U[xi] (K x C) @ V[xi]
 (C x tiles): 2.25x fewer multiplies than the direct convolution.
 
-The `winograd` graph pass (dlc/passes/graph_winograd.py) puts two ops in
-place of a conv2d (and its bias add and relu):
+The `winograd` graph pass (dlc/passes/graph_winograd.py) puts one op,
+`winograd_conv2d` (x, weight[, bias]; attrs padding, relu), in place of a
+conv2d (its `pad2d` and its bias add and relu). Its kernel (`lower_kernel`):
+U = G g G^T for all filters and channels (of a param: cached in the
+session, recomputed when the weights changed), then in parallel over
+chunks of `rows` tile rows of one image (T = rows * tiles per row tiles),
+per chunk in its task's region of scratch (at most CHUNK_BYTES, so that
+it stays in L2: unchunked, the transformed tiles of a batch of 64 are
+100+ MB):
+- the chunk's input rows, zero-padded, staged in the layout the input
+  transform reads with vector loads, columns split by parity: S[c, y, p,
+  q] = padded x[n, c, 2 * ty0 + y, 2q + p] (2 * rows + 2 rows, tiles + 1
+  columns of each parity), so the 4x4 patch of tile (r, tx) is rows 2r..
+  of columns q = tx, tx + 1 of each parity: contiguous in tx. Staged per
+  chunk, x's rows are read by the thread that computes from them (which,
+  as a convolution before shares out rows too, mostly wrote them), and a
+  pooling before the convolution is computed here (`fuse` inlines it);
+- the input transform V[xi][c][t];
+- the 16 products M[xi][k][t] (plain product nests that the `tile` pass
+  register-blocks);
+- the output transform A^T m A (+ bias, relu) into y, two output columns
+  per tile stored together (an interleaved pair of stores LLVM
+  vectorizes).
 
-- `winograd_input`: the convolution's input, zero-padded (conv2d's
-  `pad2d` folds into it), in the layout the input transform reads with
-  vector loads, columns split by parity: xw[n, c, y, p, q] = padded
-  x[n, c, y, 2q + p], zero past its end, sized for whole tiles
-  (2 * tiles + 2 rows, tiles + 1 columns of each parity). The 4x4 patch of
-  tile (ty, tx) is then rows 2ty.. of columns q = tx, tx + 1 of each
-  parity: contiguous in tx.
-- `winograd_conv2d` (xw, weight[, bias], relu): one kernel (`lower_kernel`):
-  U = G g G^T for all filters and channels (of a param: cached in the
-  session, recomputed when the weights changed), then in parallel
-  over chunks of `rows` tile rows of one image (T = rows * tiles per row
-  tiles), per chunk in its task's scratch (V and M, at most
-  CHUNK_BYTES, stay in L2: unchunked, the transformed tiles of a batch of
-  64 are 100+ MB): the input transform
-  V[xi][c][t], the 16 products M[xi][k][t] (plain product nests that the
-  `tile` pass register-blocks), and the output transform A^T m A (+ bias,
-  relu) into y, two output columns per tile stored together (an
-  interleaved pair of stores LLVM vectorizes).
-
-Neither op has a gradient rule: the pass runs after autodiff and replaces
+The op has no gradient rule: the pass runs after autodiff and replaces
 forward values only; gradients come from conv2d's own rule.
 
 Rounding: the transforms add and subtract up to 16 terms of both signs,
@@ -87,8 +89,8 @@ XI_PAD = 16
 # A chunk's V and M together: at most CHUNK_BYTES (the pass picks the chunk
 # rows), so that they stay in L2.
 CHUNK_BYTES = 512 * 1024
-# Parallel tasks of a convolution, at most SLOTS, each with its chunk's V
-# and M in a region of workspace (local buffers would be unsafe: a
+# Parallel tasks of a convolution, at most SLOTS, each with its chunk's V,
+# M and staged input S in a region of workspace (local buffers would be unsafe: a
 # product's ragged edge tile stores whole vectors into locals). Task s of P
 # uses region s * SLOTS / P: the pool gives each thread an equal run of
 # tasks, so each thread's regions are the same part of the workspace in
@@ -98,7 +100,7 @@ CHUNK_BYTES = 512 * 1024
 # every call: in a variant with 8 slots, batch-1 CIFAR inference took 0.47 ms
 # instead of 0.40 when the two cores were on different dies.)
 SLOTS = 16
-REGION = CHUNK_BYTES // 4 + 32 * XI_PAD   # floats: V and M, each padded
+REGION = CHUNK_BYTES // 4 + 32 * XI_PAD   # floats: V and M, each padded (S fits beside)
 
 
 def tiles(size: int) -> int:
@@ -132,83 +134,29 @@ def _when_changed(source, seen: L.Buffer, n: int, update: L.Stmt) -> L.Stmt:
              L.Seq([update, L.For(i, I(n), L.Store(seen, i, source(i)))]))]))
 
 
-class WinogradInput(Op):
-    """x [n, c, h, w] zero-padded by `padding` (ph, pw) on each side and
-    laid out as [n, c, 2*th + 2, 2, tw + 1]: padded x[n, c, y, 2q + p] at
-    [n, c, y, p, q], zero past its end (attrs: padding, tiles = (th, tw)).
-
-    Lowered as loops over rows (`lower_kernel`): zero rows, and per row of
-    x and parity three spans of columns, zeros, x's (loads of stride 2: a
-    vector load pair and a shuffle) and zeros, so no load needs a bounds
-    check (a select on a clamped index would make it a gather)."""
-    name = "winograd_input"
-
-    def infer(self, ins, attrs) -> TensorType:
-        x, (th, tw) = ins[0], attrs["tiles"]
-        return TensorType(x.dtype, x.shape[:2] + (2 * th + 2, 2, tw + 1))
-
-    def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        N, C, H, W = node.inputs[0].type.shape
-        (ph, pw), (th, tw) = node.attrs["padding"], node.attrs["tiles"]
-        rows, cols = 2 * th + 2, tw + 1
-        I = lambda v: L.Const(v, L.INDEX)
-        zero = L.const_like(0, out.dtype)
-
-        def image_rows(first: int, count: int, fill) -> L.Stmt:
-            n, c, y = ctx.var("n"), ctx.var("c"), ctx.var("y")
-            at = lambda p, q: flat_index(ctx, [n, c, y + first, p, q], node.out.type.shape)
-            return L.loop(n, ctx.dim(N), L.loop(c, I(C), L.loop(y, I(count), fill(n, c, y, at))))
-
-        def zeros(n, c, y, at):
-            j = ctx.var("j")   # both parities: 2 * cols contiguous elements
-            return L.For(j, I(2 * cols), L.Store(out, at(I(0), j), zero))
-
-        def data(n, c, y, at):
-            spans = []
-            for p in (0, 1):
-                lo, hi = (pw - p + 1) // 2, (W + pw - p + 1) // 2   # q with 0 <= 2q + p - pw < W
-                for start, end, value in ((0, lo, lambda q: zero),
-                                          (lo, hi, lambda q, p=p: ins[0]([n, c, y, q * 2 + (p - pw)])),
-                                          (hi, cols, lambda q: zero)):
-                    q = ctx.var("q")
-                    spans.append(L.loop(q, I(end - start), L.Store(out, at(I(p), q + start), value(q + start))))
-            return L.Seq(spans)
-
-        return L.Seq([image_rows(0, ph, zeros), image_rows(ph, H, data),
-                      image_rows(ph + H, rows - ph - H, zeros)])
-
-    def reference(self, x, *, padding, tiles):
-        (ph, pw), (th, tw) = padding, tiles
-        n, c, h, w = x.shape
-        xp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2), x.dtype)
-        xp[:, :, ph:ph + h, pw:pw + w] = x
-        return xp.reshape(n, c, 2 * th + 2, tw + 1, 2).transpose(0, 1, 2, 4, 3).copy()
-
-
 class WinogradConv2d(Op):
-    """y = conv2d(x, weight) (+ bias) (relu), 3x3, stride 1, no padding (x
-    comes padded), from xw = winograd_input(x). attrs: size (the output's
-    (h, w)), relu, rows (tile rows per chunk). See the module docstring;
-    no gradient rule (forward values only)."""
+    """y = conv2d(x, weight, padding) (+ bias) (relu), 3x3, stride 1.
+    attrs: padding, size (the output's (h, w)), relu, rows (tile rows per
+    chunk). See the module docstring; no gradient rule (forward values only)."""
     name = "winograd_conv2d"
 
     def infer(self, ins, attrs) -> TensorType:
-        xw, w = ins[:2]
-        return TensorType(xw.dtype, (xw.shape[0], w.shape[0]) + tuple(attrs["size"]))
+        x, w = ins[:2]
+        return TensorType(x.dtype, (x.shape[0], w.shape[0]) + tuple(attrs["size"]))
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        xw_t, w_t = node.inputs[0].type, node.inputs[1].type
-        N, C, rows_in, _, tw1 = xw_t.shape
-        K = w_t.shape[0]
-        th, tw = (rows_in - 2) // 2, tw1 - 1
+        N, C, H, IW = node.inputs[0].type.shape
+        K = node.inputs[1].type.shape[0]
         OH, OW = node.attrs["size"]
+        ph, pw = node.attrs["padding"]
+        th, tw = tiles(OH), tiles(OW)
         R = node.attrs["rows"]
         T = R * tw
-        xw, w = ins[0], ins[1]
+        x, w = ins[0], ins[1]
         bias = ins[2] if len(ins) > 2 else None
         dtype = out.dtype
         I = lambda v: L.Const(v, L.INDEX)
-
+        zero = L.const_like(0, dtype)
         # U[xi][k][c] = (G g G^T)[xi]. Of a param, U is cached in the session
         # with the weights it was computed from, and recomputed only when they
         # changed: batch-1 CIFAR inference spent a sixth of its CPU time on
@@ -239,7 +187,7 @@ class WinogradConv2d(Op):
             filt = _when_changed(flat, seen, K * C * 9, filt)
 
         # Chunks are shared out over SLOTS parallel tasks (fewer when there are
-        # fewer chunks), each with its own V and M in a region of workspace:
+        # fewer chunks), each with its own V, M and S in a region of workspace:
         # task `slot` takes chunks slot, slot + P, ... (image n, tile rows
         # from ty0: loop variables, so that the many loads' indices stay short).
         slot, n, cy = ctx.var("slot"), ctx.var("n"), ctx.var("cy")
@@ -247,15 +195,53 @@ class WinogradConv2d(Op):
         P = L.minimum(I(SLOTS), ctx.dim(N) * per_image)
         ch = n * per_image + cy
         ty0 = cy * R
-        region = max(REGION, 16 * (sv + sm))   # more only for chunks past CHUNK_BYTES
-        V = M = ctx.scratch(dtype, I(SLOTS * region))   # one buffer: V, then M
+        rows_s, cols_s = 2 * R + 2, tw + 1   # of the staged input rows, S
+        region = max(REGION, 16 * (sv + sm) + C * rows_s * 2 * cols_s)   # more only past CHUNK_BYTES
+        V = M = S = ctx.scratch(dtype, I(SLOTS * region))   # one buffer: V, M, then S
         v0 = slot * I(SLOTS) / P * I(region)
         m0 = v0 + 16 * sv
+        s_at = lambda c, y, p, q: v0 + 16 * (sv + sm) + ((c * rows_s + y) * 2 + p) * cols_s + q
+
+        # S[c, y, p, q] = padded x[n, c, 2 * ty0 + y, 2q + p]: staged rows
+        # [lo, hi) are x's, the others zeros. Per row and parity three spans
+        # of columns, zeros, x's (loads of stride 2, or 4 from a pooling:
+        # vector loads and a shuffle) and zeros, so no load needs a bounds
+        # check (a select on a clamped index would make it a gather).
+        # Staged per chunk rather than by a kernel of its own for the whole
+        # batch: each thread then reads the rows it wrote itself in the
+        # convolution before, not the other's (batch-1 CIFAR inference,
+        # 12% faster when the two cores sit on different dies).
+        first = ty0 * 2 - ph   # x's row at staged row 0
+        lo = L.minimum(L.maximum(I(0) - first, I(0)), I(rows_s))
+        hi = L.maximum(L.minimum(I(H) - first, I(rows_s)), lo)
+        c0 = ctx.var("c")
+
+        def zeros(y):
+            j = ctx.var("j")   # both parities: 2 * cols_s contiguous elements
+            return L.For(j, I(2 * cols_s), L.Store(S, s_at(c0, y, 0, j), zero))
+
+        def data(y):
+            spans = []
+            for p in (0, 1):
+                lo_q, hi_q = (pw - p + 1) // 2, (IW + pw - p + 1) // 2   # q with 0 <= 2q + p - pw < IW
+                for start, end, value in ((0, lo_q, lambda q: zero),
+                                          (lo_q, hi_q, lambda q, p=p: x([n, c0, first + y, q * 2 + (p - pw)])),
+                                          (hi_q, cols_s, lambda q: zero)):
+                    q = ctx.var("q")
+                    spans.append(L.loop(q, I(end - start), L.Store(S, s_at(c0, y, p, q + start), value(q + start))))
+            return L.Seq(spans)
+
+        def rows(start: L.Expr, count: L.Expr, fill) -> L.Stmt:
+            y = ctx.var("y")
+            return L.loop(y, count, fill(start + y))
+
+        stage = L.For(c0, I(C), L.Seq([rows(I(0), lo, zeros), rows(lo, hi - lo, data),
+                                       rows(hi, I(rows_s) - hi, zeros)]))
 
         # V[xi][c][t] = (B^T d B)[xi], t = r * tw + tx: one vector store per
         # xi, the patch's loads contiguous in tx.
         c1, r1, tx1 = ctx.var("c"), ctx.var("r"), ctx.var("tx")
-        v = _sandwich(BT, BT, lambda rr, s: xw([n, c1, (ty0 + r1) * 2 + rr, I(s % 2), tx1 + s // 2]))
+        v = _sandwich(BT, BT, lambda rr, s: L.Load(S, s_at(c1, r1 * 2 + rr, s % 2, tx1 + s // 2)))
         inputs = L.For(c1, I(C), L.For(r1, I(R), L.Seq([
             L.For(tx1, I(tw), L.Store(V, v0 + (i * 4 + j) * sv + c1 * T + r1 * tw + tx1, v[i][j]))
             for i in range(4) for j in range(4)])))
@@ -291,22 +277,18 @@ class WinogradConv2d(Op):
             return L.If(L.cmp("<", oy, OH), body) if OH % 2 and a == 1 else body
 
         outputs = L.For(k3, I(K), L.For(r3, I(R), L.Seq([row(0), row(1)])))
-        chunk = L.Seq([inputs, products, outputs])
+        chunk = L.Seq([stage, inputs, products, outputs])
         mine = L.cmp("==", ch - (ch / P) * P, slot)
         tasks = L.For(slot, P, L.For(n, ctx.dim(N), L.For(cy, I(per_image), L.If(mine, chunk))),
                       "parallel", I(1))
         return L.Seq([filt, tasks])
 
-    def reference(self, xw, w, bias=None, *, size, relu, rows):
-        n, c, rows_in, _, tw1 = xw.shape
-        x = xw.transpose(0, 1, 2, 4, 3).reshape(n, c, rows_in, 2 * tw1)
-        oh, ow = size
-        y = CONV2D.reference(x[:, :, :oh + 2, :ow + 2], w, kernel=(3, 3), stride=(1, 1),
-                             padding=(0, 0), dilation=(1, 1), groups=1)
+    def reference(self, x, w, bias=None, *, padding, size, relu, rows):
+        y = CONV2D.reference(x, w, kernel=(3, 3), stride=(1, 1), padding=padding,
+                             dilation=(1, 1), groups=1)
         if bias is not None:
             y = y + bias.reshape(1, -1, 1, 1)
         return np.maximum(y, 0) if relu else y
 
 
-WINOGRAD_INPUT = register(WinogradInput())
 WINOGRAD_CONV2D = register(WinogradConv2d())

@@ -12,10 +12,13 @@ Convolutions stay plain register-blocked products for the `tile` pass: the
 zero padding of their input (`pad2d`, a kernel statement of its own) is not
 inlined into them, and a convolution is not inlined into a pooling (whose
 window would make it a max of several reductions), a reshape (whose flat
-index hides the output row) or a padding.
+index hides the output row), a padding or a Winograd convolution (whose
+staged input rows are copies, not a product nest).
 An op lowered as a whole statement (`lower_kernel`) is never inlined, and
-counts as a consumer that re-reads its inputs, except `pad2d`, which reads
-each once (so a pooling is computed inside the padding of its output).
+counts as a consumer that re-reads its inputs, except `pad2d` and
+`winograd_conv2d`, which read each element once (a Winograd chunk's two
+edge rows twice), so a pooling is computed inside the padding of its output
+or the staged input rows of a Winograd convolution.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_G
 from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
 from ..ops.sequence import PAD_LAST, PLACE_TIME
 from ..ops.shape import BROADCAST_TO, RESHAPE, SUM_TO
+from ..ops.winograd import WINOGRAD_CONV2D
 
 CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
 POOLS = {MAXPOOL, AVGPOOL}
@@ -46,14 +50,14 @@ TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
 # Consumers whose index forms (a pooling window, a flattened index, a copy of
 # rows) would keep a convolution inlined into them from being register-blocked
 # by `tile`.
-UNBLOCKED = POOLS | {RESHAPE, PAD2D}
+UNBLOCKED = POOLS | {RESHAPE, PAD2D, WINOGRAD_CONV2D}
 
 
 def rereads(n: Node) -> bool:
     """Whether n reads some element of its inputs more than once."""
     if n.op in POOLS:
         return not non_overlapping(n.attrs)
-    if n.op is PAD2D:
+    if n.op in (PAD2D, WINOGRAD_CONV2D):
         return False
     return n.op in REREADS or n.op.lower_kernel is not None
 

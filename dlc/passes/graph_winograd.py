@@ -1,6 +1,6 @@
 """Winograd convolution: 3x3 convolutions of stride 1 (dilation 1, one
-group, f32) become `winograd_input` + `winograd_conv2d` (dlc/ops/winograd.py),
-F(2x2, 3x3): 2.25x fewer multiplies than the direct convolution.
+group, f32) become `winograd_conv2d` (dlc/ops/winograd.py), F(2x2, 3x3):
+2.25x fewer multiplies than the direct convolution.
 
 The pass runs after autodiff, on every entry: the forward values of a
 train entry's convolutions come from Winograd too, while their gradients
@@ -30,7 +30,7 @@ from ..ir.graph import Function, Node, Program, Value
 from ..ops.conv import CONV2D, PAD2D
 from ..ops.elementwise import ADD, RELU
 from ..ops.shape import BROADCAST_TO, RESHAPE
-from ..ops.winograd import CHUNK_BYTES, WINOGRAD_CONV2D, WINOGRAD_INPUT, tiles
+from ..ops.winograd import CHUNK_BYTES, WINOGRAD_CONV2D, tiles
 from .graph_dce import eliminate_dead_code
 
 MIN_CHANNELS = 16
@@ -120,8 +120,8 @@ def _function(fn: Function) -> Function:
         if id(n) in plans:
             conv, bias, relu = plans[id(n)]
             new = _replacement(m(conv.inputs[0]), m(conv.inputs[1]), None if bias is None else m(bias), relu, conv)
-            nodes += new
-            vmap[id(n.out)] = new[-1].out
+            nodes.append(new)
+            vmap[id(n.out)] = new.out
             continue
         ins = tuple(m(v) for v in n.inputs)
         if ins != n.inputs:
@@ -134,18 +134,16 @@ def _function(fn: Function) -> Function:
                        "assigns": [(t, m(v)) for t, v in fn.assigns]})
 
 
-def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node) -> list[Node]:
-    """winograd_input and winograd_conv2d in place of conv (+ bias, relu)."""
+def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node) -> Node:
+    """winograd_conv2d in place of conv (+ bias, relu)."""
     filters, (oh, ow) = w.type.shape[0], conv.out.type.shape[2:]
     th, tw = tiles(oh), tiles(ow)
-    # conv2d's own zero padding folds into the layout (a pad2d that other
+    # conv2d's own zero padding folds into the staged rows (a pad2d that other
     # nodes read, the weight gradient in training, stays for them).
     padding = (0, 0)
     if x.node is not None and x.node.op is PAD2D:
         x, padding = x.node.inputs[0], x.node.attrs["padding"]
-    attrs = {"padding": padding, "tiles": (th, tw)}
-    layout = Node(WINOGRAD_INPUT, (x,), attrs, WINOGRAD_INPUT.infer([x.type], attrs), conv.span)
-    attrs = {"size": (oh, ow), "relu": relu, "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
-    ins = (layout.out, w) + ((bias,) if bias is not None else ())
-    return [layout, Node(WINOGRAD_CONV2D, ins, attrs, WINOGRAD_CONV2D.infer([v.type for v in ins], attrs),
-                         conv.span)]
+    attrs = {"padding": padding, "size": (oh, ow), "relu": relu,
+             "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
+    ins = (x, w) + ((bias,) if bias is not None else ())
+    return Node(WINOGRAD_CONV2D, ins, attrs, WINOGRAD_CONV2D.infer([v.type for v in ins], attrs), conv.span)

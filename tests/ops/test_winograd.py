@@ -3,8 +3,8 @@ pass puts it in place of 3x3 stride-1 convolutions with at least
 MIN_CHANNELS channels and filters: forward (and the gradients of the train
 entry whose forward convolutions it computes) against PyTorch, for odd and
 even output sizes, batch 1, channel counts that are not multiples of the
-vector width, with and without bias and relu; the ops' NumPy references
-against PyTorch.
+vector width, with and without bias and relu, a max pooling computed in
+the staged input rows; the op's NumPy reference against PyTorch.
 
 Tolerance: fp32 rtol 1e-4, atol 1e-5, as for the direct convolution. The
 transforms add and subtract up to 16 products of both signs, so the rounding
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import dlc
-from dlc.ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT, XI_PAD, tiles
+from dlc.ops.winograd import WINOGRAD_CONV2D, XI_PAD
 from tests.ops.test_conv_torch import ATOL, RTOL, check
 
 F = torch.nn.functional
@@ -42,6 +42,7 @@ model m {{
     (17, 20, 7, 9, 1, False, False, 1),     # odd output sizes, batch 1
     (16, 24, 13, 10, 0, True, False, 2),    # no padding: odd rows, even columns
     (20, 16, 9, 9, 1, False, True, 1),
+    (16, 16, 12, 11, (2, 0), True, True, 2),   # padding past one row: whole zero rows staged
 ])
 def test_forward_matches_torch(c, k, h, w, padding, bias, relu, n):
     prog = compile_conv(c, k, h, w, padding, bias, relu)
@@ -104,15 +105,32 @@ train g {
     assert np.isnan(y[:, 0]).all() and not np.isnan(y[:, 1:]).any()
 
 
-def test_references_match_torch():
+def test_reference_matches_torch():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 3, 7, 9)).astype(np.float32)
     w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
     b = rng.normal(size=4).astype(np.float32)
-    th, tw = tiles(7), tiles(7)
-    xw = WINOGRAD_INPUT.reference(x, padding=(1, 0), tiles=(th, tw))
-    assert xw.shape == (2, 3, 2 * th + 2, 2, tw + 1)
-    np.testing.assert_array_equal(xw[:, :, 1:8, 1, :4], x[:, :, :, 1::2])
-    y = WINOGRAD_CONV2D.reference(xw, w, b, size=(7, 7), relu=True, rows=1)
+    y = WINOGRAD_CONV2D.reference(x, w, b, padding=(1, 0), size=(7, 7), relu=True, rows=1)
     want = F.relu(F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=(1, 0)))
     np.testing.assert_allclose(y, want.numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_pooling_before_is_computed_in_the_staged_rows(n):
+    # The max pooling has no kernel of its own: each chunk pools the rows it
+    # stages (stride-4 loads of the convolution's output), the two edge rows
+    # of a chunk twice.
+    prog = dlc.compile("""
+model m {
+    input x: f32[batch, 16, 16, 14]
+    h = conv2d(x, 16, 3, padding=1, name="c1") |> relu |> maxpool(2)
+    output y = conv2d(h, 24, 3, padding=1, name="c2") |> relu
+}
+""")
+    kinds = [k.name.rsplit("_", 1)[0] for e in prog.loops.entries for k in e.kernels]
+    assert kinds == ["winograd_conv2d", "winograd_conv2d"], kinds
+    x = np.random.default_rng(2).normal(size=(n, 16, 16, 14)).astype(np.float32)
+    p = {name: torch.tensor(v.copy()) for name, v in prog.params.items()}
+    h = F.max_pool2d(F.relu(F.conv2d(torch.tensor(x), p["c1.weight"], p["c1.bias"], padding=1)), 2)
+    want = F.relu(F.conv2d(h, p["c2.weight"], p["c2.bias"], padding=1))
+    np.testing.assert_allclose(prog.run("m", x=x)["y"], want.numpy(), rtol=RTOL, atol=ATOL)

@@ -10,7 +10,7 @@ from dlc import driver, frontend
 from dlc.ir import loops as L
 from dlc.ops.conv import CONV2D
 from dlc.ops.elementwise import RELU
-from dlc.ops.winograd import WINOGRAD_CONV2D, WINOGRAD_INPUT
+from dlc.ops.winograd import WINOGRAD_CONV2D
 from dlc.passes import loop_tile
 from dlc.passes.graph_winograd import chunk_rows, winograd
 
@@ -55,7 +55,9 @@ def test_replaces_eligible_convolutions_and_absorbs_bias_and_relu():
         # (< MIN_CHUNK_TILES tiles): they stay conv2d.
         assert [n.inputs[1].name for n in fn.nodes if n.op is CONV2D] == ["c1.weight", "c4.weight"]
         assert [n.inputs[1].name for n in convs] == ["c2.weight", "c3.weight"]
-        assert all(n.inputs[0].node.op is WINOGRAD_INPUT for n in convs)
+        # conv2d's padding folds into the op: it reads c1's relu, not a pad2d
+        assert [n.inputs[0].node.op for n in convs] == [RELU, WINOGRAD_CONV2D]
+        assert [n.attrs["padding"] for n in convs] == [(1, 1), (1, 0)]
         c2, c3 = convs
         # c2: bias and relu absorbed; c3: bias only (no relu follows).
         assert [v.name for v in c2.inputs[1:]] == ["c2.weight", "c2.bias"] and c2.attrs["relu"]
@@ -132,16 +134,20 @@ def test_numbers_match_the_program_without_it(monkeypatch, vector):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
 
 
-def test_input_layout_reads_with_vector_loads():
-    """winograd_input folds conv2d's padding into spans of plain loads: its
-    vectorized loops read x with stride 2 (rendered as two vector loads and
-    a shuffle), no selects."""
+def test_staged_rows_read_with_vector_loads():
+    """The staged input rows fold conv2d's padding into spans of plain
+    loads: the vectorized loops that read the convolution's input read it
+    with stride 2 (rendered as vector loads and a shuffle), no selects."""
     loops = loops_after(SRC, "vectorize")
-    layouts = [k for name, k in kernels(loops, "cnn").items() if name.startswith("winograd_input")]
-    assert len(layouts) == 2
-    for k in layouts:
+    convs = [k for name, k in kernels(loops, "cnn").items() if name.startswith("winograd_conv2d")]
+    assert len(convs) == 2
+    for k in convs:
+        written = {s.buf for s in L.stmts_of(k.body) if isinstance(s, L.Store)}
+        inputs = {b for b in L.buffers_of(k.body) if b.kind == "workspace"} - written
+        assert len(inputs) == 1   # the output of c1's kernel, or c2's
         vec = [s for s in L.stmts_of(k.body) if isinstance(s, L.For) and s.kind == "vectorized"]
-        loads = [x for s in vec for e in L.exprs_of(s.body) for x in L.subexprs(e) if isinstance(x, L.Load)]
-        assert loads and all(L.stride_of(x.index, s.var) == 2 for s in vec
-                             for e in L.exprs_of(s.body) for x in L.subexprs(e) if isinstance(x, L.Load))
-        assert not any(isinstance(x, L.Select) for e in L.exprs_of(k.body) for x in L.subexprs(e))
+        reads = [(x, s) for s in vec for e in L.exprs_of(s.body) for x in L.subexprs(e)
+                 if isinstance(x, L.Load) and x.buf in inputs]
+        assert reads and all(L.stride_of(x.index, s.var) == 2 for x, s in reads)
+        assert not any(isinstance(x, L.Select) for _, s in reads for e in L.exprs_of(s.body)
+                       for x in L.subexprs(e))

@@ -41,3 +41,25 @@ def test_numbers_unchanged():
         a, b = vec.run("net", x=x), plain.run("net", x=x)
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_strided_loads_read_every_kth_element():
+    # A pooling window of 1 x k reads x with stride k in its vector loop:
+    # up to MAX_SHUFFLED_STRIDE as k vector loads and shuffles (the last
+    # load ending at the last lane's element), beyond it lane by lane.
+    src = """
+model pools {
+    input x: f32[batch, 3, 5, 101]
+    output y2 = maxpool(x, (1, 2))
+    output y3 = maxpool(x, (1, 3))
+    output y4 = maxpool(x, (1, 4))
+    output y5 = maxpool(x, (1, 5))
+}
+"""
+    prog = compile_without(src)
+    x = np.random.default_rng(4).normal(size=(2, 3, 5, 101)).astype(np.float32)
+    out = prog.run("pools", x=x)
+    for k in (2, 3, 4, 5):
+        w = 101 // k
+        want = x[..., :w * k].reshape(2, 3, 5, w, k).max(-1)
+        np.testing.assert_array_equal(out[f"y{k}"], want, err_msg=f"stride {k}")
