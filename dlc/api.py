@@ -17,7 +17,8 @@ from . import driver
 from .codegen import compiler
 from .errors import DlcError, NotFoundError
 from .ir.graph import Program as GraphProgram
-from .ir.loops import DTYPE_BYTES, LoopEntry, LoopProgram, evaluate
+from .ir.loops import LoopEntry, LoopProgram, evaluate
+from .passes.loop_memory import layout
 from .runtime import load_program
 
 
@@ -81,13 +82,9 @@ class CompiledProgram:
 
 
 def workspace_bytes(entry: LoopEntry, syms: dict[str, int]) -> int:
-    """Bytes of an entry's planned workspace for given symbol values (as the
-    compiled workspace function computes them: slots 64-byte aligned)."""
-    total = 0
-    for slot in entry.slots():
-        size = max((evaluate(b.size, syms) * DTYPE_BYTES[b.dtype] for b in slot), default=0)
-        total += -(-size // 64) * 64
-    return total
+    """Bytes of an entry's workspace for given symbol values (as the
+    compiled workspace function computes them)."""
+    return evaluate(layout(entry)[1], syms)
 
 
 def _bytes(n: int) -> str:

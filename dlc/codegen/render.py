@@ -16,6 +16,7 @@ from llvmlite import ir
 
 from ..errors import InternalError
 from ..ir import loops as L
+from ..passes.loop_memory import layout
 
 ABI_VERSION = 2
 PTR = ir.PointerType()
@@ -670,20 +671,6 @@ class Renderer:
         self.kernel_fns[key] = fn
         return fn, bufs
 
-    def slot_offsets(self, em: ExprEmitter, entry: L.LoopEntry) -> tuple[list[ir.Value], ir.Value]:
-        """Byte offset of each workspace slot, and the total, from the syms."""
-        b = em.b
-        offsets, total = [], I64(0)
-        for slot in entry.slots():
-            offsets.append(total)
-            size = I64(0)
-            for buf in slot:
-                nbytes = b.mul(em.emit(buf.size), I64(L.DTYPE_BYTES[buf.dtype]))
-                size = em.b.call(em.intrinsic("smax", I64, 2), [size, nbytes])
-            rounded = b.and_(b.add(size, I64(ALIGN - 1)), I64(-ALIGN))
-            total = b.add(total, rounded)
-        return offsets, total
-
     def entry_function(self, entry: L.LoopEntry, kernels) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
                          name=f"dlc.entry.{entry.name}")
@@ -691,7 +678,7 @@ class Renderer:
         tensors, syms, ws, host = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, syms, self.prog.syms)
-        offsets, _ = self.slot_offsets(em, entry)
+        offsets = [em.emit(at) for at in layout(entry)[0]]
         status = I32(0)
         for kfn, bufs in kernels:
             args = []
@@ -700,8 +687,7 @@ class Renderer:
                     p = b.gep(tensors, [I64(buf.index)], source_etype=PTR)
                     args.append(b.load(p, typ=PTR))
                 else:
-                    off = offsets[entry.slot_of[buf.index]]
-                    args.append(b.gep(ws, [off], source_etype=ir.IntType(8)))
+                    args.append(b.gep(ws, [offsets[buf.index]], source_etype=ir.IntType(8)))
             status = b.or_(status, self.call_kernel(em, fn, kfn, args))
         b.ret(status)
         return fn
@@ -717,8 +703,7 @@ class Renderer:
         fn.linkage = "internal"
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, fn.args[0], self.prog.syms)
-        _, total = self.slot_offsets(em, entry)
-        b.ret(total)
+        b.ret(em.emit(layout(entry)[1]))
         return fn
 
     # -- descriptor (layout of program.h's structs)

@@ -202,19 +202,24 @@ def trunc_div(a: int, b: int) -> int:
 
 def evaluate(e: Expr, syms: dict[str, int]) -> int | None:
     """The value of an index expression of constants and symbols (`syms`:
-    by name); None when it holds anything else, an unknown symbol or a
-    division by zero."""
+    by name; a comparison is 1 or 0, a select picks); None when it holds
+    anything else, an unknown symbol or a division by zero."""
     if isinstance(e, Const):
         return int(e.value)
     if isinstance(e, Var):
         return syms.get(e.name)
-    if isinstance(e, Bin) and e.op in ("+", "-", "*", "/", "min", "max"):
+    if isinstance(e, Bin) and e.op in ("+", "-", "*", "/", "min", "max") + COMPARISONS:
         a, b = evaluate(e.a, syms), evaluate(e.b, syms)
         if a is None or b is None or (e.op == "/" and b == 0):
             return None
         if e.op == "/":
             return trunc_div(a, b)
-        return {"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b)}[e.op]
+        return int({"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b),
+                    "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b,
+                    "!=": a != b}[e.op])
+    if isinstance(e, Select):
+        c = evaluate(e.cond, syms)
+        return None if c is None else evaluate(e.a if c else e.b, syms)
     return None
 
 
