@@ -42,8 +42,8 @@ class ExprEmitter:
     Inside a vectorized loop (`lanes` = (var, W)) an expression that uses the
     loop's variable becomes a W-lane vector: loads with stride 1 in it are
     vector loads, with stride k up to MAX_SHUFFLED_STRIDE k vector loads and
-    shuffles, other loads are gathered lane by lane, and operands that do not use it stay scalar
-    until combined with a vector (then splatted).
+    shuffles, other loads are gathered lane by lane, and operands that do
+    not use it stay scalar until combined with a vector (then splatted).
     In a loop of min(W, n) lanes, `mask` holds the active ones: loads and
     stores of stride 1 outside local buffers are masked (locals are whole)."""
 

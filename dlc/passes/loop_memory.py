@@ -6,10 +6,11 @@ so no kernel reads and writes one region through two buffers.
 The slots share memory only where that saves more than SHARING_MIN_SAVING
 bytes for the symbol values of the call (`layout`: the compiled entry and
 workspace functions evaluate it at run time); below it each buffer has its
-own region. Two buffers in one region are mostly written by different
-threads (one kernel shares out rows, another channels), so each line
-written crosses between the cores' caches: batch-1 CIFAR inference, 4-7%
-slower, most when the two cores sit on different dies.""" 
+own region. Two buffers in one region are often written by different
+threads (one kernel shares out rows, another channels; planes of
+different sizes), and then the lines cross between the cores' caches on
+every call (batch-1 CIFAR inference: 7% slower when the two cores sit on
+different dies)."""
 from __future__ import annotations
 
 from dataclasses import replace
