@@ -108,11 +108,11 @@ def tiles(size: int) -> int:
     return (size + 1) // 2
 
 
-def _when_changed(source, seen: L.Buffer, n: int, update: L.Stmt) -> L.Stmt:
+def _when_changed(source, seen: L.Buffer, base: L.Expr, n: int, update: L.Stmt) -> L.Stmt:
     """`update`, then seen = source, if any of the n elements of `source`
-    (an accessor of a flat index) differs from `seen`. The comparison is a
-    vector of per-lane flags (not ==, so a NaN counts as a change), read
-    only: when nothing changed, no cache line is written."""
+    (an accessor of a flat index) from `base` differs from `seen`'s. The
+    comparison is a vector of per-lane flags (not ==, so a NaN counts as a
+    change), read only: when nothing changed, no cache line is written."""
     W = vector_registers()[0] // L.DTYPE_BYTES[seen.dtype]
     I = lambda v: L.Const(v, L.INDEX)
     zero, one = L.const_like(0, seen.dtype), L.const_like(1, seen.dtype)
@@ -120,7 +120,7 @@ def _when_changed(source, seen: L.Buffer, n: int, update: L.Stmt) -> L.Stmt:
     iv, lane, it, i = L.Var("iv"), L.Var("l"), L.Var("it"), L.Var("i")
 
     def note(at: L.Expr, i: L.Expr) -> L.Stmt:
-        differs = L.Select(L.cmp("==", source(i), L.Load(seen, i)), zero, one)
+        differs = L.Select(L.cmp("==", source(base + i), L.Load(seen, base + i)), zero, one)
         return L.Store(flags, at, L.maximum(L.Load(flags, at), differs))
 
     head = (n // W) * W
@@ -131,7 +131,7 @@ def _when_changed(source, seen: L.Buffer, n: int, update: L.Stmt) -> L.Stmt:
         L.loop(lane, I(W - 1), L.Store(flags, I(0), L.maximum(L.Load(flags, I(0)),
                                                                L.Load(flags, lane + 1)))),
         L.If(L.cmp(">", L.Load(flags, I(0)), zero),
-             L.Seq([update, L.For(i, I(n), L.Store(seen, i, source(i)))]))]))
+             L.Seq([update, L.For(i, I(n), L.Store(seen, base + i, source(base + i)))]))]))
 
 
 class WinogradConv2d(Op):
@@ -178,13 +178,16 @@ class WinogradConv2d(Op):
             return L.Seq([L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j]) for i in range(4) for j in range(4)])
 
         cv, lane, ct = ctx.var("cv"), ctx.var("l"), ctx.var("ct")
-        filt = L.For(k, I(K), L.Seq([
+        filt = L.Seq([
             L.loop(cv, I(C // W), L.For(lane, I(W), filters_at(cv * W + lane), "vectorized")),
-            L.loop(ct, I(C % W), filters_at(ct + (C // W) * W))]))
+            L.loop(ct, I(C % W), filters_at(ct + (C // W) * W))])
         if cached:
+            # Filter by filter (U[.][k] comes from weight[k] only), so that the
+            # `parallelize` pass may share the comparison out.
             seen = ctx.cache(f"{weight.name}.winograd_of", dtype, K * C * 9)
             flat = lambda i: w([I(0), I(0), I(0), i])   # element i of the contiguous weights
-            filt = _when_changed(flat, seen, K * C * 9, filt)
+            filt = _when_changed(flat, seen, k * (C * 9), C * 9, filt)
+        filt = L.For(k, I(K), filt)
 
         # Chunks are shared out over SLOTS parallel tasks (fewer when there are
         # fewer chunks), each with its own V, M and S in a region of workspace:
