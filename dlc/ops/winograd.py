@@ -10,8 +10,9 @@ the sum over channels is a matrix product M[xi] = U[xi] (K x C) @ V[xi]
 (C x tiles): 2.25x fewer multiplies than the direct convolution.
 
 The `winograd` graph pass (dlc/passes/graph_winograd.py) puts one op,
-`winograd_conv2d` (x, weight[, bias]; attrs padding, relu), in place of a
-conv2d (its `pad2d` and its bias add and relu). Its kernel (`lower_kernel`):
+`winograd_conv2d` (x, weight[, bias]; attrs padding, relu, pool), in place
+of a conv2d (its `pad2d`, its bias add and relu, and a 2x2 max pooling
+after them). Its kernel (`lower_kernel`):
 U = G g G^T for all filters and channels (of a param: cached in the
 session, recomputed when the weights changed), then in parallel over
 chunks of `rows` tile rows of one image (T = rows * tiles per row tiles),
@@ -31,7 +32,8 @@ it stays in L2: unchunked, the transformed tiles of a batch of 64 are
   register-blocks);
 - the output transform A^T m A (+ bias, relu) into y, two output columns
   per tile stored together (an interleaved pair of stores LLVM
-  vectorizes).
+  vectorizes); or, when a 2x2 max pooling of stride 2 follows (the pass
+  absorbs it: its windows are the tiles), each tile's maximum.
 
 The op has no gradient rule: the pass runs after autodiff and replaces
 forward values only; gradients come from conv2d's own rule.
@@ -135,14 +137,17 @@ def _when_changed(source, seen: L.Buffer, base: L.Expr, n: int, update: L.Stmt) 
 
 
 class WinogradConv2d(Op):
-    """y = conv2d(x, weight, padding) (+ bias) (relu), 3x3, stride 1.
-    attrs: padding, size (the output's (h, w)), relu, rows (tile rows per
-    chunk). See the module docstring; no gradient rule (forward values only)."""
+    """y = conv2d(x, weight, padding) (+ bias) (relu) (maxpool 2x2), 3x3,
+    stride 1. attrs: padding, size (the convolution's output (h, w)), relu,
+    pool, rows (tile rows per chunk). See the module docstring; no gradient
+    rule (forward values only)."""
     name = "winograd_conv2d"
 
     def infer(self, ins, attrs) -> TensorType:
         x, w = ins[:2]
-        return TensorType(x.dtype, (x.shape[0], w.shape[0]) + tuple(attrs["size"]))
+        oh, ow = attrs["size"]
+        size = (oh // 2, ow // 2) if attrs["pool"] else (oh, ow)
+        return TensorType(x.dtype, (x.shape[0], w.shape[0]) + size)
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         N, C, H, IW = node.inputs[0].type.shape
@@ -258,7 +263,8 @@ class WinogradConv2d(Op):
 
         # y = A^T m A (+ bias, relu): per output row, columns 2tx and
         # 2tx + 1 stored by one loop (to the last whole pair), then the odd
-        # last column; the odd last row is skipped.
+        # last column; the odd last row is skipped. With `pool`, the max of
+        # each whole tile (the 2x2 window of a max pooling of stride 2).
         k3, r3, tx3 = ctx.var("k"), ctx.var("r"), ctx.var("tx")
         at = lambda i, j, txe: L.Load(M, m0 + (i * 4 + j) * sm + k3 * T + r3 * tw + txe)
 
@@ -279,19 +285,32 @@ class WinogradConv2d(Op):
             body = L.Seq(stmts)
             return L.If(L.cmp("<", oy, OH), body) if OH % 2 and a == 1 else body
 
-        outputs = L.For(k3, I(K), L.For(r3, I(R), L.Seq([row(0), row(1)])))
+        def pooled():
+            py = ty0 + r3
+            tile_max = L.maximum(L.maximum(value(0, 0, tx3), value(0, 1, tx3)),
+                                 L.maximum(value(1, 0, tx3), value(1, 1, tx3)))
+            body = L.loop(tx3, I(OW // 2), L.Store(out, flat_index(ctx, [n, k3, py, tx3], node.out.type.shape),
+                                                   tile_max))
+            return L.If(L.cmp("<", py, OH // 2), body) if OH % 2 else body
+
+        outputs = L.For(k3, I(K), L.For(r3, I(R), pooled() if node.attrs["pool"] else L.Seq([row(0), row(1)])))
         chunk = L.Seq([stage, inputs, products, outputs])
         mine = L.cmp("==", ch - (ch / P) * P, slot)
         tasks = L.For(slot, P, L.For(n, ctx.dim(N), L.For(cy, I(per_image), L.If(mine, chunk))),
                       "parallel", I(1))
         return L.Seq([filt, tasks])
 
-    def reference(self, x, w, bias=None, *, padding, size, relu, rows):
+    def reference(self, x, w, bias=None, *, padding, size, relu, pool, rows):
         y = CONV2D.reference(x, w, kernel=(3, 3), stride=(1, 1), padding=padding,
                              dilation=(1, 1), groups=1)
         if bias is not None:
             y = y + bias.reshape(1, -1, 1, 1)
-        return np.maximum(y, 0) if relu else y
+        if relu:
+            y = np.maximum(y, 0)
+        if pool:
+            n, k, (oh, ow) = y.shape[0], y.shape[1], (size[0] // 2, size[1] // 2)
+            y = y[:, :, :2 * oh, :2 * ow].reshape(n, k, oh, 2, ow, 2).max(axis=(3, 5))
+        return y
 
 
 WINOGRAD_CONV2D = register(WinogradConv2d())

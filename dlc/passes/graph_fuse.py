@@ -8,6 +8,9 @@ A value is inlined into its consumers when that costs no repeated work:
   single consumer that reads each element once (an elementwise op or another
   reduction), never into one that re-reads it (a matmul, a broadcast).
 So dense + bias + activation becomes one kernel, and so do loss chains.
+A reshape of a value in memory is never inlined: it is a view of that
+memory, and its flat index would hide the layout from the `tile` pass (a
+dense layer after a convolution's flatten would not be register-blocked).
 Convolutions stay plain register-blocked products for the `tile` pass: the
 zero padding of their input (`pad2d`, a kernel statement of its own) is not
 inlined into them, and a convolution is not inlined into a pooling (whose
@@ -88,6 +91,8 @@ def plan(fn: Function) -> set[int]:
         n_users = len(users) + assigned[key]
         if key in pinned or n_users == 0 or n.op.lower_kernel is not None:
             continue
+        if n.op.same_order_as_input and id(n.inputs[0]) not in inlined:
+            continue   # a view
         if has_reduce[key]:
             ok = n_users == 1 and not any(rereads(u) or (u.op in UNBLOCKED and has_conv[key])
                                           for u in users)

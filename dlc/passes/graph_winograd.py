@@ -10,7 +10,10 @@ fused into the convolution's kernel: the bias add (`add(y,
 broadcast_to(reshape(bias)))`, as conv2d builds it) and a relu after it,
 each only where the value before it has no other reader and is not an
 output or an assign (a train entry's relu reads its own output in the
-backward pass, so it is absorbed there too). Nodes left unused are dropped.
+backward pass, so it is absorbed there too); and, on the same terms, a 2x2
+max pooling of stride 2 after them, whose windows are the Winograd tiles
+(in a train entry the pooling's gradient reads its input: it stays). Nodes
+left unused are dropped.
 
 Where it pays (measured in-process against the direct convolution, conv +
 bias + relu, 3x3 padding 1, 2 threads of the 2-core AMD Zen 4 with
@@ -29,6 +32,7 @@ from dataclasses import replace
 from ..ir.graph import Function, Node, Program, Value
 from ..ops.conv import CONV2D, PAD2D
 from ..ops.elementwise import ADD, RELU
+from ..ops.pool import MAXPOOL
 from ..ops.shape import BROADCAST_TO, RESHAPE
 from ..ops.winograd import CHUNK_BYTES, WINOGRAD_CONV2D, tiles
 from .graph_dce import eliminate_dead_code
@@ -40,6 +44,8 @@ MIN_CHUNK_TILES = 16
 # Output tiles per chunk; a chunk's transformed input and products (16 *
 # (channels + filters) * tiles floats) fit CHUNK_BYTES where they can.
 CHUNK_TILES = 64
+# The max pooling whose windows are the 2x2 output tiles.
+TILE_POOL = {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1)}
 
 
 def eligible(n: Node) -> bool:
@@ -93,8 +99,8 @@ def _function(fn: Function) -> Function:
         ok = len(rs) == 1 and rs[0].op is op and id(v) not in escaping
         return rs[0] if ok else None
 
-    # id(last node of a replaced chain) -> (the conv2d, its bias or None, relu)
-    plans: dict[int, tuple[Node, Value | None, bool]] = {}
+    # id(last node of a replaced chain) -> (the conv2d, its bias or None, relu, pool)
+    plans: dict[int, tuple[Node, Value | None, bool, bool]] = {}
     absorbed: set[int] = set()
     for n in fn.nodes:
         if n.op is not CONV2D or not eligible(n):
@@ -108,7 +114,11 @@ def _function(fn: Function) -> Function:
                 act = sole_reader(add.out, RELU)
                 if act is not None:
                     chain.append(act)
-        plans[id(chain[-1])] = (n, bias, chain[-1].op is RELU)
+        relu = chain[-1].op is RELU
+        pool = sole_reader(chain[-1].out, MAXPOOL)
+        if pool is not None and pool.attrs == TILE_POOL:
+            chain.append(pool)
+        plans[id(chain[-1])] = (n, bias, relu, chain[-1].op is MAXPOOL)
         absorbed.update(id(m) for m in chain[:-1])
 
     vmap: dict[int, Value] = {}
@@ -118,8 +128,9 @@ def _function(fn: Function) -> Function:
         if id(n) in absorbed:
             continue
         if id(n) in plans:
-            conv, bias, relu = plans[id(n)]
-            new = _replacement(m(conv.inputs[0]), m(conv.inputs[1]), None if bias is None else m(bias), relu, conv)
+            conv, bias, relu, pool = plans[id(n)]
+            new = _replacement(m(conv.inputs[0]), m(conv.inputs[1]), None if bias is None else m(bias),
+                               relu, pool, conv)
             nodes.append(new)
             vmap[id(n.out)] = new.out
             continue
@@ -134,8 +145,8 @@ def _function(fn: Function) -> Function:
                        "assigns": [(t, m(v)) for t, v in fn.assigns]})
 
 
-def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node) -> Node:
-    """winograd_conv2d in place of conv (+ bias, relu)."""
+def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, pool: bool, conv: Node) -> Node:
+    """winograd_conv2d in place of conv (+ bias, relu, pool)."""
     filters, (oh, ow) = w.type.shape[0], conv.out.type.shape[2:]
     th, tw = tiles(oh), tiles(ow)
     # conv2d's own zero padding folds into the staged rows (a pad2d that other
@@ -143,7 +154,7 @@ def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, conv: Node)
     padding = (0, 0)
     if x.node is not None and x.node.op is PAD2D:
         x, padding = x.node.inputs[0], x.node.attrs["padding"]
-    attrs = {"padding": padding, "size": (oh, ow), "relu": relu,
+    attrs = {"padding": padding, "size": (oh, ow), "relu": relu, "pool": pool,
              "rows": chunk_rows(th, tw, x.type.shape[1], filters)}
     ins = (x, w) + ((bias,) if bias is not None else ())
     return Node(WINOGRAD_CONV2D, ins, attrs, WINOGRAD_CONV2D.infer([v.type for v in ins], attrs), conv.span)

@@ -110,27 +110,47 @@ def test_reference_matches_torch():
     x = rng.normal(size=(2, 3, 7, 9)).astype(np.float32)
     w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
     b = rng.normal(size=4).astype(np.float32)
-    y = WINOGRAD_CONV2D.reference(x, w, b, padding=(1, 0), size=(7, 7), relu=True, rows=1)
     want = F.relu(F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=(1, 0)))
-    np.testing.assert_allclose(y, want.numpy(), rtol=RTOL, atol=ATOL)
+    for pool, expect in ((False, want), (True, F.max_pool2d(want, 2))):
+        y = WINOGRAD_CONV2D.reference(x, w, b, padding=(1, 0), size=(7, 7), relu=True, pool=pool, rows=1)
+        np.testing.assert_allclose(y, expect.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def run_against_torch(src, n, c, h, w, torch_fn, kinds):
+    prog = dlc.compile(src)
+    got = [k.name.rsplit("_", 1)[0] for e in prog.loops.entries for k in e.kernels]
+    assert got == kinds, got
+    x = np.random.default_rng(2).normal(size=(n, c, h, w)).astype(np.float32)
+    p = {name: torch.tensor(v.copy()) for name, v in prog.params.items()}
+    want = torch_fn(torch.tensor(x), p)
+    np.testing.assert_allclose(prog.run("m", x=x)["y"], want.numpy(), rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_pooling_before_is_computed_in_the_staged_rows(n):
-    # The max pooling has no kernel of its own: each chunk pools the rows it
-    # stages (stride-4 loads of the convolution's output), the two edge rows
-    # of a chunk twice.
-    prog = dlc.compile("""
+    # c1 (3 channels) is a direct convolution; the max pooling after it has
+    # no kernel of its own: each chunk of c2 pools the rows it stages
+    # (stride-4 loads of c1's output), the two edge rows of a chunk twice.
+    run_against_torch("""
 model m {
-    input x: f32[batch, 16, 16, 14]
+    input x: f32[batch, 3, 16, 14]
     h = conv2d(x, 16, 3, padding=1, name="c1") |> relu |> maxpool(2)
     output y = conv2d(h, 24, 3, padding=1, name="c2") |> relu
 }
-""")
-    kinds = [k.name.rsplit("_", 1)[0] for e in prog.loops.entries for k in e.kernels]
-    assert kinds == ["winograd_conv2d", "winograd_conv2d"], kinds
-    x = np.random.default_rng(2).normal(size=(n, 16, 16, 14)).astype(np.float32)
-    p = {name: torch.tensor(v.copy()) for name, v in prog.params.items()}
-    h = F.max_pool2d(F.relu(F.conv2d(torch.tensor(x), p["c1.weight"], p["c1.bias"], padding=1)), 2)
-    want = F.relu(F.conv2d(h, p["c2.weight"], p["c2.bias"], padding=1))
-    np.testing.assert_allclose(prog.run("m", x=x)["y"], want.numpy(), rtol=RTOL, atol=ATOL)
+""", n, 3, 16, 14, lambda x, p: F.relu(F.conv2d(
+        F.max_pool2d(F.relu(F.conv2d(x, p["c1.weight"], p["c1.bias"], padding=1)), 2),
+        p["c2.weight"], p["c2.bias"], padding=1)), ["pad2d", "relu", "winograd_conv2d"])
+
+
+@pytest.mark.parametrize("n,h,w", [(1, 16, 14), (2, 15, 13)])
+def test_pooling_after_is_each_tiles_maximum(n, h, w):
+    # A 2x2 max pooling of stride 2 after the convolution (and relu) is
+    # absorbed: its windows are the tiles. Odd sizes: the last tile row and
+    # column are partial, and pooling drops them.
+    run_against_torch(f"""
+model m {{
+    input x: f32[batch, 16, {h}, {w}]
+    output y = conv2d(x, 20, 3, padding=1, name="c") |> relu |> maxpool(2)
+}}
+""", n, 16, h, w, lambda x, p: F.max_pool2d(F.relu(F.conv2d(x, p["c.weight"], p["c.bias"], padding=1)), 2),
+        ["winograd_conv2d"])

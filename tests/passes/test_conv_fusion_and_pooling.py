@@ -71,6 +71,23 @@ def test_overlapping_pool_is_not_fused_with_its_producer():
     assert [n.split("_")[0] for n in names] == ["pad2d", "relu", "reshape"]
 
 
+def test_flatten_of_a_stored_value_is_a_view():
+    """A reshape of a value in memory is not inlined: no kernel, and the
+    dense layer reading it keeps its plain index, so `tile` blocks it."""
+    from tests.passes.helpers import loops_after
+    src = """
+model m {
+    input x: f32[batch, 3, 8, 8]
+    h = conv2d(x, 4, 3, padding=1, name="c") |> relu |> flatten
+    output y = dense(h, 5, name="fc")
+}
+"""
+    prog = loops_after(src, "tile")
+    ks = next(e for e in prog.entries if e.name == "m").kernels
+    assert [k.name.split("_")[0] for k in ks] == ["pad2d", "relu", "add"]
+    assert any(isinstance(s, L.Allocate) and s.buf.name == "acc_dot" for s in L.stmts_of(ks[-1].body))
+
+
 POOL_THEN_CONV = 'maxpool(h, 2) |> conv2d(4, 3, padding=1, name="d")'
 
 

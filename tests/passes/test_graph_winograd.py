@@ -10,6 +10,7 @@ from dlc import driver, frontend
 from dlc.ir import loops as L
 from dlc.ops.conv import CONV2D
 from dlc.ops.elementwise import RELU
+from dlc.ops.pool import MAXPOOL
 from dlc.ops.winograd import WINOGRAD_CONV2D
 from dlc.passes import loop_tile
 from dlc.passes.graph_winograd import chunk_rows, winograd
@@ -63,6 +64,12 @@ def test_replaces_eligible_convolutions_and_absorbs_bias_and_relu():
         assert [v.name for v in c2.inputs[1:]] == ["c2.weight", "c2.bias"] and c2.attrs["relu"]
         assert [v.name for v in c3.inputs[1:]] == ["c3.weight", "c3.bias"] and not c3.attrs["relu"]
         assert c3.attrs["size"] == (16, 14)
+        # c3's max pooling (2x2, stride 2: the tiles) is absorbed, except in
+        # the train entry, whose pooling gradient reads c3's output.
+        pooled = name == "cnn"
+        assert c3.attrs["pool"] == pooled
+        assert c3.out.type.shape[2:] == ((8, 7) if pooled else (16, 14))
+        assert (MAXPOOL in ops(fn)) == (not pooled)
         assert ops(fn).count(RELU) == 1   # c1's
     # The gradients are conv2d's: its input and weight gradient ops remain.
     names = {n.op.name for n in program.functions["fit"].nodes}
