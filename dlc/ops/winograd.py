@@ -173,19 +173,14 @@ class WinogradConv2d(Op):
         cached = weight.kind == "param"
         U = ctx.cache(f"{weight.name}.winograd", dtype, 16 * su) if cached \
             else ctx.scratch(dtype, I(16 * su))
-        # Per filter, W channels at once (a vector of each of the 16 U
-        # values, the taps gathered), then the rest one by one.
-        W = vector_registers()[0] // L.DTYPE_BYTES[dtype]
-        k = ctx.var("k")
-
-        def filters_at(c: L.Expr) -> L.Stmt:
-            u = _sandwich(G, G, lambda a, b: w([k, c, I(a), I(b)]))
-            return L.Seq([L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j]) for i in range(4) for j in range(4)])
-
-        cv, lane, ct = ctx.var("cv"), ctx.var("l"), ctx.var("ct")
-        filt = L.Seq([
-            L.loop(cv, I(C // W), L.For(lane, I(W), filters_at(cv * W + lane), "vectorized")),
-            L.loop(ct, I(C % W), filters_at(ct + (C // W) * W))])
+        # Channel by channel, in scalars: it runs only when the weights
+        # changed (a train step: as fast as a vector form, whose taps, 9
+        # apart, were gathered lane by lane in 3,600 lines of LLVM IR per
+        # kernel, a second of the CIFAR CNN's compile time).
+        k, c = ctx.var("k"), ctx.var("c")
+        u = _sandwich(G, G, lambda a, b: w([k, c, I(a), I(b)]))
+        filt = L.loop(c, I(C), L.Seq([L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j])
+                                      for i in range(4) for j in range(4)]))
         if cached:
             # Filter by filter (U[.][k] comes from weight[k] only), so that the
             # `parallelize` pass may share the comparison out.
