@@ -119,6 +119,10 @@ dlc_status dlc_session_run(dlc_session *session, const char *entry,
                            int32_t n_inputs, const char *const *input_names,
                            const dlc_tensor *inputs, int32_t n_outputs,
                            dlc_tensor *outputs);
+dlc_status dlc_session_run_into(dlc_session *session, const char *entry,
+                                int32_t n_inputs, const char *const *input_names,
+                                const dlc_tensor *inputs, int32_t n_outputs,
+                                const dlc_tensor *outputs);
 dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
@@ -135,6 +139,7 @@ dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *te
 """
 
 MAX_RANK = 8
+ALIGNMENT = 64   # DLC_ALIGNMENT
 ROLES = ("param", "state", "input", "output")
 DTYPES = ("f32", "f64", "i32")
 INITS = ("zeros", "ones", "uniform", "normal")
@@ -279,6 +284,14 @@ def _as_input(what: str, value, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data is ALIGNMENT-aligned."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _fill(t, a: np.ndarray, what: str):
     if a.ndim > MAX_RANK:
         raise InvalidArgumentError(f"{what}: rank {a.ndim} is above the limit of {MAX_RANK}")
@@ -290,7 +303,8 @@ def _fill(t, a: np.ndarray, what: str):
 
 class _EntryPlan:
     """What a run of one entry needs, computed once per program."""
-    __slots__ = ("name", "c_name", "inputs", "c_input_names", "n_outputs", "outputs")
+    __slots__ = ("name", "c_name", "inputs", "c_input_names", "n_outputs", "outputs",
+                 "input_dims", "output_dims")
 
     def __init__(self, info: EntryInfo):
         self.name = info.name
@@ -302,6 +316,22 @@ class _EntryPlan:
         self.c_input_names = (c_names, ffi.new("const char *[]", c_names))
         self.n_outputs = len(info.outputs)
         self.outputs = [(t.name, _NP_DTYPES[DTYPES.index(t.dtype)]) for t in info.outputs]
+        # dims (ints, or symbol names the inputs bind) to size the outputs
+        self.input_dims = [t.dims for t in info.inputs]
+        self.output_dims = [t.dims for t in info.outputs]
+
+    def output_shapes(self, arrays: list) -> list[tuple] | None:
+        """The outputs' shapes for these inputs; None where the inputs do not
+        fit the declared ranks (the runtime then says what is wrong)."""
+        syms = {}
+        for dims, a in zip(self.input_dims, arrays):
+            if a.ndim != len(dims):
+                return None
+            syms.update((d, n) for d, n in zip(dims, a.shape) if isinstance(d, str))
+        try:
+            return [tuple(syms[d] if isinstance(d, str) else d for d in dims) for dims in self.output_dims]
+        except KeyError:
+            return None
 
 
 class Program:
@@ -375,6 +405,7 @@ class Session:
         self._ptr = ffi.gc(out[0], lib.dlc_session_release)
         # Per-entry scratch: input and output tensor arrays, reused by runs.
         self._scratch = {}
+        self._into = True   # outputs written into arrays we allocate (not for cuda)
         params = {}
         view = ffi.new("dlc_tensor *")
         name = ffi.new("const char **")
@@ -422,7 +453,8 @@ class Session:
         _check(_lib.dlc_session_load(self._ptr, _path(path)))
 
     def run(self, entry: str, inputs: dict) -> dict[str, np.ndarray]:
-        """Runs `entry` on `inputs` (name -> array); returns copies of its outputs."""
+        """Runs `entry` on `inputs` (name -> array); returns its outputs, arrays
+        of their own."""
         scratch = self._scratch.get(entry)
         if scratch is None:
             scratch = self._make_scratch(entry)
@@ -438,6 +470,19 @@ class Session:
             a = _as_input(what, value, dtype)
             keep.append(a)
             _fill(tin[i], a, what)
+        shapes = plan.output_shapes(keep) if self._into else None
+        if shapes is not None:
+            # Into arrays of our own: no copy out of session memory.
+            outs = [_aligned_empty(shape, dtype) for shape, (_, dtype) in zip(shapes, plan.outputs)]
+            for k, o in enumerate(outs):
+                _fill(tout[k], o, plan.outputs[k][0])
+            status = _lib.dlc_session_run_into(self._ptr, plan.c_name, len(keep),
+                                               plan.c_input_names[1], tin, plan.n_outputs, tout)
+            if status == 0:
+                return {name: o for (name, _), o in zip(plan.outputs, outs)}
+            if status != _lib.DLC_ERR_UNAVAILABLE:
+                _raise(status)
+            self._into = False   # a session of a cuda program
         status = _lib.dlc_session_run(self._ptr, plan.c_name, len(keep),
                                       plan.c_input_names[1], tin, plan.n_outputs, tout)
         if status:

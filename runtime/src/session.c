@@ -429,12 +429,66 @@ static int64_t output_shape(const dlc_session *s, const dlc_tensor_desc *t,
   return n;
 }
 
-dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
-                           const char *const *input_names, const dlc_tensor *inputs,
-                           int32_t n_outputs, dlc_tensor *outputs) {
+/* Bytes of tensor t with the bound symbols (checked sizes). */
+static size_t bound_bytes(const dlc_session *s, const dlc_tensor_desc *t) {
+  int64_t dims[DLC_MAX_RANK];
+  return (size_t)output_shape(s, t, dims);
+}
+
+/* Checks the caller's output tensors of dlc_session_run_into against the
+ * shapes in s->out_dims, and against the inputs and each other. */
+static dlc_status check_outputs_into(const dlc_session *s, int32_t ei,
+                                     const dlc_tensor *inputs,
+                                     const dlc_tensor *outputs) {
+  const dlc_program_desc *d = s->desc;
+  const dlc_entry_desc *e = &d->entries[ei];
+  for (int32_t k = 0; k < e->n_outputs; k++) {
+    const dlc_tensor_desc *t = &d->tensors[e->outputs[k]];
+    const dlc_tensor *o = &outputs[k];
+    int same = o->dtype == t->dtype && o->rank == t->rank;
+    for (int32_t j = 0; same && j < t->rank; j++)
+      same = o->dims[j] == s->out_dims[k][j];
+    if (!same)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "output '%s' of entry '%s': the tensor given has another "
+                       "dtype, rank or shape than these inputs make",
+                       t->name, e->name);
+    size_t bytes = bound_bytes(s, t);
+    if (bytes > 0 && (o->data == NULL || ((uintptr_t)o->data & (DLC_ALIGNMENT - 1)) != 0))
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "output '%s' of entry '%s' has no data, or data not "
+                       "aligned to %d bytes",
+                       t->name, e->name, DLC_ALIGNMENT);
+    for (int32_t i = 0; i < e->n_inputs; i++) {
+      const dlc_tensor_desc *ti = &d->tensors[e->inputs[i]];
+      if (overlaps(o->data, bytes, inputs[s->given[i]].data, bound_bytes(s, ti)))
+        return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                         "output '%s' of entry '%s' overlaps input '%s'", t->name,
+                         e->name, ti->name);
+    }
+    for (int32_t j = 0; j < k; j++) {
+      const dlc_tensor_desc *tj = &d->tensors[e->outputs[j]];
+      if (overlaps(o->data, bytes, outputs[j].data, bound_bytes(s, tj)))
+        return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                         "outputs '%s' and '%s' of entry '%s' overlap", tj->name,
+                         t->name, e->name);
+    }
+  }
+  return DLC_OK;
+}
+
+/* dlc_session_run, and with `into` dlc_session_run_into. */
+static dlc_status run_entry(dlc_session *s, const char *entry, int32_t n_inputs,
+                            const char *const *input_names, const dlc_tensor *inputs,
+                            int32_t n_outputs, dlc_tensor *outputs, int into) {
   if (s == NULL || entry == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "dlc_session_run: session and entry must not be NULL");
+                     "%s: session and entry must not be NULL",
+                     into ? "dlc_session_run_into" : "dlc_session_run");
+  if (into && s->cuda != NULL)
+    return dlc__fail(DLC_ERR_UNAVAILABLE,
+                     "dlc_session_run_into is for sessions of CPU programs; use "
+                     "dlc_session_run");
   const dlc_program_desc *d = s->desc;
   int32_t ei = 0;
   while (ei < d->n_entries && strcmp(d->entries[ei].name, entry) != 0)
@@ -480,10 +534,18 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
     es->pending[k] = NULL;
     if (bytes < 0 || (uint64_t)bytes > (uint64_t)SIZE_MAX)
       oom = 1;
-    else if (!oom && ((size_t)bytes > es->out_cap[k] || es->out_data[k] == NULL)) {
+    else if (!oom && !into &&
+             ((size_t)bytes > es->out_cap[k] || es->out_data[k] == NULL)) {
       es->pending[k] = dlc__aligned_alloc((size_t)bytes);
       es->pending_cap[k] = (size_t)bytes;
       oom = es->pending[k] == NULL;
+    }
+  }
+  if (!oom && into) {
+    st = check_outputs_into(s, ei, inputs, outputs);
+    if (st != DLC_OK) {
+      dlc__aligned_free(new_ws);
+      return st;
     }
   }
   if (oom) {
@@ -510,7 +572,7 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
   for (int32_t k = 0; k < e->n_inputs; k++)
     s->table[e->inputs[k]] = inputs[s->given[k]].data;
   for (int32_t k = 0; k < e->n_outputs; k++)
-    s->table[e->outputs[k]] = es->out_data[k];
+    s->table[e->outputs[k]] = into ? outputs[k].data : es->out_data[k];
   dlc_status cuda_st = DLC_OK;
   int32_t rc = 0;
   if (s->cuda != NULL)
@@ -528,6 +590,8 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
     return dlc__fail(DLC_ERR_INTERNAL,
                      "entry '%s' failed with code %d; this is a bug in dlc", entry,
                      (int)rc);
+  if (into)
+    return DLC_OK;
   for (int32_t k = 0; k < e->n_outputs; k++) {
     const dlc_tensor_desc *t = &d->tensors[e->outputs[k]];
     dlc_tensor *out = &outputs[k];
@@ -538,4 +602,18 @@ dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
   }
   dlc__cuda_output_views(s, ei, outputs);
   return DLC_OK;
+}
+
+dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
+                           const char *const *input_names, const dlc_tensor *inputs,
+                           int32_t n_outputs, dlc_tensor *outputs) {
+  return run_entry(s, entry, n_inputs, input_names, inputs, n_outputs, outputs, 0);
+}
+
+dlc_status dlc_session_run_into(dlc_session *s, const char *entry, int32_t n_inputs,
+                                const char *const *input_names,
+                                const dlc_tensor *inputs, int32_t n_outputs,
+                                const dlc_tensor *outputs) {
+  return run_entry(s, entry, n_inputs, input_names, inputs, n_outputs,
+                   (dlc_tensor *)outputs, 1);
 }

@@ -129,6 +129,33 @@ static void test_run(dlc_session *s) {
             "dtype is f64 but the program declares f32");
   in.dtype = DLC_F32;
 
+  /* Into the caller's memory: the same numbers; a tensor that does not fit
+   * (shape, alignment, no data, over an input) is refused, nothing written. */
+  _Alignas(64) float into[4 * 2 + 16];
+  dlc_tensor dst = tensor2(into, 4, 2);
+  CHECK(dlc_session_run_into(s, "model", 1, names, &in, 1, &dst) == DLC_OK);
+  for (int i = 0; i < 8; i++)
+    CHECK(into[i] == y[i]);
+  into[0] = -1.0f;
+  dst.dims[0] = 3;
+  CHECK_ERR(dlc_session_run_into(s, "model", 1, names, &in, 1, &dst),
+            DLC_ERR_INVALID_ARGUMENT, "another dtype, rank or shape");
+  dst = tensor2(into + 1, 4, 2);
+  CHECK_ERR(dlc_session_run_into(s, "model", 1, names, &in, 1, &dst),
+            DLC_ERR_INVALID_ARGUMENT, "aligned to 64 bytes");
+  dst = tensor2(NULL, 4, 2);
+  CHECK_ERR(dlc_session_run_into(s, "model", 1, names, &in, 1, &dst),
+            DLC_ERR_INVALID_ARGUMENT, "has no data");
+  _Alignas(64) float shared[4 * 3];
+  memcpy(shared, x, sizeof x);
+  dlc_tensor over_in = tensor2(shared, 4, 3);
+  dst = tensor2(shared, 4, 2);
+  CHECK_ERR(dlc_session_run_into(s, "model", 1, names, &over_in, 1, &dst),
+            DLC_ERR_INVALID_ARGUMENT, "overlaps input 'x'");
+  CHECK(into[0] == -1.0f);
+  CHECK_ERR(dlc_session_run_into(NULL, "model", 1, names, &in, 1, &dst),
+            DLC_ERR_INVALID_ARGUMENT, "dlc_session_run_into: session and entry");
+
   float t[4 * 2] = {0};
   const char *fit_names[] = {"t", "x"};
   dlc_tensor fit_in[2] = {tensor2(t, 5, 2), tensor2(x, 4, 3)};

@@ -94,10 +94,15 @@ def test_run_model(session):
     out = session.run("model", {"x": x})
     assert list(out) == ["y"]
     np.testing.assert_allclose(out["y"], forward(session.params, x), rtol=1e-6, atol=1e-6)
-    # Outputs are copies: a second run does not change the first result.
+    # Outputs are arrays of their own (the entry writes into them, 64-byte
+    # aligned: dlc_session_run_into): a second run does not change the first.
+    assert out["y"].ctypes.data % 64 == 0 and out["y"].flags.owndata is False
     first = out["y"].copy()
     session.run("model", {"x": x[:2] * 3})
     np.testing.assert_array_equal(out["y"], first)
+    # Inputs of another rank: the runtime's message, not a shape guess.
+    with pytest.raises(InvalidArgumentError, match="rank"):
+        session.run("model", {"x": x[None]})
     # A larger batch grows the output and workspace buffers.
     big = np.ones((1000, 3), np.float32)
     assert session.run("model", {"x": big})["y"].shape == (1000, 2)

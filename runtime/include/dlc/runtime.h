@@ -178,6 +178,18 @@ DLC_API dlc_status dlc_session_run(dlc_session *session, const char *entry,
                                    const dlc_tensor *inputs, int32_t n_outputs,
                                    dlc_tensor *outputs);
 
+/* dlc_session_run, writing each output into memory the caller owns:
+ * outputs[k] gives the k-th output's data (DLC_ALIGNMENT-aligned), dtype,
+ * rank and dims, which must be those these inputs make, and must not overlap
+ * an input or another output. No copy out of session memory is then needed.
+ * Errors: those of dlc_session_run; INVALID_ARGUMENT (an output tensor that
+ * does not match); UNAVAILABLE for a session of a cuda program. */
+DLC_API dlc_status dlc_session_run_into(dlc_session *session, const char *entry,
+                                        int32_t n_inputs,
+                                        const char *const *input_names,
+                                        const dlc_tensor *inputs, int32_t n_outputs,
+                                        const dlc_tensor *outputs);
+
 /* For a session of a program compiled for the cuda target: with `enabled`
  * nonzero, dlc_session_run takes each input's data as a device pointer (a
  * CUdeviceptr of the first device, cast to void *) and gives outputs whose
