@@ -94,12 +94,19 @@ def test_run_model(session):
     out = session.run("model", {"x": x})
     assert list(out) == ["y"]
     np.testing.assert_allclose(out["y"], forward(session.params, x), rtol=1e-6, atol=1e-6)
-    # Outputs are arrays of their own (the entry writes into them, 64-byte
-    # aligned: dlc_session_run_into): a second run does not change the first.
-    assert out["y"].ctypes.data % 64 == 0 and out["y"].flags.owndata is False
-    first = out["y"].copy()
-    session.run("model", {"x": x[:2] * 3})
+    # Outputs are arrays of their own: copies of small ones; large ones (after
+    # a large run) the entry writes into (64-byte aligned:
+    # dlc_session_run_into). A later run changes neither.
+    big_x = np.random.default_rng(1).standard_normal((8192, 3)).astype(np.float32)
+    session.run("model", {"x": big_x})   # copied; the next large ones are not
+    big = session.run("model", {"x": big_x})["y"]
+    assert big.ctypes.data % 64 == 0 and not big.flags.owndata
+    np.testing.assert_allclose(big, forward(session.params, big_x), rtol=1e-6, atol=1e-6)
+    first, big_first = out["y"].copy(), big.copy()
+    session.run("model", {"x": big_x[:2] * 3})
+    session.run("model", {"x": big_x[::-1] * 3})
     np.testing.assert_array_equal(out["y"], first)
+    np.testing.assert_array_equal(big, big_first)
     # Inputs of another rank: the runtime's message, not a shape guess.
     with pytest.raises(InvalidArgumentError, match="rank"):
         session.run("model", {"x": x[None]})
