@@ -36,6 +36,7 @@ from cffi import FFI
 
 from .errors import (STATUS_ERRORS, InvalidArgumentError, RuntimeError_,
                      ToolError, UnavailableError)
+from .ir.loops import ALIGNMENT
 
 # Mirrors dlc/program.h and dlc/runtime.h; tests/runtime/test_bindings.py
 # compiles it against the real headers so the two cannot drift apart.
@@ -140,7 +141,6 @@ dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *te
 """
 
 MAX_RANK = 8
-ALIGNMENT = 64   # DLC_ALIGNMENT
 # When an entry's last outputs came to at least this many bytes, `run`
 # allocates the next ones and has the entry write into them
 # (dlc_session_run_into); smaller ones are copied out of session memory,
@@ -291,17 +291,11 @@ def _as_input(what: str, value, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _aligned_output(t, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised array whose data is ALIGNMENT-aligned, described in
-    the dlc_tensor `t`."""
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data is ALIGNMENT-aligned."""
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    ptr = ffi.from_buffer(raw)
-    start = -int(ffi.cast("uintptr_t", ptr)) % ALIGNMENT
-    t.data = ptr + start
-    t.dtype = _DTYPE_CODE[dtype]
-    t.rank = len(shape)
-    t.dims[0:len(shape)] = shape
+    start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -317,7 +311,7 @@ def _fill(t, a: np.ndarray, what: str):
 class _EntryPlan:
     """What a run of one entry needs, computed once per program."""
     __slots__ = ("name", "c_name", "inputs", "c_input_names", "n_outputs", "outputs",
-                 "input_ranks", "output_dims", "sized", "large_outputs")
+                 "input_ranks", "output_dims", "sized")
 
     def __init__(self, info: EntryInfo):
         self.name = info.name
@@ -341,7 +335,6 @@ class _EntryPlan:
         self.output_dims = [tuple(binds.get(d) if isinstance(d, str) else d for d in t.dims)
                             for t in info.outputs]
         self.sized = all(None not in dims for dims in self.output_dims)
-        self.large_outputs = False   # of the last run (see INTO_MIN_BYTES)
 
     def output_shapes(self, arrays: list) -> list[tuple] | None:
         """The outputs' shapes for these inputs; None where an input's rank
@@ -424,6 +417,7 @@ class Session:
         # Per-entry scratch: input and output tensor arrays, reused by runs.
         self._scratch = {}
         self._into = True   # outputs written into arrays we allocate (not for cuda)
+        self._large_outputs = set()   # entries whose last outputs were (INTO_MIN_BYTES)
         params = {}
         view = ffi.new("dlc_tensor *")
         name = ffi.new("const char **")
@@ -488,11 +482,12 @@ class Session:
             a = _as_input(what, value, dtype)
             keep.append(a)
             _fill(tin[i], a, what)
-        shapes = plan.output_shapes(keep) if self._into and plan.large_outputs else None
+        shapes = plan.output_shapes(keep) if self._into and entry in self._large_outputs else None
         if shapes is not None:
             # Into arrays of our own: no copy out of session memory.
-            outs = [_aligned_output(tout[k], shape, dtype)
-                    for k, (shape, (_, dtype)) in enumerate(zip(shapes, plan.outputs))]
+            outs = [_aligned_empty(shape, dtype) for shape, (_, dtype) in zip(shapes, plan.outputs)]
+            for k, (o, (name, _)) in enumerate(zip(outs, plan.outputs)):
+                _fill(tout[k], o, name)
             status = _lib.dlc_session_run_into(self._ptr, plan.c_name, len(keep),
                                                plan.c_input_names[1], tin, plan.n_outputs, tout)
             if status == 0:
@@ -512,7 +507,10 @@ class Session:
                 ffi.memmove(ffi.from_buffer(out), t.data, out.nbytes)
             result[name] = out
             total += out.nbytes
-        plan.large_outputs = total >= INTO_MIN_BYTES
+        if total >= INTO_MIN_BYTES:
+            self._large_outputs.add(entry)
+        else:
+            self._large_outputs.discard(entry)
         return result
 
     def _make_scratch(self, entry: str):

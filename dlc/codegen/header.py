@@ -17,7 +17,7 @@ Two layers, both over the descriptor the compiled object exports as
     dlc_tensors_* functions (in the session file, so the bare one stays
     runtime-free).
 The weights region holds every param, then every optimizer state, in
-tensor-table order, each at an offset aligned to ALIGNMENT.
+tensor-table order, each at an offset aligned to L.ALIGNMENT.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from ..errors import DlcError
 from ..ir import loops as L
 from ..lower import EntrySlots, TensorSlot
 
-ALIGNMENT = 64  # DLC_ALIGNMENT in runtime/include/dlc/runtime.h
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t"}
 DTYPE_BYTES = {"f32": 4, "f64": 8, "i32": 4}
 DTYPE_ENUM = {"f32": "DLC_F32", "f64": "DLC_F64", "i32": "DLC_I32"}
@@ -91,7 +90,7 @@ class Interface:
             if t.role in ("param", "state"):
                 self.offsets[i] = self.weights_bytes
                 self.offset_macros[i] = self._fresh(t.name.upper(), taken)
-                self.weights_bytes += -(-self.fixed_bytes(t) // ALIGNMENT) * ALIGNMENT
+                self.weights_bytes += -(-self.fixed_bytes(t) // L.ALIGNMENT) * L.ALIGNMENT
                 if t.role == "param":
                     self.params_bytes = self.weights_bytes
         self.entries = []
@@ -239,7 +238,7 @@ dlc_status {e.c_name}(dlc_session *session, {", ".join(itf.params(e))});
 
 /* The alignment, in bytes, of the weights region and the workspace (inputs
  * and outputs need only their element's alignment). */
-#define {m}_ALIGNMENT {ALIGNMENT}
+#define {m}_ALIGNMENT {L.ALIGNMENT}
 /* The number of entries of the descriptor's tensor table. */
 #define {m}_N_TENSORS {len(itf.tensors)}
 /* The weights region: every param, then every optimizer state. */

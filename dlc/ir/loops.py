@@ -289,6 +289,9 @@ class Kernel:
 
 
 DTYPE_BYTES = {"f32": 4, "f64": 8, "i32": 4, INDEX: 8}
+# DLC_ALIGNMENT (runtime/include/dlc/runtime.h): of the weights region, the
+# workspace and each region the memory planner lays out in it.
+ALIGNMENT = 64
 
 
 @dataclass

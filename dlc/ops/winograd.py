@@ -52,6 +52,7 @@ from ..ir.graph import TensorType
 from ..lower import flat_index
 from .base import Op, register
 from .conv import CONV2D
+from .pool import MAXPOOL
 
 # The F(2x2, 3x3) transforms (Lavin and Gray's B^T, G, A^T).
 BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
@@ -95,14 +96,19 @@ CHUNK_BYTES = 512 * 1024
 # M and staged input S in a region of workspace (local buffers would be unsafe: a
 # product's ragged edge tile stores whole vectors into locals). Task s of P
 # uses region s * SLOTS / P: the pool gives each thread an equal run of
-# tasks, so each thread's regions are the same part of the workspace in
-# every Winograd convolution, which the memory planner gives the same slot.
+# tasks, so each thread's regions are the same part of the scratch in every
+# Winograd convolution (and of the memory, where the planner's slots share
+# it).
 # (With region s, a task wrote where another thread's task of the
 # convolution before had, and the lines moved between the cores' caches on
 # every call: in a variant with 8 slots, batch-1 CIFAR inference took 0.47 ms
 # instead of 0.40 when the two cores were on different dies.)
 SLOTS = 16
 REGION = CHUNK_BYTES // 4 + 32 * XI_PAD   # floats: V and M, each padded (S fits beside)
+
+
+# The max pooling whose windows are the 2x2 output tiles (`pool`).
+TILE_POOL = {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1)}
 
 
 def tiles(size: int) -> int:
@@ -302,10 +308,7 @@ class WinogradConv2d(Op):
             y = y + bias.reshape(1, -1, 1, 1)
         if relu:
             y = np.maximum(y, 0)
-        if pool:
-            n, k, (oh, ow) = y.shape[0], y.shape[1], (size[0] // 2, size[1] // 2)
-            y = y[:, :, :2 * oh, :2 * ow].reshape(n, k, oh, 2, ow, 2).max(axis=(3, 5))
-        return y
+        return MAXPOOL.reference(y, **TILE_POOL) if pool else y
 
 
 WINOGRAD_CONV2D = register(WinogradConv2d())

@@ -34,7 +34,7 @@ from ..ops.conv import CONV2D, PAD2D
 from ..ops.elementwise import ADD, RELU
 from ..ops.pool import MAXPOOL
 from ..ops.shape import BROADCAST_TO, RESHAPE
-from ..ops.winograd import CHUNK_BYTES, WINOGRAD_CONV2D, tiles
+from ..ops.winograd import CHUNK_BYTES, TILE_POOL, WINOGRAD_CONV2D, tiles
 from .graph_dce import eliminate_dead_code
 
 MIN_CHANNELS = 16
@@ -44,8 +44,6 @@ MIN_CHUNK_TILES = 16
 # Output tiles per chunk; a chunk's transformed input and products (16 *
 # (channels + filters) * tiles floats) fit CHUNK_BYTES where they can.
 CHUNK_TILES = 64
-# The max pooling whose windows are the 2x2 output tiles.
-TILE_POOL = {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1)}
 
 
 def eligible(n: Node) -> bool:

@@ -17,7 +17,6 @@ from dataclasses import replace
 
 from ..ir import loops as L
 
-ALIGN = 64   # bytes, of every region (DLC_ALIGNMENT)
 SHARING_MIN_SAVING = 1 << 20
 
 
@@ -51,7 +50,7 @@ def layout(entry: L.LoopEntry) -> tuple[list[L.Expr], L.Expr]:
     """The byte offset of each workspace buffer (by index) and the
     workspace's size, as index expressions of the symbols."""
     I = lambda v: L.Const(v, L.INDEX)
-    aligned = lambda n: (n + (ALIGN - 1)) / I(ALIGN) * I(ALIGN)
+    aligned = lambda n: (n + (L.ALIGNMENT - 1)) / I(L.ALIGNMENT) * I(L.ALIGNMENT)
     nbytes = lambda buf: buf.size * I(L.DTYPE_BYTES[buf.dtype])
     slot_at, shared = [], I(0)
     for slot in entry.slots():

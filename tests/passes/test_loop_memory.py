@@ -6,7 +6,7 @@ import numpy as np
 
 from dlc import api
 from dlc.ir import loops as L
-from dlc.passes.loop_memory import ALIGN, SHARING_MIN_SAVING, layout
+from dlc.passes.loop_memory import SHARING_MIN_SAVING, layout
 from dlc.runtime import _runtime, ffi
 
 from .helpers import compile_without, loops_after
@@ -54,8 +54,8 @@ def test_buffers_have_their_own_regions_unless_sharing_saves_enough():
     first, last = lifetimes(entry)
     for batch in (1, 2048):
         at, size, total = regions(entry, batch)
-        assert all(a % ALIGN == 0 for a in at) and all(a + s <= total for a, s in zip(at, size))
-        own = sum(-(-s // ALIGN) * ALIGN for s in size)
+        assert all(a % L.ALIGNMENT == 0 for a in at) and all(a + s <= total for a, s in zip(at, size))
+        own = sum(-(-s // L.ALIGNMENT) * L.ALIGNMENT for s in size)
         if batch == 1:
             # each buffer its own region, disjoint from every other
             assert total == own
