@@ -170,7 +170,7 @@ def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
         raise DlcError("arch applies to target 'cuda' only")
     text, file = read(source)
     art = driver.build(text, file, target=target, arch=arch)
-    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), seed, num_threads,
+    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_modules), seed, num_threads,
                            target, art.loops)
 
 

@@ -93,12 +93,12 @@ def compile_command(args, source: str, file: str) -> int:
         print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
         return 0
     if args.emit == "so":
-        lib = compiler.shared_library(art.llvm_ir, args.cpu)
+        lib = compiler.shared_library(art.llvm_modules, args.cpu)
         out = Path(args.output or Path(file).with_suffix(".so"))
         shutil.copyfile(lib, out)
         print(f"wrote {out}", file=sys.stderr)
         return 0
-    return write(args, compiler.emit(art.llvm_ir, args.emit, args.cpu))
+    return write(args, compiler.emit(art.llvm_modules, args.emit, args.cpu))
 
 
 def write(args, data: bytes) -> int:

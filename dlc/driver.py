@@ -76,7 +76,7 @@ class Artifact:
     graph: G.Program
     loops: L.LoopProgram
     entries: list[EntrySlots]
-    llvm_ir: str              # the module of the host library
+    llvm_modules: list[str]   # the host library's modules (render.Renderer.render)
     ptx: str | None = None    # cuda target: the kernels
 
 
@@ -145,14 +145,15 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
         _log(dump_after, name, lambda: L.print_program(loops), out)
     ptx = None
     if target == "cuda":
-        ptx, llvm_ir = timed("render", render_cuda, loops, entries, Path(file).stem, arch or DEFAULT_ARCH)
+        ptx, llvm_modules = timed("render", render_cuda, loops, entries, Path(file).stem,
+                                  arch or DEFAULT_ARCH)
     else:
-        llvm_ir = timed("render", render, loops, entries, Path(file).stem)
-    _log(dump_after, "render", lambda: llvm_ir, out)
+        llvm_modules = timed("render", render, loops, entries, Path(file).stem)
+    _log(dump_after, "render", lambda: "\n".join(llvm_modules), out)
     if time_passes:
         for name, t in timings:
             print(f"{name:>18}: {t * 1e3:8.2f} ms", file=out)
-    return Artifact(program, loops, entries, llvm_ir, ptx)
+    return Artifact(program, loops, entries, llvm_modules, ptx)
 
 
 def read_source(path_or_source: str | os.PathLike) -> tuple[str, str]:

@@ -1,37 +1,32 @@
-"""Compiler: LLVM IR text -> optimized object code -> shared library.
+"""Compiler: LLVM IR modules -> optimized object code -> shared library.
 
-Parses and verifies the module, optimizes it with LLVM's new pass manager
-(O3, loop and SLP vectorization) for the host CPU, emits an object file or
-assembly, and links a shared library with the system C compiler. Libraries
-are cached by a hash of the IR, the target and the options.
+The renderer gives a program as several modules (its descriptor and entry
+functions, and one module per kernel). The compiler parses, verifies and
+links them, optimizes with LLVM's new pass manager (O3, loop and SLP
+vectorization) for the host CPU, and emits an object file or assembly.
+A shared library of a big program is built in parallel: its modules are
+split into balanced groups, each optimized and compiled by its own process
+(objects.py), and the objects are linked by the system C compiler.
+Libraries are cached by a hash of the IR, the target and the options.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-
-import llvmlite.binding as llvm
+from typing import Sequence
 
 from ..errors import InternalError, ToolError
+from . import objects
+from .objects import OPT_LEVEL, host_target, target_machine  # noqa: F401 (the compiler's interface)
 
-OPT_LEVEL = 3
-
-
-@functools.cache
-def _init() -> None:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-
-
-def host_target() -> tuple[str, str, str]:
-    """(triple, cpu, features) of this machine."""
-    _init()
-    return llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+# IR text per job of a parallel build: about 0.6 s of LLVM's time, against
+# about 0.15 s to start a worker process.
+MIN_JOB_BYTES = 1 << 20
 
 
 def vector_registers() -> tuple[int, int]:
@@ -45,37 +40,22 @@ def vector_registers() -> tuple[int, int]:
     return 16, 16
 
 
-def target_machine(cpu: str | None = None):
-    triple, host_cpu, features = host_target()
-    if cpu and cpu != host_cpu:
-        features = ""  # a named CPU brings its own feature set
-    target = llvm.Target.from_triple(triple)
-    return target.create_target_machine(cpu=cpu or host_cpu, features=features,
-                                        opt=OPT_LEVEL, reloc="pic", codemodel="default")
-
-
-def optimize(llvm_ir: str, cpu: str | None = None, machine=None):
-    """Parse, verify, set the target, run O3; returns (module, target machine).
-    `machine` overrides the host target (the CUDA target passes NVPTX's)."""
+def optimize(modules: str | Sequence[str], cpu: str | None = None, machine=None, whole: bool = True):
+    """Parse, verify and link the modules, set the target, run O3; returns
+    (module, target machine). `machine` overrides the host target (the CUDA
+    target passes NVPTX's); `whole`: see objects.load."""
     tm = machine or target_machine(cpu)
     try:
-        mod = llvm.parse_assembly(llvm_ir)
-        mod.verify()
+        mod = objects.load([modules] if isinstance(modules, str) else list(modules), tm, whole)
     except RuntimeError as e:
         raise InternalError("codegen", f"LLVM rejected the module: {e}") from e
-    mod.triple = tm.triple
-    mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    objects.optimize(mod, tm)
     return mod, tm
 
 
-def emit(llvm_ir: str, kind: str, cpu: str | None = None) -> bytes:
+def emit(modules: str | Sequence[str], kind: str, cpu: str | None = None) -> bytes:
     """kind: 'll' (optimized IR), 'asm' or 'obj'."""
-    mod, tm = optimize(llvm_ir, cpu)
+    mod, tm = optimize(modules, cpu)
     if kind == "ll":
         return str(mod).encode()
     if kind == "asm":
@@ -83,16 +63,75 @@ def emit(llvm_ir: str, kind: str, cpu: str | None = None) -> bytes:
     return tm.emit_object(mod)
 
 
-def link_shared(obj: bytes, out: Path) -> None:
-    """Link an object into a shared library at `out`, atomically (another
-    process may be building the same cached library)."""
+def default_jobs(modules: Sequence[str]) -> int:
+    """Processes for a parallel build: one per MIN_JOB_BYTES of IR, at most
+    one per core this process may run on (one where Python cannot start
+    itself: an embedding interpreter)."""
+    if not sys.executable:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, sum(map(len, modules)) // MIN_JOB_BYTES))
+
+
+def balance(modules: Sequence[str], jobs: int) -> list[list[str]]:
+    """The modules in at most `jobs` groups of about equal size (largest
+    first into the smallest group); the first module stays in the first."""
+    groups: list[list[str]] = [[modules[0]]] + [[] for _ in range(jobs - 1)]
+    sizes = [len(modules[0])] + [0] * (jobs - 1)
+    for text in sorted(modules[1:], key=len, reverse=True):
+        k = sizes.index(min(sizes))
+        groups[k].append(text)
+        sizes[k] += len(text)
+    return [g for g in groups if g]
+
+
+def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None,
+                 jobs: int | None = None) -> list[Path]:
+    """Object files of the program's modules, written in `directory`: the
+    first group compiled here, each other one by a worker process at the
+    same time."""
+    groups = balance(modules, jobs or default_jobs(modules))
+    workers = []
+    try:
+        for k, group in enumerate(groups[1:], 1):
+            inputs = [directory / f"job{k}.{i}.ll" for i in range(len(group))]
+            for path, text in zip(inputs, group):
+                path.write_text(text)
+            out = directory / f"job{k}.o"
+            # -P: the worker's own folder stays off sys.path.
+            cmd = [sys.executable, "-P", objects.__file__, cpu or "", str(out), *map(str, inputs)]
+            workers.append((out, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)))
+        own = directory / "job0.o"
+        mod, tm = optimize(groups[0], cpu, whole=len(groups) == 1)
+        own.write_bytes(tm.emit_object(mod))
+        for out, proc in workers:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise InternalError("codegen", f"an LLVM worker process failed:\n{err}")
+    finally:
+        for _, proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [own] + [out for out, _ in workers]
+
+
+def link_shared(objects: Sequence[bytes | Path], out: Path) -> None:
+    """Link objects (their code or their files) into a shared library at
+    `out`, atomically (another process may be building the same cached
+    library)."""
     cc = os.environ.get("CC") or shutil.which("cc") or "cc"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as d:
-        o = Path(d) / "program.o"
-        o.write_bytes(obj)
+        files = []
+        for k, obj in enumerate(objects):
+            if isinstance(obj, bytes):
+                files.append(Path(d) / f"part{k}.o")
+                files[-1].write_bytes(obj)
+            else:
+                files.append(obj)
         tmp = Path(d) / "program.so"
-        cmd = [cc, "-shared", "-o", str(tmp), str(o), "-lm"]
+        cmd = [cc, "-shared", "-o", str(tmp), *map(str, files), "-lm"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise ToolError(cmd, r.stderr)
@@ -105,13 +144,16 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def shared_library(llvm_ir: str, cpu: str | None = None) -> Path:
-    """The path of a shared library for this IR, built unless cached."""
+def shared_library(modules: Sequence[str], cpu: str | None = None, jobs: int | None = None) -> Path:
+    """The path of a shared library for the program's modules, built unless
+    cached (by `jobs` processes; default_jobs when None)."""
     from .. import __version__
     triple, host_cpu, features = host_target()
     key = hashlib.sha256("\0".join(
-        [__version__, triple, cpu or host_cpu, features, str(OPT_LEVEL), llvm_ir]).encode()).hexdigest()
+        [__version__, triple, cpu or host_cpu, features, str(OPT_LEVEL), *modules]).encode()).hexdigest()
     path = cache_dir() / f"{key[:32]}.so"
     if not path.exists():
-        link_shared(emit(llvm_ir, "obj", cpu), path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as d:
+            link_shared(object_files(modules, Path(d), cpu, jobs), path)
     return path

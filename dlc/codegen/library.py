@@ -45,8 +45,8 @@ def write_library(art, source_file: str, out: Path, cpu: str | None = None) -> l
     so = out.parent / f"{out.name}.so"
     archive = out.parent / f"lib{out.name}.a"
     h = out.parent / f"{out.name}.h"
-    mod, tm = compiler.optimize(art.llvm_ir, cpu)
-    compiler.link_shared(tm.emit_object(mod), so)
+    mod, tm = compiler.optimize(art.llvm_modules, cpu)
+    compiler.link_shared([tm.emit_object(mod)], so)
     mod.get_function("dlc_program").name = f"{itf.prefix}_program"
     cc = os.environ.get("CC") or shutil.which("cc") or "cc"
     ar = os.environ.get("AR") or shutil.which("ar") or "ar"

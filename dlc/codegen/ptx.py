@@ -335,8 +335,8 @@ class CudaHostRenderer(Renderer):
         b._insert(launch)
         return b.call(launch, [ctx, I32(index), grid, I32(BLOCK), params])
 
-    def render(self) -> ir.Module:
-        module = super().render()
+    def render(self) -> list[ir.Module]:
+        [module] = super().render()   # launches, no kernel modules
         cuda_t = ir.LiteralStructType([PTR, PTR, I32, PTR])
         g = ir.GlobalVariable(module, cuda_t, name="dlc.cuda")
         g.initializer = ir.Constant(cuda_t, [
@@ -345,12 +345,12 @@ class CudaHostRenderer(Renderer):
         g.global_constant, g.linkage = True, "private"
         fn = ir.Function(module, ir.FunctionType(PTR, []), name="dlc_cuda_program")
         ir.IRBuilder(fn.append_basic_block("entry")).ret(g)
-        return module
+        return [module]
 
 
 def render_cuda(prog: L.LoopProgram, entries, name: str = "dlc",
-                arch: str = DEFAULT_ARCH) -> tuple[str, str]:
-    """(PTX text, host LLVM IR) of a GPU-mapped loop program."""
+                arch: str = DEFAULT_ARCH) -> tuple[str, list[str]]:
+    """(PTX text, host LLVM IR modules) of a GPU-mapped loop program."""
     ptx = emit_ptx(device_module(prog, name), arch)
     host = CudaHostRenderer(prog, entries, name, ptx, arch, kernel_symbols(prog)).render()
-    return ptx, str(host)
+    return ptx, [str(m) for m in host]

@@ -626,12 +626,16 @@ class Renderer:
     def __init__(self, prog: L.LoopProgram, entries, name: str):
         self.prog, self.entries = prog, entries
         self.module = ir.Module(name=name)
+        self.kernel_modules: list[ir.Module] = []
         self.strings: dict[str, ir.GlobalVariable] = {}
         self.kernel_fns: dict[tuple, ir.Function] = {}
         self.entry: L.LoopEntry | None = None   # the entry being rendered
         self.cold: dict[int, set[int]] = {}     # cold kernels by entry
 
-    def render(self) -> ir.Module:
+    def render(self) -> list[ir.Module]:
+        """The program's modules: the first holds the descriptor and entry
+        functions, each other one a kernel (so the compiler can optimize
+        them in parallel)."""
         descs = []
         for entry, slots in zip(self.prog.entries, self.entries):
             self.entry = entry
@@ -640,24 +644,31 @@ class Renderer:
             ws = self.workspace_function(entry)
             descs.append((slots, run, ws))
         self.descriptor(descs)
-        return self.module
+        return [self.module, *self.kernel_modules]
 
     # -- kernels
     def kernel(self, name: str, k: L.Kernel) -> tuple[ir.Function, list[L.Buffer]]:
-        """An internal function (buffers..., syms, host). Kernels that differ
-        only in their buffers (a model's forward pass inside its train and
-        grads entries) share one function."""
+        """A function (buffers..., syms, host) in a module of its own, and
+        its declaration in the main module. Kernels that differ only in their
+        buffers (a model's forward pass inside its train and grads entries)
+        share one function."""
         bufs = _global_buffers(k.body)
         key = _Shape(set(self.prog.syms)).stmt(k.body)
         if key in self.kernel_fns:
             return self.kernel_fns[key], bufs
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2)),
-                         name=f"dlc.kernel.{name}")
-        fn.linkage = "internal"
+        module = ir.Module(name=f"{self.module.name}.{name}")
+        self.kernel_modules.append(module)
+        ftype = ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2))
+        fn = ir.Function(module, ftype, name=f"dlc.kernel.{name}")
+        declared = ir.Function(self.module, ftype, name=fn.name)
+        # llvmlite writes the linkage where LLVM also reads a visibility:
+        # external but hidden, so the shared library does not export kernels
+        # (compiled as one module, they become internal: objects.load).
+        fn.linkage = declared.linkage = "hidden"
         for a in fn.args[:-2]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        em = StmtEmitter(self.module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
+        em = StmtEmitter(module, b, fn.args[-2], self.prog.syms, host=fn.args[-1])
         # A kernel is a loop nest called once per run: inlining it into the
         # entry saves nothing and makes O3 several times slower on big programs.
         if id(self.entry) not in self.cold:
@@ -668,8 +679,8 @@ class Renderer:
             em.pointers[buf] = arg
         em.emit_stmt(k.body)
         b.ret_void()
-        self.kernel_fns[key] = fn
-        return fn, bufs
+        self.kernel_fns[key] = declared
+        return declared, bufs
 
     def entry_function(self, entry: L.LoopEntry, kernels) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
@@ -758,6 +769,7 @@ class Renderer:
         ir.IRBuilder(fn.append_basic_block("entry")).ret(g)
 
 
-def render(prog: L.LoopProgram, entries, name: str = "dlc") -> str:
-    """LLVM IR text of the whole program (triple and layout set by the compiler)."""
-    return str(Renderer(prog, entries, name).render())
+def render(prog: L.LoopProgram, entries, name: str = "dlc") -> list[str]:
+    """LLVM IR text of the program's modules (Renderer.render; triple and
+    layout set by the compiler)."""
+    return [str(m) for m in Renderer(prog, entries, name).render()]

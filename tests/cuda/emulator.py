@@ -90,7 +90,7 @@ def install(directory: str | None = None) -> Path:
         text = emit(device_ir, arch)
         target = d / f"{fnv1a(text)}.so"
         if not target.exists():
-            compiler.link_shared(compiler.emit(host_kernels_ir(device_ir), "obj"), target)
+            compiler.link_shared([compiler.emit(host_kernels_ir(device_ir), "obj")], target)
         return text
 
     emit_and_build_host_kernels.emulated = True

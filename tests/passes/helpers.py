@@ -28,7 +28,7 @@ def loops_after(src: str, upto: str, target: str = "cpu") -> L.LoopProgram:
 
 def compile_without(src: str, skip: tuple[str, ...] = (), num_threads: int = 1) -> CompiledProgram:
     art = driver.build(src, verify=True, skip_passes=skip)
-    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_ir), 0, num_threads,
+    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_modules), 0, num_threads,
                            loops=art.loops)
 
 

@@ -1,0 +1,85 @@
+"""The compiler's parallel build: a program's modules (the descriptor and
+entries, one per kernel) split into groups, each optimized and compiled by
+its own process, give a library that computes what the one-module build
+computes and exports only dlc_program."""
+import ctypes
+import re
+
+import numpy as np
+import pytest
+
+from dlc import driver
+from dlc.api import CompiledProgram
+from dlc.codegen import compiler
+from dlc.errors import InternalError
+
+SRC = """
+model cnn {
+    input x: f32[batch, 3, 12, 12]
+    h = conv2d(x, 8, 3, padding=1, name="c1") |> relu |> maxpool(2)
+    h = conv2d(h, 8, 3, name="c2") |> relu |> flatten
+    output y = dense(h, 4, name="fc")
+}
+train fit {
+    input x: f32[batch, 3, 12, 12]
+    input t: i32[batch]
+    loss = cross_entropy(cnn(x), t)
+    optimizer = sgd(lr=0.1, momentum=0.9)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def art():
+    return driver.build(SRC)
+
+
+def test_balance_keeps_every_module_and_the_first_in_the_first_group():
+    modules = ["main" * 10] + [str(k) * n for k, n in enumerate([50, 10, 30, 30, 5, 40], 1)]
+    groups = compiler.balance(modules, 3)
+    assert groups[0][0] == modules[0]
+    assert sorted(t for g in groups for t in g) == sorted(modules)
+    sizes = [sum(map(len, g)) for g in groups]
+    assert max(sizes) - min(sizes) <= 10, sizes
+    assert compiler.balance(modules[:2], 4) == [[modules[0]], [modules[1]]]   # no empty groups
+
+
+def test_big_programs_are_built_by_several_processes(art):
+    assert len(art.llvm_modules) > 10   # main + a module per kernel
+    assert compiler.default_jobs(art.llvm_modules) == 1   # this one is small
+    assert compiler.default_jobs(["x" * compiler.MIN_JOB_BYTES] * 64) >= 1
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_parallel_build_computes_what_one_module_computes(art, jobs, tmp_path, monkeypatch):
+    def program(jobs):
+        monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / f"jobs{jobs}"))
+        lib = compiler.shared_library(art.llvm_modules, jobs=jobs)
+        return lib, CompiledProgram(art.graph, lib, 0, 2, loops=art.loops)
+
+    (_, one), (lib, split) = program(1), program(jobs)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 12, 12)).astype(np.float32)
+    t = rng.integers(0, 4, size=5).astype(np.int32)
+    np.testing.assert_array_equal(one.run("cnn", x=x)["y"], split.run("cnn", x=x)["y"])
+    for _ in range(2):
+        assert one.train("fit", x=x, t=t) == split.train("fit", x=x, t=t)
+    for name, p in one.params.items():
+        np.testing.assert_array_equal(p, split.params[name], err_msg=name)
+    so = ctypes.CDLL(str(lib))
+    so["dlc_program"]
+    kernel = re.search(r'define hidden void @"(dlc\.kernel\.[^"]+)"', art.llvm_modules[1])[1]
+    with pytest.raises(AttributeError):
+        so[kernel]   # hidden: linked into the library, not exported
+
+
+def test_one_module_emits_kernels_as_internal_functions(art):
+    text = compiler.emit(art.llvm_modules, "ll").decode()
+    assert re.search(r'^define internal .*@"?dlc\.kernel\.', text, re.M)
+    assert not any(line.startswith(("define hidden", "declare hidden")) for line in text.splitlines())
+
+
+def test_a_worker_failure_is_an_internal_error(art, tmp_path):
+    bad = art.llvm_modules + ["define void @broken() {\n  ret i32 0\n}\n"]
+    with pytest.raises(InternalError, match="LLVM worker process failed"):
+        compiler.object_files(bad, tmp_path, jobs=len(bad))
