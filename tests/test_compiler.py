@@ -75,7 +75,7 @@ def test_parallel_build_computes_what_one_module_computes(art, jobs, tmp_path, m
 
 def test_one_module_emits_kernels_as_internal_functions(art):
     text = compiler.emit(art.llvm_modules, "ll").decode()
-    assert re.search(r'^define internal .*@"?dlc\.kernel\.', text, re.M)
+    assert re.search(r'^define internal .*@"?dlc\.kernel\.', text, re.MULTILINE)
     assert not any(line.startswith(("define hidden", "declare hidden")) for line in text.splitlines())
 
 

@@ -17,12 +17,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import InternalError, ToolError
 from . import objects
-from .objects import OPT_LEVEL, host_target, target_machine  # noqa: F401 (the compiler's interface)
+from .objects import OPT_LEVEL, host_target, target_machine
 
 # IR text per job of a parallel build: about 0.6 s of LLVM's time, against
 # about 0.15 s to start a worker process.
@@ -116,15 +116,15 @@ def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None
     return [own] + [out for out, _ in workers]
 
 
-def link_shared(objects: Sequence[bytes | Path], out: Path) -> None:
-    """Link objects (their code or their files) into a shared library at
+def link_shared(parts: Sequence[bytes | Path], out: Path) -> None:
+    """Link object code (bytes) or object files into a shared library at
     `out`, atomically (another process may be building the same cached
     library)."""
     cc = os.environ.get("CC") or shutil.which("cc") or "cc"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as d:
         files = []
-        for k, obj in enumerate(objects):
+        for k, obj in enumerate(parts):
             if isinstance(obj, bytes):
                 files.append(Path(d) / f"part{k}.o")
                 files[-1].write_bytes(obj)
