@@ -4,13 +4,14 @@ its own process, give a library that computes what the one-module build
 computes and exports only dlc_program."""
 import ctypes
 import re
+import subprocess
 
 import numpy as np
 import pytest
 
 from dlc import driver
 from dlc.api import CompiledProgram
-from dlc.codegen import compiler
+from dlc.codegen import compiler, library
 from dlc.errors import InternalError
 
 SRC = """
@@ -83,3 +84,16 @@ def test_a_worker_failure_is_an_internal_error(art, tmp_path):
     bad = art.llvm_modules + ["define void @broken() {\n  ret i32 0\n}\n"]
     with pytest.raises(InternalError, match="LLVM worker process failed"):
         compiler.object_files(bad, tmp_path, jobs=len(bad))
+
+
+def test_archive_of_a_parallel_build_exports_no_kernel(art, tmp_path, monkeypatch):
+    """--emit=lib: kernels, global between the parts of a parallel build,
+    are local in the archive (two programs in one binary may name kernels
+    alike); the descriptor is <name>_program."""
+    monkeypatch.setattr(compiler, "default_jobs", lambda modules: 3)
+    _, archive, _ = library.write_library(art, "cnn.dl", tmp_path / "cnn")
+    symbols = subprocess.run(["nm", "--defined-only", str(archive)], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    kernels = [line.split() for line in symbols if "dlc.kernel." in line]
+    assert kernels and all(kind.islower() for _, kind, _ in kernels), kernels
+    assert any(line.endswith(" T cnn_program") for line in symbols)

@@ -1,6 +1,7 @@
 """`dlc compile --emit=lib`: a program as a C library.
 
-From one optimized module it writes, next to each other:
+From the program's objects (compiler.object_files) it writes, next to
+each other:
   <name>.so    the program library (exports `dlc_program`), for
                dlc_program_load and the Python API;
   lib<name>.a  the compiled object, exporting the descriptor as
@@ -45,15 +46,20 @@ def write_library(art, source_file: str, out: Path, cpu: str | None = None) -> l
     so = out.parent / f"{out.name}.so"
     archive = out.parent / f"lib{out.name}.a"
     h = out.parent / f"{out.name}.h"
-    mod, tm = compiler.optimize(art.llvm_modules, cpu)
-    compiler.link_shared([tm.emit_object(mod)], so)
-    mod.get_function("dlc_program").name = f"{itf.prefix}_program"
     cc = os.environ.get("CC") or shutil.which("cc") or "cc"
     ar = os.environ.get("AR") or shutil.which("ar") or "ar"
+    objcopy = os.environ.get("OBJCOPY") or shutil.which("objcopy") or "objcopy"
     with tempfile.TemporaryDirectory(dir=out.parent) as d:
         tmp = Path(d)
+        program = compiler.object_files(art.llvm_modules, tmp, cpu)
+        compiler.link_shared(program, so)
+        # The archive's program is one object: kernels (hidden symbols shared
+        # between the compiled parts) made local, since two programs linked
+        # into one binary may name kernels alike; the descriptor renamed.
         objects = [tmp / f"{itf.prefix}.o"]
-        objects[0].write_bytes(tm.emit_object(mod))
+        _run([cc, "-r", "-o", str(tmp / "program.o"), *map(str, program)])
+        _run([objcopy, "--localize-hidden", "--redefine-sym", f"dlc_program={itf.prefix}_program",
+              str(tmp / "program.o"), str(objects[0])])
         (tmp / h.name).write_text(header.header(itf))
         for part, text in (("session", header.session_source(itf)),
                            ("bare", header.bare_source(itf))):
