@@ -31,7 +31,6 @@ from ..ir import loops as L
 from ..lower import EntrySlots, TensorSlot
 
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t"}
-DTYPE_BYTES = {"f32": 4, "f64": 8, "i32": 4}
 DTYPE_ENUM = {"f32": "DLC_F32", "f64": "DLC_F64", "i32": "DLC_I32"}
 KIND_TEXT = {
     "infer": "model {name}: runs the model on its inputs.",
@@ -121,7 +120,7 @@ class Interface:
 
     @staticmethod
     def fixed_bytes(t: TensorSlot) -> int:
-        n = DTYPE_BYTES[t.dtype]
+        n = L.DTYPE_BYTES[t.dtype]
         for d in t.dims:
             n *= d
         return n
@@ -136,7 +135,7 @@ class Interface:
         """A C expression of a tensor's size in bytes, in the entry's sym args."""
         factors = [f"(size_t)({self.sym_arg(e, d)})" if isinstance(d, str) else f"(size_t){d}"
                    for d in t.dims]
-        return " * ".join(factors + [f"(size_t){DTYPE_BYTES[t.dtype]}"])
+        return " * ".join(factors + [f"(size_t){L.DTYPE_BYTES[t.dtype]}"])
 
     def params(self, e: Entry) -> list[str]:
         """The C parameters of entry e's functions: syms, inputs, outputs."""
