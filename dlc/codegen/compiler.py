@@ -91,6 +91,9 @@ def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None
     first group compiled here, each other one by a worker process at the
     same time."""
     groups = balance(modules, jobs or default_jobs(modules))
+    # The workers find llvmlite where this process did, even on a sys.path
+    # changed at run time; -P keeps the worker's own folder off it.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     workers = []
     try:
         for k, group in enumerate(groups[1:], 1):
@@ -98,9 +101,8 @@ def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None
             for path, text in zip(inputs, group):
                 path.write_text(text)
             out = directory / f"job{k}.o"
-            # -P: the worker's own folder stays off sys.path.
             cmd = [sys.executable, "-P", objects.__file__, cpu or "", str(out), *map(str, inputs)]
-            workers.append((out, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)))
+            workers.append((out, subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)))
         own = directory / "job0.o"
         mod, tm = optimize(groups[0], cpu, whole=len(groups) == 1)
         own.write_bytes(tm.emit_object(mod))
