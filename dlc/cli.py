@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, driver
@@ -86,6 +87,15 @@ def compile_command(args, source: str, file: str) -> int:
     if args.emit == "loops":
         from .ir.loops import print_program
         return write(args, print_program(art.loops).encode())
+    t0 = time.perf_counter()
+    status = native_code(args, art, file)
+    if args.time_passes:   # LLVM and the linker: most of a big program's compile time
+        print(f"{'llvm':>18}: {(time.perf_counter() - t0) * 1e3:8.2f} ms", file=sys.stderr)
+    return status
+
+
+def native_code(args, art, file: str) -> int:
+    """Writes what --emit asks of LLVM: ll, asm, obj, so or lib."""
     if args.emit == "lib":
         from .codegen.library import write_library
         out = Path(args.output) if args.output else Path(file).with_suffix("")

@@ -77,8 +77,10 @@ def run_cli(*args):
 def test_cli_compile_summary_and_errors(tmp_path):
     src = tmp_path / "net.dl"
     src.write_text(SRC)
-    r = run_cli("compile", str(src), "-o", str(tmp_path / "net.so"))
+    r = run_cli("compile", str(src), "-o", str(tmp_path / "net.so"), "--time-passes")
     assert r.returncode == 0 and (tmp_path / "net.so").exists(), r.stderr
+    timed = [line.split(":")[0].strip() for line in r.stderr.splitlines() if line.endswith(" ms")]
+    assert timed[0] == "check" and timed[-2:] == ["render", "llvm"], r.stderr
     for emit in ("ast", "graph", "loops", "ll", "asm"):
         r = run_cli("compile", str(src), "--emit", emit, "-o", "-")
         assert r.returncode == 0 and r.stdout, (emit, r.stderr)
