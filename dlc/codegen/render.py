@@ -83,7 +83,9 @@ class ExprEmitter:
             return False
         hit = self.vary_cache.get(id(e))
         if hit is None or hit[0] is not e:  # the node is kept: its id stays its own
-            hit = self.vary_cache[id(e)] = (e, L.depends_on(e, self.lanes[0]))
+            # From the children's answers, each cached: emit asks of every node.
+            varying = e is self.lanes[0] or any(self.varies(x) for x in L.children(e))
+            hit = self.vary_cache[id(e)] = (e, varying)
         return hit[1]
 
     def splat(self, v: ir.Value) -> ir.Value:

@@ -348,26 +348,31 @@ def exprs_of(s: Stmt) -> Iterator[Expr]:
             yield st.cond
 
 
-def subexprs(e: Expr) -> Iterator[Expr]:
-    yield e
+def children(e: Expr) -> tuple[Expr, ...]:
+    """The direct subexpressions of e, in order."""
     if isinstance(e, Load):
-        yield from subexprs(e.index)
-    elif isinstance(e, Bin):
-        yield from subexprs(e.a)
-        yield from subexprs(e.b)
-    elif isinstance(e, Call):
-        for a in e.args:
-            yield from subexprs(a)
-    elif isinstance(e, Select):
-        yield from subexprs(e.cond)
-        yield from subexprs(e.a)
-        yield from subexprs(e.b)
-    elif isinstance(e, Cast):
-        yield from subexprs(e.value)
-    elif isinstance(e, Reduce):
-        for x in e.extents:
-            yield from subexprs(x)
-        yield from subexprs(e.body)
+        return (e.index,)
+    if isinstance(e, Bin):
+        return (e.a, e.b)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    if isinstance(e, Cast):
+        return (e.value,)
+    if isinstance(e, Reduce):
+        return (*e.extents, e.body)
+    return ()
+
+
+def subexprs(e: Expr) -> Iterator[Expr]:
+    """e and every expression inside it, in preorder (with a stack: nested
+    generators would cost the depth for every node)."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        yield x
+        stack.extend(reversed(children(x)))
 
 
 def buffers_of(s: Stmt) -> Iterator[Buffer]:
