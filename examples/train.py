@@ -3,6 +3,7 @@
     python examples/train.py moons     # examples/moons.dl on make_moons(1000, noise=0.2)
     python examples/train.py digits    # examples/digits_mlp.dl on load_digits, 20% held out
     python examples/train.py digits_cnn  # examples/digits_cnn.dl: the digits as 1x8x8 images
+    python examples/train.py crnn      # examples/crnn.dl: a CNN feeding an LSTM, on the same images
     python examples/train.py adding    # examples/adding.dl: LSTM vs plain RNN on the adding problem
     python examples/train.py sentiment # examples/sentiment.dl on a synthetic grammar, 20% held out
 
@@ -43,6 +44,7 @@ TASKS = {  # name: (program, model, data, epochs, batch)
     "moons": ("moons.dl", "moons", moons_data, 100, 32),
     "digits": ("digits_mlp.dl", "digits", digits_data, 40, 32),
     "digits_cnn": ("digits_cnn.dl", "digits_cnn", digit_images, 15, 32),
+    "crnn": ("crnn.dl", "crnn", digit_images, 15, 32),
 }
 
 

@@ -18,7 +18,8 @@ def load_train():
     return load_module().train
 
 
-@pytest.mark.parametrize("task,target", [("moons", 0.97), ("digits", 0.95), ("digits_cnn", 0.98), ("sentiment", 0.95)])
+@pytest.mark.parametrize("task,target", [("moons", 0.97), ("digits", 0.95), ("digits_cnn", 0.98), ("crnn", 0.95),
+                                         ("sentiment", 0.95)])
 def test_example_reaches_accuracy(task, target):
     acc = load_train()(task, seed=0, verbose=False)
     assert acc >= target, f"{task}: held-out accuracy {acc:.3f} < {target}"

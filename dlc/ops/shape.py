@@ -1,5 +1,6 @@
 """Ops that move elements between shapes: broadcasts, reductions to a shape,
-the gradient barrier, reshape / flatten, and concat with its adjoint slice."""
+the gradient barrier, reshape / flatten, concat with its adjoint slice, and
+transpose."""
 from __future__ import annotations
 
 import math
@@ -254,8 +255,41 @@ class Slice(Op):
         return np.take(x, range(start, start + size), axis=axis)
 
 
+class Transpose(Op):
+    """x.permute(dims): output axis k is x's axis dims[k] (CNN features
+    read as a sequence: [batch, C, H, W] -> [batch, W, C, H])."""
+    name = "transpose"
+    signature = (Arg("x", "tensor"), Arg("dims", "ints"))
+
+    def build(self, b, args):
+        x, dims = args["x"], tuple(args["dims"])
+        if sorted(dims) != list(range(x.type.rank)):
+            raise OpError(f"'transpose' dims must order the {x.type.rank} axes of {x.type}, "
+                          f"each once (0 to {x.type.rank - 1}), got {dims}", arg="dims")
+        return x if dims == tuple(range(x.type.rank)) else b.node(self, [x], dims=dims)
+
+    def infer(self, ins, attrs) -> TensorType:
+        (x,) = ins
+        return TensorType(x.dtype, tuple(x.shape[a] for a in attrs["dims"]))
+
+    def grad(self, b, node, g):
+        dims = node.attrs["dims"]
+        inverse = tuple(sorted(range(len(dims)), key=dims.__getitem__))
+        return [b.node(TRANSPOSE, [g], dims=inverse)]
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        src = [None] * len(idx)
+        for i, a in zip(idx, node.attrs["dims"]):
+            src[a] = i
+        return ins[0](src)
+
+    def reference(self, x, *, dims):
+        return np.transpose(x, dims)
+
+
 RESHAPE, FLATTEN = register(Reshape()), register(Flatten())
 CONCAT, SLICE = register(Concat()), register(Slice())
+TRANSPOSE = register(Transpose())
 
 
 def reshape(b, x, shape):

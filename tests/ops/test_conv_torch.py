@@ -1,4 +1,4 @@
-"""conv2d, pooling, flatten / reshape / concat: forward and gradients against
+"""conv2d, pooling, flatten / reshape / concat / transpose: forward and gradients against
 PyTorch, and the backward pass in f64 against finite differences.
 
 The op under test reads the output of a 1x1 convolution `pre`, so
@@ -147,6 +147,25 @@ def test_reshape_and_concat():
     check(body, lambda h, P: torch.cat([h.reshape(-1, 3, 10),
                                         F.conv2d(h, P["c.weight"], P["c.bias"]).reshape(-1, 2, 10)],
                                        dim=1), (2, 3, 2, 5))
+
+
+@pytest.mark.parametrize("dims", [(0, 3, 1, 2), (0, 2, 3, 1), (0, 1, 3, 2)])
+def test_transpose(dims):
+    check(f"transpose(h, {dims})", lambda h, P: h.permute(*dims), (2, 3, 4, 5))
+
+
+def test_cnn_columns_as_a_sequence():
+    """A CNN feeding an LSTM (as CRNN): the feature map's columns are steps."""
+    body = ('transpose(relu(conv2d(h, 4, 3, padding=1, name="c")), (0, 3, 1, 2)) '
+            '|> reshape((-1, 5, 16)) |> lstm(6, name="lstm")')
+
+    def torch_body(h, P):
+        f = torch.relu(F.conv2d(h, P["c.weight"], P["c.bias"], padding=1))
+        lstm = torch.nn.LSTM(16, 6, batch_first=True)
+        weights = {f"{k}_l0": P[f"lstm.{k}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        return torch.func.functional_call(lstm, weights, (f.permute(0, 3, 1, 2).reshape(-1, 5, 16),))[0]
+
+    check(body, torch_body, (2, 3, 4, 5))
 
 
 def test_concat_channels():
