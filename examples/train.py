@@ -1,4 +1,4 @@
-"""Compile a .dl classifier and train it on a scikit-learn data set.
+"""Compile a .dl program and train it on a scikit-learn data set.
 
     python examples/train.py moons     # examples/moons.dl on make_moons(1000, noise=0.2)
     python examples/train.py digits    # examples/digits_mlp.dl on load_digits, 20% held out
@@ -6,9 +6,12 @@
     python examples/train.py crnn      # examples/crnn.dl: a CNN feeding an LSTM, on the same images
     python examples/train.py adding    # examples/adding.dl: LSTM vs plain RNN on the adding problem
     python examples/train.py sentiment # examples/sentiment.dl on a synthetic grammar, 20% held out
+    python examples/train.py autoencoder  # examples/autoencoder.dl: the digits through 8 numbers
+    python examples/train.py gan       # examples/gan.dl: a GAN drawing points of make_moons
 
-Prints the loss as it trains and the held-out accuracy (adding: mean squared
-error) reached.
+Prints the loss as it trains and the held-out accuracy reached (adding: mean
+squared error; autoencoder: reconstruction error; gan: how the generated
+points match real ones).
 """
 from __future__ import annotations
 
@@ -50,8 +53,8 @@ TASKS = {  # name: (program, model, data, epochs, batch)
 
 def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu") -> float:
     """Train `task` on `target` (cpu or cuda) and return the held-out accuracy."""
-    if task in SEQUENCE_TASKS:
-        return SEQUENCE_TASKS[task](seed=seed, verbose=verbose, target=target)
+    if task in OWN_LOOP_TASKS:
+        return OWN_LOOP_TASKS[task](seed=seed, verbose=verbose, target=target)
     file, model, data, epochs, batch = TASKS[task]
     x, y = data(seed)
     rng = np.random.default_rng(seed)
@@ -179,12 +182,89 @@ def train_sentiment(seed: int = 0, verbose: bool = True, epochs: int = 6, batch:
     return acc
 
 
-SEQUENCE_TASKS = {"adding": train_adding, "sentiment": train_sentiment}
+# ------------------------------------------------------ generative models
+
+def train_autoencoder(seed: int = 0, verbose: bool = True, epochs: int = 50, batch: int = 32,
+                      target: str = "cpu") -> dict[str, float]:
+    """Train examples/autoencoder.dl on the digits (20% held out); return
+    the held-out reconstruction error (mean squared, per pixel) and that of
+    always drawing the mean training image."""
+    x, _ = digits_data(seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_test = len(x) // 5
+    test, tr = order[:n_test], order[n_test:]
+    prog = dlc.compile(HERE / "autoencoder.dl", seed=seed, target=target)
+    mean_image = float(np.mean((x[test] - x[tr].mean(axis=0)) ** 2))
+
+    def error(idx) -> float:
+        return float(np.mean((prog.run("autoencoder", x=x[idx])["y"] - x[idx]) ** 2))
+
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        perm = rng.permutation(tr)
+        losses = [prog.train("fit", x=x[perm[i:i + batch]]) for i in range(0, len(perm), batch)]
+        if verbose and epoch % 10 == 0:
+            print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  held-out error {error(test):.4f}")
+    result = {"error": error(test), "mean_image_error": mean_image}
+    if verbose:
+        print(f"trained {epochs} epochs in {time.perf_counter() - t0:.2f} s; held-out error "
+              f"{result['error']:.4f} (drawing the mean image: {mean_image:.4f})")
+    return result
+
+
+def moon_points(rng, n: int):
+    """n points of make_moons (noise 0.05) and their moon (0 or 1)."""
+    from sklearn.datasets import make_moons
+    x, moon = make_moons(n, noise=0.05, random_state=int(rng.integers(1 << 31)))
+    return x.astype(np.float32), moon
+
+
+def train_gan(seed: int = 0, verbose: bool = True, steps: int = 3000, batch: int = 64,
+              target: str = "cpu") -> dict[str, float]:
+    """Train examples/gan.dl, a discriminator step then a generator step on
+    fresh batches; return how 1000 generated points match 4000 real ones:
+    precision (generated points within 0.1 of a real one), coverage (real
+    points within 0.1 of a generated one) and the share in the second moon."""
+    rng = np.random.default_rng(seed)
+    prog = dlc.compile(HERE / "gan.dl", seed=seed, target=target)
+    real, fake = np.ones((batch, 1), np.float32), np.zeros((batch, 1), np.float32)
+    points, moon = moon_points(np.random.default_rng(seed + 1), 4000)
+    noise = np.random.default_rng(seed + 2).normal(size=(1000, 4)).astype(np.float32)
+
+    def quality() -> dict[str, float]:
+        made = prog.run("gen", z=noise)["x"]
+        dist = np.sqrt(((made[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+        return {"precision": float((dist.min(axis=1) < 0.1).mean()),
+                "coverage": float((dist.min(axis=0) < 0.1).mean()),
+                "second_moon": float(moon[dist.argmin(axis=1)].mean())}
+
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        x, _ = moon_points(rng, batch)
+        z = rng.normal(size=(batch, 4)).astype(np.float32)
+        d_loss = prog.train("train_disc", x=x, z=z, real=real, fake=fake)
+        z = rng.normal(size=(batch, 4)).astype(np.float32)
+        g_loss = prog.train("train_gen", z=z, real=real)
+        if verbose and step % 500 == 0:
+            q = quality()
+            print(f"step {step:5d}  discriminator loss {d_loss:.3f}  generator loss {g_loss:.3f}  "
+                  f"precision {q['precision']:.3f}  coverage {q['coverage']:.3f}")
+    result = quality()
+    if verbose:
+        print(f"trained {steps} steps in {time.perf_counter() - t0:.2f} s; precision "
+              f"{result['precision']:.3f}, coverage {result['coverage']:.3f}, "
+              f"{result['second_moon']:.3f} of the points in the second moon")
+    return result
+
+
+OWN_LOOP_TASKS = {"adding": train_adding, "sentiment": train_sentiment,
+                  "autoencoder": train_autoencoder, "gan": train_gan}
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=list(TASKS) + list(SEQUENCE_TASKS), nargs="?", default="moons")
+    ap.add_argument("task", choices=list(TASKS) + list(OWN_LOOP_TASKS), nargs="?", default="moons")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
