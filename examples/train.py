@@ -43,6 +43,12 @@ def digit_images(seed: int):
     return x.reshape(-1, 1, 8, 8), y
 
 
+def held_out_split(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(test, training) indices of n examples: a random 20% held out."""
+    order = rng.permutation(n)
+    return order[:n // 5], order[n // 5:]
+
+
 TASKS = {  # name: (program, model, data, epochs, batch)
     "moons": ("moons.dl", "moons", moons_data, 100, 32),
     "digits": ("digits_mlp.dl", "digits", digits_data, 40, 32),
@@ -58,9 +64,7 @@ def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu") -
     file, model, data, epochs, batch = TASKS[task]
     x, y = data(seed)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_test = len(x) // 5
-    test, tr = order[:n_test], order[n_test:]
+    test, tr = held_out_split(len(x), rng)
     t0 = time.perf_counter()
     prog = dlc.compile(HERE / file, seed=seed, target=target)
     if verbose:
@@ -155,9 +159,7 @@ def train_sentiment(seed: int = 0, verbose: bool = True, epochs: int = 6, batch:
     """Train examples/sentiment.dl; return the held-out accuracy (20% held out)."""
     tokens, lengths, labels = sentiment_data(seed)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(tokens))
-    n_test = len(tokens) // 5
-    test, tr = order[:n_test], order[n_test:]
+    test, tr = held_out_split(len(tokens), rng)
     prog = dlc.compile(HERE / "sentiment.dl", seed=seed, target=target)
 
     def inputs(idx):  # a batch is padded only to its longest sentence
@@ -191,9 +193,7 @@ def train_autoencoder(seed: int = 0, verbose: bool = True, epochs: int = 50, bat
     always drawing the mean training image."""
     x, _ = digits_data(seed)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
-    n_test = len(x) // 5
-    test, tr = order[:n_test], order[n_test:]
+    test, tr = held_out_split(len(x), rng)
     prog = dlc.compile(HERE / "autoencoder.dl", seed=seed, target=target)
     mean_image = float(np.mean((x[test] - x[tr].mean(axis=0)) ** 2))
 
