@@ -45,10 +45,14 @@ def test_balance_keeps_every_module_and_the_first_in_the_first_group():
     assert compiler.balance(modules[:2], 4) == [[modules[0]], [modules[1]]]   # no empty groups
 
 
-def test_big_programs_are_built_by_several_processes(art):
+def test_big_programs_are_built_by_several_processes(art, monkeypatch):
     assert len(art.llvm_modules) > 10   # main + a module per kernel
     assert compiler.default_jobs(art.llvm_modules) == 1   # this one is small
-    assert compiler.default_jobs(["x" * compiler.MIN_JOB_BYTES] * 64) >= 1
+    big = ["x" * compiler.MIN_JOB_BYTES] * 64
+    monkeypatch.setenv("DLC_COMPILE_JOBS", "3")
+    assert compiler.default_jobs(big) == 3
+    monkeypatch.setenv("DLC_COMPILE_JOBS", "1")
+    assert compiler.default_jobs(big) == 1
 
 
 @pytest.mark.parametrize("jobs", [2, 3])

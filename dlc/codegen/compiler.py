@@ -65,11 +65,15 @@ def emit(modules: str | Sequence[str], kind: str, cpu: str | None = None) -> byt
 
 def default_jobs(modules: Sequence[str]) -> int:
     """Processes for a parallel build: one per MIN_JOB_BYTES of IR, at most
-    one per core this process may run on (one where Python cannot start
-    itself: an embedding interpreter)."""
+    DLC_COMPILE_JOBS, by default one per core this process may run on (one
+    where Python cannot start itself: an embedding interpreter)."""
     if not sys.executable:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = os.environ.get("DLC_COMPILE_JOBS", "")
+    if limit.isdigit() and int(limit) > 0:
+        cores = int(limit)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, sum(map(len, modules)) // MIN_JOB_BYTES))
 
 
