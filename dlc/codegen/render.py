@@ -642,8 +642,9 @@ class Renderer:
         for entry, slots in zip(self.prog.entries, self.entries):
             self.entry = entry
             kernels = [self.kernel(f"{entry.name}.{k.name}", k) for k in entry.kernels]
-            run = self.entry_function(entry, kernels)
-            ws = self.workspace_function(entry)
+            offsets, size = layout(entry)
+            run = self.entry_function(entry, kernels, offsets)
+            ws = self.workspace_function(entry, size)
             descs.append((slots, run, ws))
         self.descriptor(descs)
         return [self.module, *self.kernel_modules]
@@ -684,14 +685,16 @@ class Renderer:
         self.kernel_fns[key] = declared
         return declared, bufs
 
-    def entry_function(self, entry: L.LoopEntry, kernels) -> ir.Function:
+    def entry_function(self, entry: L.LoopEntry, kernels, offsets: list[L.Expr]) -> ir.Function:
+        """Runs the kernels on the tensors and on workspace buffers at
+        `offsets` (bytes, by buffer index: loop_memory.layout)."""
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
                          name=f"dlc.entry.{entry.name}")
         fn.linkage = "internal"
         tensors, syms, ws, host = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, syms, self.prog.syms)
-        offsets = [em.emit(at) for at in layout(entry)[0]]
+        offsets = [em.emit(at) for at in offsets]
         status = I32(0)
         for kfn, bufs in kernels:
             args = []
@@ -711,12 +714,13 @@ class Renderer:
         em.b.call(kernel, args + [entry_fn.args[1], entry_fn.args[3]])  # syms, host
         return I32(0)
 
-    def workspace_function(self, entry: L.LoopEntry) -> ir.Function:
+    def workspace_function(self, entry: L.LoopEntry, size: L.Expr) -> ir.Function:
+        """Returns the workspace's `size` (bytes: loop_memory.layout)."""
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), name=f"dlc.workspace.{entry.name}")
         fn.linkage = "internal"
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, fn.args[0], self.prog.syms)
-        b.ret(em.emit(layout(entry)[1]))
+        b.ret(em.emit(size))
         return fn
 
     # -- descriptor (layout of program.h's structs)
