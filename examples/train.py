@@ -49,6 +49,13 @@ def held_out_split(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     return order[:n // 5], order[n // 5:]
 
 
+def shuffled_batches(indices: np.ndarray, size: int, rng) -> list[np.ndarray]:
+    """An epoch: the indices in a random order, in batches of `size` (the
+    last may be smaller)."""
+    order = rng.permutation(indices)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
 TASKS = {  # name: (program, model, data, epochs, batch)
     "moons": ("moons.dl", "moons", moons_data, 100, 32),
     "digits": ("digits_mlp.dl", "digits", digits_data, 40, 32),
@@ -77,9 +84,7 @@ def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu") -
 
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        perm = rng.permutation(tr)
-        losses = [prog.train("fit", x=x[perm[i:i + batch]], t=y[perm[i:i + batch]])
-                  for i in range(0, len(perm), batch)]
+        losses = [prog.train("fit", x=x[idx], t=y[idx]) for idx in shuffled_batches(tr, batch, rng)]
         if verbose and (epoch % 10 == 0 or epoch == 1):
             print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  held-out accuracy {accuracy(test):.3f}")
     acc = accuracy(test)
@@ -172,9 +177,8 @@ def train_sentiment(seed: int = 0, verbose: bool = True, epochs: int = 6, batch:
 
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        perm = rng.permutation(tr)
-        losses = [prog.train("fit", **inputs(perm[i:i + batch]), label=labels[perm[i:i + batch]])
-                  for i in range(0, len(perm), batch)]
+        losses = [prog.train("fit", **inputs(idx), label=labels[idx])
+                  for idx in shuffled_batches(tr, batch, rng)]
         if verbose:
             print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  held-out accuracy {accuracy(test):.3f}")
     acc = accuracy(test)
@@ -202,8 +206,7 @@ def train_autoencoder(seed: int = 0, verbose: bool = True, epochs: int = 50, bat
 
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        perm = rng.permutation(tr)
-        losses = [prog.train("fit", x=x[perm[i:i + batch]]) for i in range(0, len(perm), batch)]
+        losses = [prog.train("fit", x=x[idx]) for idx in shuffled_batches(tr, batch, rng)]
         if verbose and epoch % 10 == 0:
             print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  held-out error {error(test):.4f}")
     result = {"error": error(test), "mean_image_error": mean_image}
