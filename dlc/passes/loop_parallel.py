@@ -14,7 +14,9 @@ Per top-level loop nest of a kernel:
   - nests whose total work is a constant below GRAIN_COST stay serial.
 
 Only loops whose every iteration writes its own elements are parallelized:
-each store to a global buffer must index by every fused loop variable.
+each store to a global buffer must index by every fused loop variable, in
+its address arithmetic (a scatter, whose row is a loaded token, stays
+serial: its sum is then also in one fixed order, so deterministic).
 """
 from __future__ import annotations
 
@@ -63,12 +65,27 @@ def cost(s: L.Stmt) -> L.Expr:
     raise TypeError(s)
 
 
+def _addresses_by(index: L.Expr, var: L.Var) -> bool:
+    """index uses var in its own arithmetic, not only through a loaded
+    value: a scatter's row `tok[p]` depends on p, yet two iterations may
+    read the same token and add into the same row."""
+    stack = [index]
+    while stack:
+        x = stack.pop()
+        if x is var:
+            return True
+        if not isinstance(x, L.Load):
+            stack.extend(L.children(x))
+    return False
+
+
 def _independent(loops: list[L.For], body: L.Stmt) -> bool:
     """Every store to a global buffer in body indexes by each loop var of
-    `loops` (of extent other than 1): iterations write disjoint elements."""
+    `loops` (of extent other than 1) in its address arithmetic: iterations
+    write disjoint elements."""
     stores = [st for st in L.stmts_of(body) if isinstance(st, L.Store) and st.buf.kind != "local"]
     return bool(stores) and all(
-        L.depends_on(st.index, lp.var) for st in stores for lp in loops
+        _addresses_by(st.index, lp.var) for st in stores for lp in loops
         if not (isinstance(lp.extent, L.Const) and lp.extent.value == 1))
 
 

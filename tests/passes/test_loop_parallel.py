@@ -63,3 +63,27 @@ def test_numbers_unchanged_on_two_threads(monkeypatch):
         assert par.train("fit", x=x, t=t) == one.train("fit", x=x, t=t)
     for name in par.params:
         np.testing.assert_array_equal(par.params[name], one.params[name])
+
+
+def test_a_scatter_by_loaded_rows_stays_serial():
+    """The embedding's gradient adds each (example, step) into the row its
+    token names: its store depends on the loop only through the loaded token,
+    so two iterations may add into one row. It must stay serial (it had been
+    shared out, losing updates at two threads)."""
+    src = """
+model m {
+    input tok: i32[batch, 12]
+    output y = embedding(tok, 20, 8, name="emb") |> flatten |> dense(3, name="fc")
+}
+train fit {
+    input tok: i32[batch, 12]
+    input t: i32[batch]
+    loss = cross_entropy(m(tok), t)
+    optimizer = sgd(lr=0.1)
+}
+"""
+    scatters = [k for k in kernels(loops_after(src, "parallelize"), "fit").values()
+                if k.name.startswith("scatter_rows")]
+    assert scatters
+    for k in scatters:
+        assert not any(lp.kind == "parallel" for lp in loops_of(k.body)), k.name
