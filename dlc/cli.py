@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except DlcError as e:
         print(f"dlc: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:   # writing an output: a missing directory, a full disk, no permission
+        print(f"dlc: error: cannot write '{e.filename}': {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def compile_command(args, source: str, file: str) -> int:

@@ -1,4 +1,5 @@
 """The Python API and the command line, end to end."""
+import os
 import subprocess
 import sys
 
@@ -94,3 +95,17 @@ def test_cli_compile_summary_and_errors(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{bad}:4:" in r.stderr and "did you mean 'relu'" in r.stderr and "^" in r.stderr
     assert run_cli("--version").stdout.startswith("dlc ")
+
+
+def test_cli_reports_unwritable_outputs_and_caches_without_a_traceback(tmp_path):
+    src = tmp_path / "net.dl"
+    src.write_text(SRC)
+    r = run_cli("compile", str(src), "-o", str(tmp_path / "missing" / "net.so"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "cannot write" in r.stderr and "No such file or directory" in r.stderr
+    (tmp_path / "file").write_text("")
+    env = dict(os.environ, DLC_CACHE_DIR=str(tmp_path / "file" / "cache"))
+    r = subprocess.run([sys.executable, "-m", "dlc.cli", "compile", str(src), "-o", str(tmp_path / "n.so")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "cannot use the compile cache" in r.stderr and "DLC_CACHE_DIR" in r.stderr

@@ -5,6 +5,7 @@ computes and exports only dlc_program."""
 import ctypes
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from dlc import driver
 from dlc.api import CompiledProgram
 from dlc.codegen import compiler, library
-from dlc.errors import InternalError
+from dlc.errors import DlcError, InternalError
 
 SRC = """
 model cnn {
@@ -101,3 +102,54 @@ def test_archive_of_a_parallel_build_exports_no_kernel(art, tmp_path, monkeypatc
     kernels = [line.split() for line in symbols if "dlc.kernel." in line]
     assert kernels and all(kind.islower() for _, kind, _ in kernels), kernels
     assert any(line.endswith(" T cnn_program") for line in symbols)
+
+
+MOONS = """
+model m {
+    input x: f32[batch, 2]
+    output y = dense(x, 3, name="fc") |> relu
+}
+"""
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "foreign"])
+def test_a_damaged_cached_library_is_rebuilt(damage, tmp_path, monkeypatch):
+    """A cached library that is cut short (dlopen had mapped past its end:
+    SIGBUS), empty, overwritten, or another valid library under the name
+    fails its seal and is rebuilt, and the program runs."""
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    modules = driver.build(MOONS).llvm_modules
+    path = compiler.shared_library(modules)
+    good = path.read_bytes()
+    assert compiler.sealed(good)
+    broken = {"truncated": good[:len(good) // 2], "empty": b"", "garbage": b"\x7fELF" + b"\0" * 999,
+              "foreign": good[:-compiler.SEAL_BYTES]}[damage]
+    path.write_bytes(broken)
+    assert compiler.shared_library(modules) == path
+    assert compiler.sealed(path.read_bytes())
+    x = np.ones((2, 2), np.float32)
+    y = CompiledProgram(driver.build(MOONS).graph, path, 0, 1).run("m", x=x)["y"]
+    assert y.shape == (2, 3) and np.isfinite(y).all()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "a temporary file was left behind"
+
+
+def test_processes_building_one_library_at_once_leave_an_intact_one(tmp_path):
+    """Four processes compile the same program into an empty cache at the
+    same time: each renames its own whole file into place."""
+    script = ("import dlc, numpy as np; p = dlc.compile(%r); "
+              "print(p.run('m', x=np.ones((1, 2), np.float32))['y'].shape)" % MOONS)
+    env = dict(__import__("os").environ, DLC_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "(1, 3)", err
+    libs = list(tmp_path.iterdir())
+    assert len(libs) == 1 and compiler.sealed(libs[0].read_bytes())
+
+
+def test_an_unusable_cache_directory_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    with pytest.raises(DlcError, match="cannot use the compile cache .*DLC_CACHE_DIR"):
+        compiler.shared_library(driver.build(MOONS).llvm_modules)

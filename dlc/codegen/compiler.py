@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import InternalError, ToolError
+from ..errors import DlcError, InternalError, ToolError
 from . import objects
 from .objects import OPT_LEVEL, host_target, target_machine
 
@@ -150,16 +150,43 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+# A cached library ends with this seal: a tag and the SHA-256 of every byte
+# before it. The dynamic loader maps only the segments the ELF headers name,
+# so trailing bytes change nothing; a truncated file (which dlopen would map
+# past its end: SIGBUS), a partly written or a foreign one fails the check
+# and is rebuilt.
+SEAL_TAG = b"dlc-cache-seal-1"
+SEAL_BYTES = len(SEAL_TAG) + hashlib.sha256().digest_size
+
+
+def sealed(data: bytes) -> bool:
+    """data ends with a seal of what precedes it."""
+    body, seal = data[:-SEAL_BYTES], data[-SEAL_BYTES:]
+    return len(data) > SEAL_BYTES and seal == SEAL_TAG + hashlib.sha256(body).digest()
+
+
 def shared_library(modules: Sequence[str], cpu: str | None = None, jobs: int | None = None) -> Path:
     """The path of a shared library for the program's modules, built unless
-    cached (by `jobs` processes; default_jobs when None)."""
+    an intact one is cached (by `jobs` processes; default_jobs when None).
+    Processes building the same library at once each write their own
+    temporary file and rename it into place: the file seen under the cached
+    name is always whole."""
     from .. import __version__
     triple, host_cpu, features = host_target()
     key = hashlib.sha256("\0".join(
         [__version__, triple, cpu or host_cpu, features, str(OPT_LEVEL), *modules]).encode()).hexdigest()
     path = cache_dir() / f"{key[:32]}.so"
-    if not path.exists():
+    try:
+        if path.is_file() and sealed(path.read_bytes()):
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as d:
-            link_shared(object_files(modules, Path(d), cpu, jobs), path)
+            tmp = Path(d) / "program.so"
+            link_shared(object_files(modules, Path(d), cpu, jobs), tmp)
+            with tmp.open("ab") as f:
+                f.write(SEAL_TAG + hashlib.sha256(tmp.read_bytes()).digest())
+            os.replace(tmp, path)
+    except OSError as e:
+        raise DlcError(f"cannot use the compile cache '{path.parent}': {e.strerror or e}; "
+                       "set DLC_CACHE_DIR to a writable directory") from None
     return path
