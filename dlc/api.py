@@ -142,7 +142,9 @@ def summary(g: GraphProgram, loops: LoopProgram | None = None) -> str:
                                           for i, (c, w) in enumerate(zip(r, widths))))
         for name, v in fn.outputs.items():
             lines.append(f"  output {name}: {v.type}")
-        n = sum(count(g.params[p].type) for p in fn.params)
+        # Every tensor of the layers the model uses, as the layer rows and the
+        # total count them (batchnorm's counter too, though inference reads none).
+        n = sum(per_layer[layer] for layer in {g.params[p].layer for p in fn.params})
         lines.append(f"  parameters: {n:,}")
     for fn in g.functions.values():
         if fn.kind == "train" and fn.optimizer:

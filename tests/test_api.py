@@ -1,7 +1,9 @@
 """The Python API and the command line, end to end."""
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +111,24 @@ def test_cli_reports_unwritable_outputs_and_caches_without_a_traceback(tmp_path)
                        capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cannot use the compile cache" in r.stderr and "DLC_CACHE_DIR" in r.stderr
+
+
+def test_summary_counts_batchnorm_counters_in_the_model_as_in_the_total():
+    src = """
+model m {
+    input x: f32[batch, 3, 8, 8]
+    h = conv2d(x, 4, 3, name="c") |> batchnorm(name="bn") |> relu |> flatten
+    output y = dense(h, 2, name="fc")
+}
+"""
+    text = dlc.api.summary(dlc.driver.build(src).graph)
+    # conv 4*3*9 + 4, batchnorm 4 + 4 + 4 + 4 + 1 (num_batches_tracked), dense 2*144 + 2
+    assert "  parameters: 419" in text and "total parameters: 419 in 9 tensors" in text, text
+
+
+def test_readme_names_the_passes_that_dump_ir_after_takes():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `dlc/passes/`"))
+    named = set(re.findall(r"`(\w+)`", row.split("|")[2])) - {"graph_", "loop_"}
+    assert named and named <= set(dlc.driver.PASS_NAMES), named - set(dlc.driver.PASS_NAMES)
+    assert set(dlc.driver.PASS_NAMES) - {"check", "autodiff", "lower", "render"} <= named
