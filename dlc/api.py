@@ -23,7 +23,9 @@ from .runtime import load_program
 
 
 class CompiledProgram:
-    """A compiled program and one runtime session holding its parameters."""
+    """A compiled program and one runtime session holding its parameters.
+    Safe to call from several threads: calls run one at a time, and
+    `params` are live, unsynchronised views (see dlc.runtime.Session)."""
 
     def __init__(self, graph: GraphProgram, library: Path, seed: int, num_threads: int,
                  target: str = "cpu", loops: LoopProgram | None = None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .errors import CompileError, Diagnostic
 from .ir.graph import Builder, Function, Node, Program, Value
 from .ops.elementwise import add, scalar_like
 from .ops.optim import updates
@@ -62,6 +63,16 @@ def trained_params(program: Program, fn: Function) -> list[str]:
     return names
 
 
+def _nothing_to_train(program: Program, fn: Function) -> None:
+    """A step that updates nothing is a mistake (torch.optim refuses an empty
+    parameter list too): an error at the optimizer, for sgd and adam alike."""
+    opt = fn.optimizer
+    of = f" of {', '.join(repr(m) for m in opt.on)}" if opt.on else ""
+    raise CompileError([Diagnostic(opt.span, (
+        f"the loss of '{fn.name}' depends on no parameter{of} (no gradient reaches one), "
+        f"so '{opt.kind}' would train nothing"))], program.source)
+
+
 def differentiate(program: Program) -> Program:
     """Pure: returns a new program whose train blocks are full steps."""
     # States declared by the check (dropout's step counter) stay; the
@@ -75,6 +86,8 @@ def differentiate(program: Program) -> Program:
         step = clone_function(fn, fn.name, "train")
         b = Builder(out, step)
         grads = backward(b, step, step.outputs["loss"], wrt)
+        if not grads:
+            _nothing_to_train(program, fn)
         step.trained = list(grads)
         b.span = fn.optimizer.span if fn.optimizer else fn.span
         # After the forward pass's own writes (batchnorm's running stats,

@@ -14,6 +14,7 @@ IR's verifier runs after every pass; `dump_after` prints a stage.
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import gc
 import os
@@ -27,7 +28,7 @@ from . import frontend
 from .autodiff import differentiate
 from .codegen.ptx import DEFAULT_ARCH, render_cuda
 from .codegen.render import render
-from .errors import DlcError
+from .errors import CompileError, Diagnostic, DlcError, Span
 from .ir import graph as G
 from .ir import loops as L
 from .lower import EntrySlots, lower
@@ -157,9 +158,27 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
 
 
 def read_source(path_or_source: str | os.PathLike) -> tuple[str, str]:
-    """(source, file name): a path to a .dl file, or the source text itself."""
+    """(source, file name): a path to a .dl file, or the source text itself.
+    A file is UTF-8 (a byte order mark is skipped); a CompileError points at
+    its first byte that is not."""
     text = str(path_or_source)
     if "\n" not in text and "{" not in text:
         p = Path(text)
-        return p.read_text(), str(p)
+        return decode_source(p.read_bytes(), str(p)), str(p)
     return text, "<source>"
+
+
+def decode_source(data: bytes, file: str) -> str:
+    """The text of file `file`, whose bytes are `data` (see read_source)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + 3 * data.startswith(codecs.BOM_UTF8)   # e.start is past the mark
+        line_start = data.rfind(b"\n", 0, start) + 1
+        line = data.count(b"\n", 0, start) + 1
+        col = len(data[line_start:start].decode("utf-8-sig")) + 1   # in characters, as elsewhere
+        shown = data.decode("utf-8-sig", errors="replace")            # for the caret line
+        raise CompileError([Diagnostic(Span(file, line, col, line, col + 1),
+                                       f"the file is not valid UTF-8 (byte 0x{data[start]:02x}: "
+                                       f"{e.reason}); dlc reads source files as UTF-8")],
+                           shown) from None

@@ -30,9 +30,11 @@ class Diagnostic:
             return f"error: {self.message}"
         s = self.span
         out = [f"{s.file}:{s.line}:{s.col}: error: {self.message}"]
-        lines = source.splitlines() if source else []
+        # Lines end at "\n" only, as the lexer counts them (splitlines would
+        # also split at a form feed or U+2028 inside a comment).
+        lines = source.split("\n") if source else []
         if 1 <= s.line <= len(lines):
-            text = lines[s.line - 1].rstrip("\n")
+            text = lines[s.line - 1].rstrip("\r")
             width = 1
             if s.end_line == s.line and s.end_col > s.col:
                 width = s.end_col - s.col

@@ -27,6 +27,29 @@ ENTRY_KIND = {"model": "infer", "train": "train", "grads": "grads"}
 
 
 @dataclass(frozen=True)
+class IndexRange:
+    """The values an integer tensor must hold: lo <= v <= hi, plus the value
+    of symbol `sym` when given (lengths go up to `time`, tokens to vocab - 1)."""
+    lo: int
+    hi: int
+    sym: str | None = None
+
+    @staticmethod
+    def upto(lo: int, end: Dim, offset: int = 0) -> IndexRange:
+        """[lo, end + offset], for a dim `end` fixed or symbolic."""
+        return IndexRange(lo, offset, end) if isinstance(end, str) else IndexRange(lo, end + offset)
+
+    def intersect(self, other: IndexRange | None) -> IndexRange:
+        """Both ranges at once. Upper bounds over different symbols (or a
+        symbol and a number) cannot be compared here: self's is kept, and
+        the kernels' own guards cover the other's."""
+        if other is None:
+            return self
+        hi = min(self.hi, other.hi) if self.sym == other.sym else self.hi
+        return IndexRange(max(self.lo, other.lo), hi, self.sym)
+
+
+@dataclass(frozen=True)
 class TensorSlot:
     """One row of the runtime's tensor table."""
     name: str
@@ -35,6 +58,23 @@ class TensorSlot:
     dims: tuple[Dim, ...]
     init: Init | None = None
     entry: str = ""            # for inputs and outputs
+    valid: IndexRange | None = None   # an integer input's values, checked by the runtime
+
+
+def input_range(v: Value, readers: dict[int, list[Node]]) -> IndexRange | None:
+    """The values integer input v must hold: what every op reading it asks
+    of it (`Op.operand_range`), also through reshapes, which keep its values."""
+    out, todo = None, [v]
+    while todo:
+        x = todo.pop()
+        for n in readers.get(id(x), []):
+            if n.op.same_order_as_input:
+                todo.append(n.out)
+            for k, operand in enumerate(n.inputs):
+                r = n.op.operand_range(n, k) if operand is x else None
+                if r is not None:
+                    out = r.intersect(out)
+    return out
 
 
 @dataclass
@@ -131,15 +171,18 @@ class FunctionLowering:
         return L.Buffer(self.tensors[index].name, v.type.dtype, "tensor", index,
                         size_of(self.ctx, v.type.shape))
 
-    def new_tensor(self, name: str, role: str, v: Value) -> int:
-        self.tensors.append(TensorSlot(name, role, v.type.dtype, v.type.shape, entry=self.fn.name))
+    def new_tensor(self, name: str, role: str, v: Value, valid: IndexRange | None = None) -> int:
+        self.tensors.append(TensorSlot(name, role, v.type.dtype, v.type.shape, entry=self.fn.name,
+                                       valid=valid))
         return len(self.tensors) - 1
 
     def run(self) -> tuple[L.LoopEntry, EntrySlots]:
         fn = self.fn
+        readers, escaping = fn.readers(), fn.escaping()
         inputs = []
         for v in fn.inputs:
-            i = self.new_tensor(v.name, "input", v)
+            valid = input_range(v, readers) if v.type.dtype == "i32" else None
+            i = self.new_tensor(v.name, "input", v, valid)
             inputs.append(i)
             self.buffers[id(v)] = self.tensor_buffer(i, v)
         outputs = [self.new_tensor(name, "output", v) for name, v in fn.outputs.items()]
@@ -150,7 +193,6 @@ class FunctionLowering:
                 self.buffers[id(v)] = self.tensor_buffer(slot, v)
             else:
                 copies.append((slot, v))
-        readers, escaping = fn.readers(), fn.escaping()
         for n in fn.nodes:
             if id(n.out) in fn.inlined:
                 continue

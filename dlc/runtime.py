@@ -55,6 +55,10 @@ typedef struct dlc_tensor_desc {
   const int64_t *dims;
   double init_a;
   double init_b;
+  int32_t bounded;
+  int32_t hi_sym;
+  int64_t lo;
+  int64_t hi;
 } dlc_tensor_desc;
 typedef int32_t (*dlc_entry_fn)(void *const *tensors, const int64_t *syms,
                                 void *workspace);
@@ -86,6 +90,7 @@ typedef enum dlc_status {
   DLC_ERR_IO = 3, DLC_ERR_FORMAT = 4, DLC_ERR_ABI = 5,
   DLC_ERR_OUT_OF_MEMORY = 6, DLC_ERR_UNAVAILABLE = 7, DLC_ERR_INTERNAL = 8
 } dlc_status;
+#define DLC_MAX_THREADS 1024
 const char *dlc_status_message(void);
 const char *dlc_status_name(dlc_status status);
 typedef struct dlc_tensor {
@@ -248,7 +253,22 @@ def _check(status: int):
 
 
 def _path(path) -> bytes:
-    return os.fsencode(os.fspath(path))
+    p = os.fsencode(os.fspath(path))
+    if b"\0" in p:   # C would see the path cut short at the NUL
+        raise InvalidArgumentError(f"path {os.fspath(path)!r} contains a NUL character")
+    return p
+
+
+def _int_in(what: str, value, lo: int, hi: int, hint: str) -> int:
+    """`value` if it is an integer in [lo, hi], else InvalidArgumentError
+    (cffi would raise OverflowError or TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise InvalidArgumentError(f"{what} is {value!r}; {hint}")
+    return int(value)
+
+
+def _seed(seed) -> int:
+    return _int_in("seed", seed, 0, 2**64 - 1, "use an integer from 0 to 2**64 - 1")
 
 
 @dataclass(frozen=True)
@@ -400,17 +420,27 @@ class _View:
 
 
 class Session:
-    """Params, optimizer state and scratch memory of one program. Not
-    thread-safe: use a session from one thread at a time."""
+    """Params, optimizer state and scratch memory of one program.
+
+    Thread-safe: calls from several threads run one at a time (runs share
+    the workspace and the params), each with the GIL released while the
+    native code runs; sessions of one program run in parallel. `params`
+    are live views of session memory, unsynchronised: reading them while
+    another thread trains can see a step half applied."""
 
     def __init__(self, program: Program, seed: int = 0, num_threads: int = 0):
         lib = _runtime()
         self.program = program
-        self.num_threads = num_threads
+        self.num_threads = _int_in(
+            "num_threads", num_threads, 0, lib.DLC_MAX_THREADS,
+            f"use 0 for one per core, or a count from 1 to {lib.DLC_MAX_THREADS}")
         opts = ffi.new("dlc_session_options *")
         lib.dlc_session_options_initialize(opts)
-        opts.seed = seed
-        opts.num_threads = num_threads
+        opts.seed = _seed(seed)
+        opts.num_threads = self.num_threads
+        # Held by run: its scratch tensors and output bookkeeping are per
+        # session (the runtime's own lock guards the session's memory).
+        self._lock = threading.Lock()
         out = ffi.new("dlc_session **")
         _check(lib.dlc_session_create(program._ptr, opts, out))
         self._ptr = ffi.gc(out[0], lib.dlc_session_release)
@@ -444,7 +474,7 @@ class Session:
 
     def init_params(self, seed: int):
         """Re-initialises the params from `seed` and zeroes the optimizer state."""
-        _check(_lib.dlc_session_init_params(self._ptr, seed))
+        _check(_lib.dlc_session_init_params(self._ptr, _seed(seed)))
 
     def set_param(self, name: str, value):
         view = self._params.get(name)
@@ -467,6 +497,10 @@ class Session:
     def run(self, entry: str, inputs: dict) -> dict[str, np.ndarray]:
         """Runs `entry` on `inputs` (name -> array); returns its outputs, arrays
         of their own."""
+        with self._lock:
+            return self._run(entry, inputs)
+
+    def _run(self, entry: str, inputs: dict) -> dict[str, np.ndarray]:
         scratch = self._scratch.get(entry)
         if scratch is None:
             scratch = self._make_scratch(entry)

@@ -48,3 +48,38 @@ def test_steps_match_torch_optim(opt):
         for k, v in P.items():
             np.testing.assert_allclose(prog.params[k], v.detach().numpy(), rtol=1e-4, atol=1e-5,
                                        err_msg=f"{k} after step {step + 1}")
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e2, 1e4, 1e6])
+def test_clip_scales_huge_gradients_to_the_limit(scale):
+    """clip=c gives a step of norm lr*c however large the gradient (the
+    coefficient had been min(coef, 1) as 1 - relu(1 - coef): 2% short at a
+    norm 1e5 times the limit and exactly 0 at 1e8, so exploding gradients
+    stopped training silently)."""
+    src = """
+model m {
+    input x: f32[batch, 2]
+    output y = dense(x, 1, name="d", bias=false)
+}
+train fit {
+    input x: f32[batch, 2]
+    input t: f32[batch, 1]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=1.0, clip=0.01)
+}
+"""
+    prog = dlc.compile(src)
+    x = np.array([[scale, -scale / 2], [scale / 3, scale]], np.float32)
+    t = np.zeros((2, 1), np.float32)
+    w0 = prog.params["d.weight"].copy()
+    ref = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(w0))
+    torch.nn.functional.mse_loss(ref(torch.from_numpy(x)), torch.from_numpy(t)).backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.01)
+    with torch.no_grad():
+        ref.weight -= ref.weight.grad
+    prog.train("fit", x=x, t=t)
+    step = prog.params["d.weight"] - w0
+    assert np.linalg.norm(step) == pytest.approx(0.01, rel=1e-4)
+    np.testing.assert_allclose(prog.params["d.weight"], ref.weight.detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -44,7 +44,7 @@ RESERVED = set("""auto break case char const continue default do double else enu
 float for goto if inline int long register restrict return short signed sizeof static
 struct switch typedef union unsigned void volatile while bool class delete new operator
 private protected public template this throw try catch virtual namespace using
-session weights workspace host table tensors_ syms_ names_ in_ out_ st_""".split())
+session weights workspace host table tensors_ syms_ names_ in_ out_ st_ i_""".split())
 
 
 def c_ident(name: str) -> str:
@@ -131,11 +131,32 @@ class Interface:
     def sym_arg(self, e: Entry, sym: str) -> str:
         return e.args[e.syms.index(self.syms.index(sym))].c_name
 
+    def dim_factors(self, e: Entry, t: TensorSlot) -> list[str]:
+        """A tensor's dims as C size_t expressions, in the entry's sym args."""
+        return [f"(size_t)({self.sym_arg(e, d)})" if isinstance(d, str) else f"(size_t){d}"
+                for d in t.dims]
+
+    def numel_expr(self, e: Entry, t: TensorSlot) -> str:
+        return " * ".join(self.dim_factors(e, t)) or "(size_t)1"
+
     def bytes_expr(self, e: Entry, t: TensorSlot) -> str:
-        """A C expression of a tensor's size in bytes, in the entry's sym args."""
-        factors = [f"(size_t)({self.sym_arg(e, d)})" if isinstance(d, str) else f"(size_t){d}"
-                   for d in t.dims]
-        return " * ".join(factors + [f"(size_t){L.DTYPE_BYTES[t.dtype]}"])
+        return " * ".join(self.dim_factors(e, t) + [f"(size_t){L.DTYPE_BYTES[t.dtype]}"])
+
+    @staticmethod
+    def range_text(t: TensorSlot) -> str:
+        """An integer input's valid values (TensorSlot.valid): "[1, time]"."""
+        v = t.valid
+        if v.sym is None:
+            return f"[{v.lo}, {v.hi}]"
+        offset = f" + {v.hi}" if v.hi > 0 else f" - {-v.hi}" if v.hi < 0 else ""
+        return f"[{v.lo}, {v.sym}{offset}]"
+
+    def hi_expr(self, e: Entry, t: TensorSlot) -> str:
+        """A C expression of an integer input's largest valid value."""
+        v = t.valid
+        if v.sym is None:
+            return f"{v.hi}"
+        return f"(int64_t){v.hi} + {self.sym_arg(e, v.sym)}" if v.hi else self.sym_arg(e, v.sym)
 
     def params(self, e: Entry) -> list[str]:
         """The C parameters of entry e's functions: syms, inputs, outputs."""
@@ -158,7 +179,8 @@ def _doc_args(itf: Interface, e: Entry) -> list[str]:
             lines.append(f" *   {a.c_name:<{width}}  a symbolic size, >= 1")
         else:
             io = "in " if a.slot.role == "input" else "out"
-            lines.append(f" *   {a.c_name:<{width}}  {io} {itf.shape(a.slot)}")
+            valid = f", values in {itf.range_text(a.slot)}" if a.slot.valid else ""
+            lines.append(f" *   {a.c_name:<{width}}  {io} {itf.shape(a.slot)}{valid}")
     return lines
 
 
@@ -289,7 +311,8 @@ size_t {e.c_name}_workspace_bytes({syms});
  * bytes; `host` offers a thread pool to the compiled code (dlc/program.h),
  * or is NULL to run on the calling thread. Returns DLC_OK;
  * DLC_ERR_INVALID_ARGUMENT (no message) for a size < 1, a NULL or
- * misaligned region; DLC_ERR_INTERNAL if the compiled code failed. */
+ * misaligned region, or an integer input outside its values;
+ * DLC_ERR_INTERNAL if the compiled code failed. */
 dlc_status {e.c_name}_run(void *weights, {", ".join(itf.params(e))},
     void *workspace, const dlc_host *host);
 """)
@@ -401,6 +424,12 @@ size_t {e.c_name}_workspace_bytes({syms}) {{
         checks.append("misaligned(workspace)")
         ws_call = f"{e.c_name}_workspace_bytes({', '.join(a.c_name for a in sym_args)})"
         condition = " ||\n      ".join(checks)
+        # Integer inputs outside their ranges (tokens, labels, lengths), as
+        # dlc_session_run refuses them.
+        ranges = "".join(f"""  for (size_t i_ = 0; i_ < {itf.numel_expr(e, a.slot)}; i_++)
+    if ({a.c_name}[i_] < {a.slot.valid.lo} || {a.c_name}[i_] > {itf.hi_expr(e, a.slot)})
+      return DLC_ERR_INVALID_ARGUMENT;
+""" for a in e.args if a.slot is not None and a.slot.valid is not None)
         set_tensors = "".join(f"  tensors_[{a.index}] = (void *){a.c_name};\n"
                               for a in e.args if a.slot is not None)
         out.append(f"""
@@ -409,7 +438,7 @@ dlc_status {e.c_name}_run(void *weights, {", ".join(itf.params(e))},
   if ({condition} ||
       (workspace == NULL && {ws_call} > 0))
     return DLC_ERR_INVALID_ARGUMENT;
-  void *tensors_[{m}_N_TENSORS];
+{ranges}  void *tensors_[{m}_N_TENSORS];
   int64_t syms_[{n_syms}] = {{0}};
   {p}_weights_table(weights, tensors_);
 {set_syms}{set_tensors}  return {p}_program()->entries[{e.index}].run(tensors_, syms_, workspace, host) == 0

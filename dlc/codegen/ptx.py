@@ -47,7 +47,7 @@ DEFAULT_ARCH = "sm_80"
 MAX_GRID = 1 << 16
 # LLVM intrinsics the NVPTX backend selects natively; anything else would
 # abort LLVM ("cannot select"), so it must be implemented here first.
-NATIVE = {"sqrt", "fabs", "minnum", "maxnum", "smin", "smax", "fma", "rint", "copysign"}
+NATIVE = {"sqrt", "fabs", "minimum", "maximum", "smin", "smax", "fma", "rint", "copysign"}
 
 _LN2 = Decimal("0.69314718055994530941723212145817656807550013436026")
 # Per float type: its integer twin, mantissa bits, exponent bias, the range

@@ -18,7 +18,7 @@ from ..errors import InternalError
 from ..ir import loops as L
 from ..passes.loop_memory import layout
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 PTR = ir.PointerType()
 I32, I64 = ir.IntType(32), ir.IntType(64)
 TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": I32, L.INDEX: I64,
@@ -81,12 +81,8 @@ class ExprEmitter:
         """e differs between the lanes of the enclosing vectorized loop."""
         if self.lanes is None:
             return False
-        hit = self.vary_cache.get(id(e))
-        if hit is None or hit[0] is not e:  # the node is kept: its id stays its own
-            # From the children's answers, each cached: emit asks of every node.
-            varying = e is self.lanes[0] or any(self.varies(x) for x in L.children(e))
-            hit = self.vary_cache[id(e)] = (e, varying)
-        return hit[1]
+        # From the children's answers, each cached: emit asks of every node.
+        return L.fold(e, lambda x, kids: x is self.lanes[0] or any(kids), memo=self.vary_cache)
 
     def splat(self, v: ir.Value) -> ir.Value:
         if self.lanes is None or isinstance(v.type, ir.VectorType):
@@ -124,36 +120,28 @@ class ExprEmitter:
             self.values[var] = _lane_ids(w)
         return out
 
-    def index_key(self, e: L.Expr) -> tuple | None:
-        """A key equal for index expressions that compute the same value
-        here (None for those that read memory)."""
-        if isinstance(e, L.Const):
-            return ("c", e.value)
-        if isinstance(e, L.Var):
-            v = self.values.get(e)
-            return ("c", str(v)) if isinstance(v, ir.Constant) else ("v", id(v))
-        if isinstance(e, L.Bin) and e.dtype == L.INDEX:
-            a, c = self.index_key(e.a), self.index_key(e.b)
-            return None if a is None or c is None else (e.op, a, c)
-        if isinstance(e, L.Call) and e.dtype == L.INDEX:
-            keys = [self.index_key(x) for x in e.args]
-            return None if None in keys else (e.fn, *keys)
-        return None
+    def emit(self, e: L.Expr, memo: dict | None = None) -> ir.Value:
+        """e's value here: operands first (L.fold: each node once, however
+        deep), except a load's index, which the load emits. `memo`: the
+        values of nodes emitted before, still valid here (see fold)."""
+        return L.fold(e, self.emit_node, _operands, memo)
 
-    def emit(self, e: L.Expr) -> ir.Value:
+    def emit_node(self, e: L.Expr, args: list[ir.Value]) -> ir.Value:
+        """e's value from its operands' values. Index arithmetic already
+        emitted in this basic block is reused (unrolled micro-kernels repeat
+        the same index terms): the same operation on the same values."""
         if isinstance(e, (L.Bin, L.Call)) and e.dtype == L.INDEX:
             if self.cache_block is not self.b.block:
                 self.index_cache, self.cache_block = {}, self.b.block
-            key = self.index_key(e)
-            if key is not None:
-                v = self.index_cache.get(key)
-                if v is None:
-                    v = self.index_cache[key] = self.emit_uncached(e)
-                    self.cache_block = self.b.block
-                return v
-        return self.emit_uncached(e)
+            key = (type(e), e.op if isinstance(e, L.Bin) else e.fn, *args)
+            v = self.index_cache.get(key)
+            if v is None:
+                v = self.index_cache[key] = self.emit_uncached(e, args)
+                self.cache_block = self.b.block
+            return v
+        return self.emit_uncached(e, args)
 
-    def emit_uncached(self, e: L.Expr) -> ir.Value:
+    def emit_uncached(self, e: L.Expr, args: list[ir.Value]) -> ir.Value:
         b = self.b
         if isinstance(e, L.Const):
             return TYPES[e.dtype](e.value)
@@ -174,19 +162,19 @@ class ExprEmitter:
                 return self.vector_load(e)
             return b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype])
         if isinstance(e, L.Bin):
-            return self.binary(e)
+            return self.binary(e, *args)
         if isinstance(e, L.Call):
-            args = self.matched(*(self.emit(a) for a in e.args))
+            args = self.matched(*args)
             t = args[0].type
             if e.fn == "neg":
                 return b.fneg(args[0]) if e.dtype in ("f32", "f64") else b.neg(args[0])
             name = {"abs": "fabs"}.get(e.fn, e.fn)
             return b.call(self.intrinsic(name, t, len(args)), args)
         if isinstance(e, L.Select):
-            cond, x, y = self.matched(self.emit(e.cond), self.emit(e.a), self.emit(e.b))
+            cond, x, y = self.matched(*args)
             return b.select(cond, x, y)
         if isinstance(e, L.Cast):
-            return self.cast(self.emit(e.value), e.value.dtype, e.dtype)
+            return self.cast(args[0], e.value.dtype, e.dtype)
         raise InternalError("render", f"cannot render {type(e).__name__}")
 
     def vector_load(self, e: L.Load) -> ir.Value:
@@ -240,19 +228,27 @@ class ExprEmitter:
             ir.FunctionType(ir.VoidType(), [vt, PTR, I32, mask_t])
         return self.module.globals.get(name) or ir.Function(self.module, ft, name=name)
 
-    def binary(self, e: L.Bin) -> ir.Value:
+    def binary(self, e: L.Bin, a: ir.Value, c: ir.Value) -> ir.Value:
+        """e from its operands' values a and c."""
         b = self.b
-        x, y = self.matched(self.emit(e.a), self.emit(e.b))
+        x, y = self.matched(a, c)
         dt = e.a.dtype
         is_float = dt in ("f32", "f64")
         if e.op == "and":
             return b.and_(x, y)
         if e.op in L.COMPARISONS:
-            return b.fcmp_ordered(FCMP[e.op], x, y) if is_float else b.icmp_signed(e.op, x, y)
+            if not is_float:
+                return b.icmp_signed(e.op, x, y)
+            # C's: false with a NaN operand, except != (une), so x != x finds NaNs.
+            return b.fcmp_unordered("!=", x, y) if e.op == "!=" else b.fcmp_ordered(FCMP[e.op], x, y)
         if e.op in ("min", "max"):
-            name = ("minnum" if e.op == "min" else "maxnum") if is_float else \
-                   ("smin" if e.op == "min" else "smax")
-            return b.call(self.intrinsic(name, x.type, 2), [x, y])
+            if not is_float:
+                return b.call(self.intrinsic("s" + e.op, x.type, 2), [x, y])
+            # NaN-propagating (loops.Bin). With nsz, x86 needs one vmaxps where
+            # an operand is a constant (relu), else vmaxps and a NaN blend, as
+            # llvm.maxnum did; NVPTX has max.NaN.
+            name = "minimum" if e.op == "min" else "maximum"
+            return b.call(self.intrinsic(name, x.type, 2), [x, y], fastmath=["nsz"])
         return self.arith(e.op, x, y, dt)
 
     def arith(self, op: str, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
@@ -296,6 +292,11 @@ def _fold(op: str, x: ir.Constant, y: ir.Constant) -> ir.Value:
 _SUFFIX = {"f32": "f32", "f64": "f64", "i64": "i64", "i32": "i32"}
 
 
+def _operands(e: L.Expr) -> tuple[L.Expr, ...]:
+    """What ExprEmitter.emit emits before e: its children, but for a load."""
+    return () if isinstance(e, L.Load) else L.children(e)
+
+
 def _lane_ids(w: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I64, w), list(range(w)))
 
@@ -325,8 +326,11 @@ class StmtEmitter(ExprEmitter):
         elif isinstance(s, L.Store):
             self.store(s)
         elif isinstance(s, L.Allocate):
-            self.pointers[s.buf] = self.alloca(s.buf)
-            self.emit_stmt(s.body)
+            # A chain as long as an update kernel's list of new values (lower.store_kernel).
+            while isinstance(s, L.Allocate):
+                self.pointers[s.buf] = self.alloca(s.buf)
+                s = s.body
+            self.emit_stmt(s)
         elif isinstance(s, L.If):
             with b.if_then(self.emit(s.cond)):
                 self.emit_stmt(s.then)
@@ -474,7 +478,11 @@ class StmtEmitter(ExprEmitter):
                                          if isinstance(x, L.Var))
                 if v in self.values and v is not s.var]
         bufs = [buf for buf in dict.fromkeys(L.buffers_of(s.body)) if buf.kind != "local"]
-        closure_t = ir.LiteralStructType([PTR] * len(bufs) + [I64] * len(free))
+        # An array of each, not a field per value: a literal struct's type is
+        # printed in every access, and an update kernel's loop may use a
+        # buffer per parameter of the program.
+        closure_t = ir.LiteralStructType([ir.ArrayType(PTR, len(bufs)), ir.ArrayType(I64, len(free))])
+        at = lambda bb, p, part, k: bb.gep(p, [I32(0), I32(part), I32(k)], source_etype=closure_t)
         fn = b.function
         name = self.module.get_unique_name(f"{fn.name}.{s.var.name}")
         self.module.scope.register(name)   # a kernel may hold several loops over `p`
@@ -501,16 +509,16 @@ class StmtEmitter(ExprEmitter):
         self.mark(task)
         tb = ir.IRBuilder(task.append_basic_block("entry"))
         closure_arg, begin, end = task.args
-        fields = [tb.load(tb.gep(closure_arg, [I32(0), I32(k)], source_etype=closure_t),
-                          typ=closure_t.elements[k]) for k in range(len(bufs) + len(free))]
+        fields = [tb.load(at(tb, closure_arg, part, k), typ=t)
+                  for part, (n, t) in enumerate(((len(bufs), PTR), (len(free), I64))) for k in range(n)]
         tb.call(body, fields + [begin, end])
         tb.ret_void()
 
         closure = self.entry_alloca(closure_t, name="closure")
         for k, buf in enumerate(bufs):
-            b.store(self.pointers[buf], b.gep(closure, [I32(0), I32(k)], source_etype=closure_t))
+            b.store(self.pointers[buf], at(b, closure, 0, k))
         for k, v in enumerate(free):
-            b.store(self.values[v], b.gep(closure, [I32(0), I32(len(bufs) + k)], source_etype=closure_t))
+            b.store(self.values[v], at(b, closure, 1, k))
         n = self.emit(s.extent)
         if self.host is None:
             b.call(task, [closure, I64(0), n])
@@ -552,10 +560,12 @@ class _LoopID(ir.values.MDValue):
 
 class _Shape:
     """A kernel's structure as a hashable key: buffers and loop variables
-    numbered by first appearance (with their dtypes), symbols by identity."""
+    numbered by first appearance (with their dtypes), symbols by identity.
+    Each expression node is interned in `table` (shared by the kernels
+    compared), so a key holds numbers, not tuples as deep as the expressions."""
 
-    def __init__(self, syms: set):
-        self.syms = syms
+    def __init__(self, syms: set, table: dict[tuple, int]):
+        self.syms, self.table = syms, table
         self.ids: dict[object, int] = {}
 
     def ref(self, x) -> tuple:
@@ -564,40 +574,57 @@ class _Shape:
         n = self.ids.setdefault(x, len(self.ids))
         return ("buf", n, x.dtype) if isinstance(x, L.Buffer) else ("var", n)
 
-    def expr(self, e: L.Expr | None) -> tuple | None:
-        if e is None:
-            return None
-        if isinstance(e, L.Const):
-            return ("c", e.value, e.dtype)
-        if isinstance(e, L.Var):
-            return self.ref(e)
-        if isinstance(e, L.LaneSum):
-            return ("lanesum", self.ref(e.buf), self.expr(e.index), e.lanes)
-        if isinstance(e, L.Load):
-            return ("load", self.ref(e.buf), self.expr(e.index))
-        if isinstance(e, L.Bin):
-            return (e.op, self.expr(e.a), self.expr(e.b), e.dtype)
-        if isinstance(e, L.Call):
-            return (e.fn, e.dtype) + tuple(self.expr(a) for a in e.args)
-        if isinstance(e, L.Select):
-            return ("select", self.expr(e.cond), self.expr(e.a), self.expr(e.b))
-        if isinstance(e, L.Cast):
-            return ("cast", e.dtype, self.expr(e.value))
-        raise InternalError("render", f"cannot render {type(e).__name__}")
+    def expr(self, e: L.Expr | None) -> int | None:
+        return None if e is None else L.fold(e, self.node)
 
-    def stmt(self, s: L.Stmt) -> tuple:
+    def node(self, e: L.Expr, kids: list[int]) -> int:
+        if isinstance(e, L.Const):
+            key = ("c", repr(e.value), e.dtype)   # repr: -0.0 is not 0.0
+        elif isinstance(e, L.Var):
+            key = self.ref(e)
+        elif isinstance(e, L.LaneSum):
+            key = ("lanesum", self.ref(e.buf), e.lanes, *kids)
+        elif isinstance(e, L.Load):
+            key = ("load", self.ref(e.buf), *kids)
+        elif isinstance(e, L.Bin):
+            key = ("bin", e.op, e.dtype, *kids)
+        elif isinstance(e, L.Call):
+            key = ("call", e.fn, e.dtype, *kids)
+        elif isinstance(e, L.Select):
+            key = ("select", *kids)
+        elif isinstance(e, L.Cast):
+            key = ("cast", e.dtype, *kids)
+        else:
+            raise InternalError("render", f"cannot render {type(e).__name__}")
+        return self.table.setdefault(key, len(self.table))
+
+    def stmt(self, s: L.Stmt) -> int:
+        return L.fold(s, self.stmt_node, L.stmt_children)
+
+    def stmt_node(self, s: L.Stmt, kids: list[int]) -> int:
         if isinstance(s, L.For):
-            return ("for", self.ref(s.var), self.expr(s.extent), s.kind, self.expr(s.grain),
-                    self.stmt(s.body))
-        if isinstance(s, L.Store):
-            return ("store", self.ref(s.buf), self.expr(s.index), self.expr(s.value), s.accumulate)
-        if isinstance(s, L.Allocate):
-            return ("allocate", self.ref(s.buf), self.expr(s.buf.size), self.stmt(s.body))
-        if isinstance(s, L.If):
-            return ("if", self.expr(s.cond), self.stmt(s.then))
-        if isinstance(s, L.Seq):
-            return ("seq",) + tuple(self.stmt(b) for b in s.body)
-        raise InternalError("render", f"cannot render {type(s).__name__}")
+            key = ("for", self.ref(s.var), self.expr(s.extent), s.kind, self.expr(s.grain), *kids)
+        elif isinstance(s, L.Store):
+            key = ("store", self.ref(s.buf), self.expr(s.index), self.expr(s.value), s.accumulate)
+        elif isinstance(s, L.Allocate):
+            key = ("allocate", self.ref(s.buf), self.expr(s.buf.size), *kids)
+        elif isinstance(s, L.If):
+            key = ("if", self.expr(s.cond), *kids)
+        elif isinstance(s, L.Seq):
+            key = ("seq", *kids)
+        else:
+            raise InternalError("render", f"cannot render {type(s).__name__}")
+        return self.table.setdefault(key, len(self.table))
+
+
+def _unoptimized(fn: ir.Function) -> None:
+    """fn is compiled without optimization: entry and workspace functions
+    are a block of address arithmetic and calls that grows with the program,
+    run once per call, and LLVM's instruction selection takes time
+    superlinear in a block's size (a 2,000-layer chain: 2 minutes, against
+    seconds with optnone's fast selector)."""
+    fn.attributes.add("noinline")
+    fn.attributes.add("optnone")
 
 
 def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
@@ -630,7 +657,8 @@ class Renderer:
         self.module = ir.Module(name=name)
         self.kernel_modules: list[ir.Module] = []
         self.strings: dict[str, ir.GlobalVariable] = {}
-        self.kernel_fns: dict[tuple, ir.Function] = {}
+        self.kernel_fns: dict[int, ir.Function] = {}
+        self.shapes: dict[tuple, int] = {}      # _Shape's table
         self.entry: L.LoopEntry | None = None   # the entry being rendered
         self.cold: dict[int, set[int]] = {}     # cold kernels by entry
 
@@ -656,7 +684,7 @@ class Renderer:
         buffers (a model's forward pass inside its train and grads entries)
         share one function."""
         bufs = _global_buffers(k.body)
-        key = _Shape(set(self.prog.syms)).stmt(k.body)
+        key = _Shape(set(self.prog.syms), self.shapes).stmt(k.body)
         if key in self.kernel_fns:
             return self.kernel_fns[key], bufs
         module = ir.Module(name=f"{self.module.name}.{name}")
@@ -691,10 +719,21 @@ class Renderer:
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
                          name=f"dlc.entry.{entry.name}")
         fn.linkage = "internal"
+        _unoptimized(fn)
         tensors, syms, ws, host = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, syms, self.prog.syms)
-        offsets = [em.emit(at) for at in offsets]
+        # The offsets are sums over the buffers before each: emitted as a DAG.
+        # Each is stored as it is computed and loaded by the calls that use
+        # it: thousands of values live across the calls would make register
+        # allocation superlinear.
+        table_t = ir.ArrayType(I64, len(offsets))
+        table = b.alloca(table_t, name="offsets")
+        slot = lambda i: b.gep(table, [I32(0), I32(i)], source_etype=table_t, inbounds=True)
+        table.type = PTR  # opaque, as buffers are
+        memo: dict = {}
+        for i, at in enumerate(offsets):
+            b.store(em.emit(at, memo), slot(i))
         status = I32(0)
         for kfn, bufs in kernels:
             args = []
@@ -703,7 +742,7 @@ class Renderer:
                     p = b.gep(tensors, [I64(buf.index)], source_etype=PTR)
                     args.append(b.load(p, typ=PTR))
                 else:
-                    args.append(b.gep(ws, [offsets[buf.index]], source_etype=ir.IntType(8)))
+                    args.append(b.gep(ws, [b.load(slot(buf.index), typ=I64)], source_etype=ir.IntType(8)))
             status = b.or_(status, self.call_kernel(em, fn, kfn, args))
         b.ret(status)
         return fn
@@ -718,6 +757,7 @@ class Renderer:
         """Returns the workspace's `size` (bytes: loop_memory.layout)."""
         fn = ir.Function(self.module, ir.FunctionType(I64, [PTR]), name=f"dlc.workspace.{entry.name}")
         fn.linkage = "internal"
+        _unoptimized(fn)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         em = ExprEmitter(self.module, b, fn.args[0], self.prog.syms)
         b.ret(em.emit(size))
@@ -745,16 +785,21 @@ class Renderer:
 
     def descriptor(self, entries) -> None:
         sym_index = {v.name: k for k, v in enumerate(self.prog.syms)}
-        tensor_t = ir.LiteralStructType([PTR, I32, I32, I32, I32, PTR, ir.DoubleType(), ir.DoubleType()])
+        tensor_t = ir.LiteralStructType([PTR, I32, I32, I32, I32, PTR, ir.DoubleType(), ir.DoubleType(),
+                                         I32, I32, I64, I64])
         rows = []
         for k, t in enumerate(self.prog.tensors):
             dims = [I64(d if isinstance(d, int) else -(sym_index[d] + 1)) for d in t.dims]
             init = t.init.kind if t.init else "zeros"
+            v = t.valid
             rows.append(ir.Constant(tensor_t, [
                 self.string(t.name), I32(ROLE_CODE[t.role]), I32(DTYPE_CODE[t.dtype]),
                 I32(len(t.dims)), I32(INIT_CODE[init]), self.array(f"dlc.dims.{k}", I64, dims),
                 ir.Constant(ir.DoubleType(), t.init.a if t.init else 0.0),
-                ir.Constant(ir.DoubleType(), t.init.b if t.init else 0.0)]))
+                ir.Constant(ir.DoubleType(), t.init.b if t.init else 0.0),
+                # bounded, hi_sym, lo, hi (program.h)
+                I32(int(v is not None)), I32(sym_index[v.sym] if v and v.sym else -1),
+                I64(v.lo if v else 0), I64(v.hi if v else 0)]))
         entry_t = ir.LiteralStructType([PTR, I32, I32, PTR, I32, PTR, PTR, PTR])
         erows = []
         for k, (slots, run, ws) in enumerate(entries):

@@ -156,6 +156,36 @@ class Module:
     blocks: tuple[Block, ...]
 
 
+# -------------------------------------------------------------------- walking
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    """The direct subexpressions of e, in source order (keyword values after
+    the positional arguments)."""
+    match e:
+        case Call(args=args, kwargs=kwargs):
+            return (*args, *(k.value for k in kwargs))
+        case BinOp(left=left, right=right):
+            return (left, right)
+        case Neg(operand=x) | Field(value=x):
+            return (x,)
+        case Tuple(items=items):
+            return items
+    return ()
+
+
+def postorder(e: Expr):
+    """Each subexpression of e after its children, with an explicit stack:
+    expressions nest as deep as the source text does."""
+    stack = [(e, False)]
+    while stack:
+        x, expanded = stack.pop()
+        if expanded:
+            yield x
+        else:
+            stack.append((x, True))
+            stack.extend((c, False) for c in reversed(children(x)))
+
+
 # -------------------------------------------------------------------- printer
 
 def unparse(node: Module | Block | Stmt | Expr) -> str:
@@ -176,6 +206,20 @@ def unparse(node: Module | Block | Stmt | Expr) -> str:
         case Optimizer(call=call, on=on):
             return f"optimizer = {unparse(call)}" + (
                 " on " + ", ".join(n.id for n in on) if on else "")
+    if not isinstance(node, Expr.__args__):
+        raise TypeError(f"not an AST node: {node!r}")
+    text: dict[int, str] = {}   # by id, until the parent's text is made
+    for x in postorder(node):
+        cs = children(x)
+        text[id(x)] = _expr_text(x, [text[id(c)] for c in cs])
+        for c in cs:
+            text.pop(id(c), None)
+    return text[id(node)]
+
+
+def _expr_text(e: Expr, kids: list[str]) -> str:
+    """e's text, given its children's."""
+    match e:
         case Name(id=id):
             return id
         case Number(value=v):
@@ -184,15 +228,14 @@ def unparse(node: Module | Block | Stmt | Expr) -> str:
             return f'"{v}"'
         case Bool(value=v):
             return "true" if v else "false"
-        case Tuple(items=items):
-            return "(" + ", ".join(map(unparse, items)) + ("," if len(items) == 1 else "") + ")"
+        case Tuple():
+            return "(" + ", ".join(kids) + ("," if len(kids) == 1 else "") + ")"
         case Call(func=func, args=args, kwargs=kwargs):
-            parts = [unparse(a) for a in args] + [f"{k.name}={unparse(k.value)}" for k in kwargs]
-            return f"{func}({', '.join(parts)})"
-        case BinOp(op=op, left=left, right=right):
-            return f"({unparse(left)} {op} {unparse(right)})"
-        case Neg(operand=x):
-            return f"(-{unparse(x)})"
-        case Field(value=v, name=name):
-            return f"{unparse(v)}.{name}"
-    raise TypeError(f"not an AST node: {node!r}")
+            kw = [f"{k.name}={t}" for k, t in zip(kwargs, kids[len(args):])]
+            return f"{func}({', '.join(kids[:len(args)] + kw)})"
+        case BinOp(op=op):
+            return f"({kids[0]} {op} {kids[1]})"
+        case Neg():
+            return f"(-{kids[0]})"
+        case Field(name=name):
+            return f"{kids[0]}.{name}"

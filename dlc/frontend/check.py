@@ -24,20 +24,28 @@ model called twice, or from two train blocks, shares its parameters.
 Error recovery: a failed statement binds its target to a poison value, and
 uses of poison fail without a new message, so independent errors are all
 reported (up to MAX_ERRORS) and dependent ones are not.
+
+No Python recursion: expressions nest and models call models as deep as the
+program text makes them, so the evaluating methods are coroutines. Where one
+would call another, it yields the callee's generator; `_drive` runs that on
+an explicit stack and sends its result back (or throws its exception in).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import CompileError, Diagnostic, Span
-from ..ir.graph import DTYPES, Builder, Function, OptimizerSpec, Program, TensorType, Value
+from ..ir.graph import DTYPES, Builder, Function, OptimizerSpec, Program, TensorType, Value, type_error
 from ..ops import OPTIMIZERS, REGISTRY
 from ..ops.base import Arg, OpError, bind, describe, suggest
 from . import ast
 
 MAX_ERRORS = 20
+# Integers in a program (sizes, attributes, constants) are int64, as in the
+# runtime and the generated code.
+INT_MAX = 2**63 - 1
 
 BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
 
@@ -71,6 +79,31 @@ class _TooMany(Exception):
     """MAX_ERRORS diagnostics are recorded; stop checking."""
 
 
+T = TypeVar("T")
+# A checking coroutine returning T: it yields the coroutines it waits for.
+Co = Generator[Generator, Any, T]
+
+
+def _drive(co: Co[T]) -> T:
+    """Run coroutine `co` to its result on an explicit stack."""
+    stack, value, error = [co], None, None
+    while stack:
+        try:
+            sub = stack[-1].send(value) if error is None else stack[-1].throw(error)
+        except StopIteration as done:
+            stack.pop()
+            value, error = done.value, None
+        except Exception as e:   # _Abort, _TooMany: to the yield that waits for it
+            stack.pop()
+            value, error = None, e
+        else:
+            stack.append(sub)
+            value, error = None, None
+    if error is not None:
+        raise error
+    return value
+
+
 @dataclass
 class _Scope:
     """One evaluation of a block's body: standalone (inputs declared on the
@@ -98,7 +131,7 @@ class _Checker:
         self.models: dict[str, ast.Block] = {}    # callable models
         self.ok: dict[str, bool] = {}             # model -> compiled without error
         self.active: list[str] = []               # models being evaluated, outermost first
-        self.auto_names: dict[ast.Call, str] = {}
+        self.auto_names: dict[int, str] = {}      # by id(call): AST nodes hash deeply
 
     # ------------------------------------------------------------ reporting
 
@@ -121,9 +154,9 @@ class _Checker:
             blocks = self.declare()
             for block in blocks:
                 if block.kind == "train":
-                    self.compile_train(block)
+                    _drive(self.compile_train(block))
                 elif block.name not in self.ok:
-                    self.compile_model(block)
+                    _drive(self.compile_model(block))
         except _TooMany:
             pass
         if self.diagnostics:
@@ -151,12 +184,12 @@ class _Checker:
             blocks.append(block)
         return blocks
 
-    def compile_model(self, block: ast.Block) -> None:
+    def compile_model(self, block: ast.Block) -> Co[None]:
         fn = self.program.functions[block.name]
         scope = _Scope(block, Builder(self.program, fn, block.span), fn.outputs, set())
         self.active.append(block.name)
         try:
-            ok = self.body(scope)
+            ok = yield self.body(scope)
         finally:
             self.active.pop()
         if not any(isinstance(s, ast.Output) for s in block.body):
@@ -165,11 +198,11 @@ class _Checker:
             ok = False
         self.ok[block.name] = ok
 
-    def compile_train(self, block: ast.Block) -> None:
+    def compile_train(self, block: ast.Block) -> Co[None]:
         fn = self.program.functions[block.name]
         scope = _Scope(block, Builder(self.program, fn, block.span), fn.outputs, set())
         opt = next((s for s in block.body if isinstance(s, ast.Optimizer)), None)
-        if self.body(scope) and opt is not None:
+        if (yield self.body(scope)) and opt is not None:
             for n in opt.on:
                 if n.id not in scope.used:
                     self.report(n.span, f"the loss of '{block.name}' does not use model "
@@ -183,13 +216,13 @@ class _Checker:
 
     # ------------------------------------------------------------ statements
 
-    def body(self, s: _Scope) -> bool:
+    def body(self, s: _Scope) -> Co[bool]:
         """Evaluate a block's statements; False if any failed. Inlined, a
         failure aborts the call instead."""
         ok = True
         for stmt in s.block.body:
             try:
-                self.statement(stmt, s)
+                yield self.statement(stmt, s)
             except _Abort:
                 if s.args is not None:
                     raise
@@ -198,24 +231,24 @@ class _Checker:
                     s.env[stmt.name] = POISON
         return ok
 
-    def statement(self, stmt, s: _Scope) -> None:
+    def statement(self, stmt, s: _Scope) -> Co[None]:
         kind = s.block.kind
         match stmt:
             case ast.Input():
                 s.env[stmt.name] = s.args[stmt.name] if s.args is not None else self.input(stmt, s)
             case ast.Let():
-                s.env[stmt.name] = self.eval(stmt.value, s)
+                s.env[stmt.name] = yield self.eval(stmt.value, s)
             case ast.Output():
                 if kind == "train":
                     self.fail(stmt.span, "a train block has no outputs; it computes 'loss = ...' "
                                          "(outputs belong in a model)")
                 if stmt.name in s.outputs:
                     self.fail(stmt.span, f"duplicate output '{stmt.name}'")
-                s.env[stmt.name] = s.outputs[stmt.name] = self.tensor(stmt.value, s, "an output")
+                s.env[stmt.name] = s.outputs[stmt.name] = yield self.tensor(stmt.value, s, "an output")
             case ast.Loss():
-                self.loss(stmt, s)
+                yield self.loss(stmt, s)
             case ast.Optimizer():
-                self.optimizer(stmt, s)
+                yield self.optimizer(stmt, s)
 
     def input(self, stmt: ast.Input, s: _Scope) -> Value:
         t = stmt.type
@@ -225,24 +258,28 @@ class _Checker:
         for d in t.dims:
             if isinstance(d.value, int) and d.value < 1:
                 self.fail(d.span, f"a dim must be at least 1, got {d.value}")
+            self.integer(d.value, d.span)
         fn = s.builder.fn
         if any(v.name == stmt.name for v in fn.inputs):
             self.fail(stmt.span, f"duplicate input '{stmt.name}'")
-        return s.builder.input(stmt.name, TensorType(t.dtype, tuple(d.value for d in t.dims)))
+        type = TensorType(t.dtype, tuple(d.value for d in t.dims))
+        if (message := type_error(type)) is not None:
+            self.fail(t.span, message)
+        return s.builder.input(stmt.name, type)
 
-    def loss(self, stmt: ast.Loss, s: _Scope) -> None:
+    def loss(self, stmt: ast.Loss, s: _Scope) -> Co[None]:
         if s.block.kind == "model":
             self.fail(stmt.span, "'loss' belongs in a train block; a model declares "
                                  "its results with 'output y = ...'")
         if "loss" in s.outputs:
             self.fail(stmt.span, f"train block '{s.block.name}' has more than one loss")
-        v = self.tensor(stmt.value, s, "the loss")
+        v = yield self.tensor(stmt.value, s, "the loss")
         if not v.type.is_float or v.type.shape != ():
             self.fail(_expr_span(stmt.value), f"the loss must be a floating-point scalar "
                                               f"(f32[] or f64[]), got {v.type}")
         s.outputs["loss"] = v
 
-    def optimizer(self, stmt: ast.Optimizer, s: _Scope) -> None:
+    def optimizer(self, stmt: ast.Optimizer, s: _Scope) -> Co[None]:
         fn = s.builder.fn
         if s.block.kind == "model":
             self.fail(stmt.span, "'optimizer' belongs in a train block")
@@ -252,7 +289,7 @@ class _Checker:
         if call.func not in OPTIMIZERS:
             self.fail(call.span, f"unknown optimizer '{call.func}'{suggest(call.func, OPTIMIZERS)}; "
                                  f"dlc has {', '.join(OPTIMIZERS)}")
-        hparams = self.bind(call, call.func, OPTIMIZERS[call.func], s)
+        hparams = yield self.bind(call, call.func, OPTIMIZERS[call.func], s)
         hparams = {k: v for k, v in hparams.items() if v is not None}   # options not given
         for name, v in hparams.items():
             valid, words = HPARAM_RULES.get(name, (lambda v: True, ""))
@@ -273,30 +310,37 @@ class _Checker:
 
     # ----------------------------------------------------------- expressions
 
-    def tensor(self, e: ast.Expr, s: _Scope, what: str) -> Value:
-        v = self.eval(e, s)
+    def tensor(self, e: ast.Expr, s: _Scope, what: str) -> Co[Value]:
+        v = yield self.eval(e, s)
         if not isinstance(v, Value):
             self.fail(_expr_span(e), f"{what} must be a tensor, got {describe(v)}")
         return v
 
-    def eval(self, e: ast.Expr, s: _Scope) -> Any:
+    def eval(self, e: ast.Expr, s: _Scope) -> Co[Any]:
         match e:
-            case ast.Number() | ast.String() | ast.Bool():
+            case ast.Number():
+                return self.integer(e.value, e.span)
+            case ast.String() | ast.Bool():
                 return e.value
             case ast.Tuple():
-                return tuple(self.eval(i, s) for i in e.items)
+                items = []
+                for i in e.items:
+                    items.append((yield self.eval(i, s)))
+                    if isinstance(items[-1], tuple):   # no op takes one
+                        self.fail(_expr_span(i), "a tuple can't contain a tuple")
+                return tuple(items)
             case ast.Name():
                 return self.lookup(e, s)
             case ast.Neg():
-                return self.neg(e, s)
+                return (yield self.neg(e, s))
             case ast.BinOp():
-                return self.binop(e, s)
+                return (yield self.binop(e, s))
             case ast.Call() if e.func in self.models:
-                return self.single_output(e, self.call_model(e, s))
+                return self.single_output(e, (yield self.call_model(e, s)))
             case ast.Call():
-                return self.call_op(e, s)
+                return (yield self.call_op(e, s))
             case ast.Field():
-                return self.field(e, s)
+                return (yield self.field(e, s))
         raise TypeError(f"not an expression: {e!r}")
 
     def lookup(self, e: ast.Name, s: _Scope) -> Any:
@@ -310,8 +354,8 @@ class _Checker:
             self.fail(e.span, f"'{e.id}' is {what}; call it, as in {e.id}(x)")
         self.fail(e.span, f"undefined name '{e.id}'{suggest(e.id, s.env)}")
 
-    def neg(self, e: ast.Neg, s: _Scope) -> Any:
-        v = self.eval(e.operand, s)
+    def neg(self, e: ast.Neg, s: _Scope) -> Co[Any]:
+        v = yield self.eval(e.operand, s)
         if _is_number(v):
             return -v
         if not isinstance(v, Value):
@@ -320,10 +364,11 @@ class _Checker:
         # `neg` is an internal op (no signature), so it is built as a node.
         return self.build(e.span, lambda: s.builder.node(REGISTRY["neg"], [v]))
 
-    def binop(self, e: ast.BinOp, s: _Scope) -> Any:
-        a, b = self.eval(e.left, s), self.eval(e.right, s)
+    def binop(self, e: ast.BinOp, s: _Scope) -> Co[Any]:
+        a = yield self.eval(e.left, s)
+        b = yield self.eval(e.right, s)
         if _is_number(a) and _is_number(b):
-            return self.fold(e, a, b)
+            return self.integer(self.fold(e, a, b), e.span)
         if not all(isinstance(v, Value) or _is_number(v) for v in (a, b)):
             self.fail(e.span, f"can't apply '{e.op}' to {describe(a)} and {describe(b)}")
         s.builder.span = e.span
@@ -331,6 +376,13 @@ class _Checker:
         b = self.constant(b, a, e.right, s)
         op = REGISTRY[BINARY_OPS[e.op]]
         return self.build(e.span, lambda: op.build(s.builder, {"a": a, "b": b}))
+
+    def integer(self, v, span: Span):
+        """v, unless it is an integer too large for int64."""
+        if isinstance(v, int) and abs(v) > INT_MAX:
+            self.fail(span, f"integer too large: integers must fit in 64 bits "
+                            f"(at most {INT_MAX} in magnitude)")
+        return v
 
     def fold(self, e: ast.BinOp, a, b):
         """Arithmetic on two numbers is done now, as in `lr = 1 / 3`."""
@@ -354,7 +406,7 @@ class _Checker:
                                      f"integer tensor {other.type}")
         return REGISTRY["constant"].build(s.builder, {"value": float(v), "dtype": other.type.dtype})
 
-    def call_op(self, e: ast.Call, s: _Scope) -> Value:
+    def call_op(self, e: ast.Call, s: _Scope) -> Co[Value]:
         op = _op(e.func)
         if op is None:
             if e.func in self.entries:
@@ -366,13 +418,13 @@ class _Checker:
                 self.fail(e.span, f"'{e.func}' is {describe(v)}, not an op or model")
             callable_ = [n for n in REGISTRY if _op(n)] + list(self.models)
             self.fail(e.span, f"unknown op '{e.func}'{suggest(e.func, callable_)}")
-        args = self.bind(e, op.name, op.signature, s)
+        args = yield self.bind(e, op.name, op.signature, s)
         if op.owns_params and args.get("name") is None:
-            args["name"] = self.auto_names[e]
+            args["name"] = self.auto_names[id(e)]
         s.builder.span = e.span
         return self.build(e.span, lambda: op.build(s.builder, args), e, op.signature)
 
-    def bind(self, e: ast.Call, name: str, signature: tuple[Arg, ...], s: _Scope) -> dict[str, Any]:
+    def bind(self, e: ast.Call, name: str, signature: tuple[Arg, ...], s: _Scope) -> Co[dict[str, Any]]:
         """Evaluate a call's arguments and match them to `signature`."""
         if e.kwargs:
             first = e.kwargs[0].span
@@ -384,8 +436,12 @@ class _Checker:
             if k.name in names:
                 self.fail(k.span, f"argument '{k.name}' is given twice")
             names.add(k.name)
-        pos = [self.eval(a, s) for a in e.args]
-        kw = {k.name: self.eval(k.value, s) for k in e.kwargs}
+        pos = []
+        for a in e.args:
+            pos.append((yield self.eval(a, s)))
+        kw = {}
+        for k in e.kwargs:
+            kw[k.name] = yield self.eval(k.value, s)
         try:
             return bind(name, signature, pos, kw)
         except OpError as err:
@@ -404,25 +460,25 @@ class _Checker:
 
     # ---------------------------------------------------------- model calls
 
-    def call_model(self, e: ast.Call, s: _Scope) -> dict[str, Value]:
+    def call_model(self, e: ast.Call, s: _Scope) -> Co[dict[str, Value]]:
         """Inline model `e.func` into the caller; returns its outputs."""
         callee = self.models[e.func]
         if e.func in self.active:
             cycle = self.active[self.active.index(e.func):] + [e.func]
             self.fail(e.span, f"recursive model call: {' -> '.join(cycle)}")
         if e.func not in self.ok:
-            self.compile_model(callee)
+            yield self.compile_model(callee)
         if not self.ok[e.func]:
             raise _Abort
         declared = self.program.functions[e.func].inputs
         signature = tuple(Arg(v.name, "tensor") for v in declared)
-        args = self.bind(e, e.func, signature, s)
+        args = yield self.bind(e, e.func, signature, s)
         self.check_arguments(e, declared, args, signature)
         s.used.add(e.func)
         inner = _Scope(callee, s.builder, {}, s.used, args)
         self.active.append(e.func)
         try:
-            self.body(inner)
+            yield self.body(inner)
         finally:
             self.active.pop()
         return inner.outputs
@@ -453,14 +509,14 @@ class _Checker:
                               f"pick one, as in {e.func}(...).{next(iter(outputs))}")
         return next(iter(outputs.values()))
 
-    def field(self, e: ast.Field, s: _Scope) -> Value:
+    def field(self, e: ast.Field, s: _Scope) -> Co[Value]:
         if isinstance(e.value, ast.Call) and e.value.func in self.models:
-            outputs = self.call_model(e.value, s)
+            outputs = yield self.call_model(e.value, s)
             if e.name not in outputs:
                 self.fail(e.span, f"model '{e.value.func}' has no output '{e.name}'"
                                   f"{suggest(e.name, outputs)}; its outputs are {', '.join(outputs)}")
             return outputs[e.name]
-        v = self.eval(e.value, s)
+        v = yield self.eval(e.value, s)
         self.fail(e.span, f"'.{e.name}' selects an output of a model call, as in "
                           f"net(x).{e.name}; here it is applied to {describe(v)}")
 
@@ -495,31 +551,13 @@ def _arg_span(call: ast.Call, signature: tuple[Arg, ...] | None, arg: str | None
     return call.span
 
 
-def _calls(e: ast.Expr) -> Iterator[ast.Call]:
-    match e:
-        case ast.Call():
-            yield e
-            for a in (*e.args, *(k.value for k in e.kwargs)):
-                yield from _calls(a)
-        case ast.BinOp():
-            yield from _calls(e.left)
-            yield from _calls(e.right)
-        case ast.Neg():
-            yield from _calls(e.operand)
-        case ast.Field():
-            yield from _calls(e.value)
-        case ast.Tuple():
-            for i in e.items:
-                yield from _calls(i)
-
-
-def _auto_names(block: ast.Block) -> dict[ast.Call, str]:
+def _auto_names(block: ast.Block) -> dict[int, str]:
     """Names for the block's unnamed layer calls (see the module docstring)."""
     unnamed = []
     for stmt in block.body:
         if isinstance(stmt, (ast.Let, ast.Output, ast.Loss)):
-            for c in _calls(stmt.value):
-                op = _op(c.func)
+            for c in ast.postorder(stmt.value):
+                op = _op(c.func) if isinstance(c, ast.Call) else None
                 if op is None or not op.owns_params:
                     continue
                 index = [a.name for a in op.signature].index("name")
@@ -531,5 +569,5 @@ def _auto_names(block: ast.Block) -> dict[ast.Call, str]:
     for c in unnamed:
         k = counts.get(c.func, 0)
         counts[c.func] = k + 1
-        names[c] = f"{block.name}.{c.func}{k}"
+        names[id(c)] = f"{block.name}.{c.func}{k}"
     return names

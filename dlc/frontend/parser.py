@@ -19,8 +19,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedToken
+from lark.visitors import Transformer_NonRecursive
 
 from ..errors import CompileError, Diagnostic, Span
 from ..ops.base import suggest
@@ -277,8 +278,9 @@ def _expected_message(tok: Token, expected: set[str], before: list[Token], opens
 # ------------------------------------------------------------- tree to AST
 
 @v_args(meta=True)
-class _ToAst(Transformer):
-    """Lark tree to `ast` nodes. Pure: it never raises on user input."""
+class _ToAst(Transformer_NonRecursive):
+    """Lark tree to `ast` nodes. Pure: it never raises on user input.
+    Non-recursive: a tree is as deep as the nesting of the source."""
 
     def __init__(self, file: str):
         super().__init__()

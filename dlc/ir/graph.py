@@ -12,12 +12,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InternalError, Span
+from .loops import DTYPE_BYTES
 
 if TYPE_CHECKING:
     from ..ops.base import Op
 
 DTYPES = ("f32", "f64", "i32")
 Dim = int | str  # a fixed size, or a symbol bound at run time
+# Limits on every tensor type, so no program text can make the compiler (or
+# the runtime) compute with absurd sizes: NumPy's limit on dims (each is a
+# loop of a kernel's nest), and 2^48 bytes (256 TiB, past any machine's
+# address space; so sums of sizes, such as a workspace's, stay in int64).
+MAX_RANK = 32
+MAX_TENSOR_BYTES = 1 << 48
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,20 @@ class TensorType:
 
 def format_shape(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def type_error(t: TensorType) -> str | None:
+    """Why no tensor can have type t (see MAX_RANK), or None."""
+    if t.rank > MAX_RANK:
+        return f"a tensor has at most {MAX_RANK} dims, this one would have {t.rank}"
+    n = DTYPE_BYTES[t.dtype]
+    for d in t.shape:
+        n *= d if isinstance(d, int) else 1
+    if n > MAX_TENSOR_BYTES:
+        at = " with its symbols at 1" if any(isinstance(d, str) for d in t.shape) else ""
+        return (f"a tensor of type {t} would be too large ({n:.3g} bytes{at}); "
+                f"a tensor holds at most 2^48 bytes (256 TiB)")
+    return None
 
 
 _ids = itertools.count()
@@ -175,6 +196,7 @@ class Builder:
 
     def node(self, op: Op, inputs: list[Value] | tuple[Value, ...], **attrs) -> Value:
         type = op.infer([v.type for v in inputs], attrs)
+        _check_type(type)
         n = Node(op, tuple(inputs), attrs, type, self.span)
         self.fn.nodes.append(n)
         return n.out
@@ -188,6 +210,7 @@ class Builder:
         """The value of parameter `name` in this function, declaring it on
         first use. A second declaration must agree (that is weight sharing)."""
         from ..ops.base import OpError
+        _check_type(type)
         decl = self.program.params.get(name)
         if decl is None:
             self.program.params[name] = ParamDecl(name, type, init, self.span, layer)
@@ -207,6 +230,13 @@ class Builder:
         if name not in self.fn.states:
             self.fn.states[name] = Value(type, "state", name)
         return self.fn.states[name]
+
+
+def _check_type(t: TensorType) -> None:
+    from ..ops.base import OpError   # ops import this module
+    message = type_error(t)
+    if message is not None:
+        raise OpError(message)
 
 
 # ---------------------------------------------------------------- verifier

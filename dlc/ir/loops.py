@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from ..errors import InternalError
 
 INDEX = "i64"
 _uid = itertools.count()
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------- expressions
@@ -100,7 +101,13 @@ class LaneSum(Load):
 @dataclass(frozen=True, eq=False)
 class Bin(Expr):
     """Arithmetic (+ - * / min max), integer bit ops (xor, shl, shr: logical
-    shift right; for hashes), and comparisons (< <= > >= == !=, dtype 'bool')."""
+    shift right; for hashes), and comparisons (< <= > >= == !=, dtype 'bool').
+
+    NaN, as PyTorch: float min and max propagate it (IEEE 754-2019 minimum
+    and maximum, torch.minimum/maximum), so a NaN reaching relu, a pooling
+    window, a row max or a clamp shows in the result; integer min and max
+    are index clamps. Float comparisons with a NaN operand are false except
+    != (so x != x tests for NaN), as in C."""
     op: str
     a: Expr
     b: Expr
@@ -182,11 +189,18 @@ def call(fn: str, *args: Expr) -> Call:
 
 
 def maximum(a: Expr, b) -> Expr:
+    """max(a, b); NaN if either is (see Bin)."""
     return binop("max", a, b)
 
 
 def minimum(a: Expr, b) -> Expr:
+    """min(a, b); NaN if either is (see Bin)."""
     return binop("min", a, b)
+
+
+def isnan(x: Expr) -> Expr:
+    """x != x: true for a NaN (see Bin)."""
+    return binop("!=", x, x)
 
 
 def cmp(op: str, a, b) -> Expr:
@@ -200,27 +214,32 @@ def trunc_div(a: int, b: int) -> int:
     return q if (a >= 0) == (b > 0) else -q
 
 
+_EVALUATED = ("+", "-", "*", "/", "min", "max") + COMPARISONS
+
+
 def evaluate(e: Expr, syms: dict[str, int]) -> int | None:
     """The value of an index expression of constants and symbols (`syms`:
     by name; a comparison is 1 or 0, a select picks); None when it holds
     anything else, an unknown symbol or a division by zero."""
-    if isinstance(e, Const):
-        return int(e.value)
-    if isinstance(e, Var):
-        return syms.get(e.name)
-    if isinstance(e, Bin) and e.op in ("+", "-", "*", "/", "min", "max") + COMPARISONS:
-        a, b = evaluate(e.a, syms), evaluate(e.b, syms)
-        if a is None or b is None or (e.op == "/" and b == 0):
+    def value(x: Expr, args: list) -> int | None:
+        if isinstance(x, Const):
+            return int(x.value)
+        if isinstance(x, Var):
+            return syms.get(x.name)
+        if isinstance(x, Select):
+            c, a, b = args
+            return None if c is None else a if c else b
+        if not isinstance(x, Bin) or x.op not in _EVALUATED or None in args:
             return None
-        if e.op == "/":
-            return trunc_div(a, b)
+        a, b = args
+        if x.op == "/":
+            return None if b == 0 else trunc_div(a, b)
         return int({"+": a + b, "-": a - b, "*": a * b, "min": min(a, b), "max": max(a, b),
                     "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b,
-                    "!=": a != b}[e.op])
-    if isinstance(e, Select):
-        c = evaluate(e.cond, syms)
-        return None if c is None else evaluate(e.a if c else e.b, syms)
-    return None
+                    "!=": a != b}[x.op])
+    # Only what `value` can use is visited: never a load's index, say.
+    return fold(e, value, lambda x: children(x) if isinstance(x, Select) or (
+        isinstance(x, Bin) and x.op in _EVALUATED) else ())
 
 
 def all_of(conds: list[Expr]) -> Expr | None:
@@ -322,16 +341,40 @@ class LoopProgram:
 
 # ------------------------------------------------------------------- walking
 
-def stmts_of(s: Stmt) -> Iterator[Stmt]:
-    """s and every statement nested in it, outermost first."""
-    yield s
+def stmt_children(s: Stmt) -> tuple[Stmt, ...]:
+    """The statements directly nested in s, in order."""
     if isinstance(s, (For, Allocate)):
-        yield from stmts_of(s.body)
-    elif isinstance(s, If):
-        yield from stmts_of(s.then)
-    elif isinstance(s, Seq):
-        for b in s.body:
-            yield from stmts_of(b)
+        return (s.body,)
+    if isinstance(s, If):
+        return (s.then,)
+    if isinstance(s, Seq):
+        return tuple(s.body)
+    return ()
+
+
+def with_stmt_children(s: Stmt, kids: list[Stmt]) -> Stmt:
+    """A copy of s with its nested statements replaced (in the order of
+    `stmt_children`)."""
+    if isinstance(s, For):
+        return For(s.var, s.extent, kids[0], s.kind, s.grain)
+    if isinstance(s, Allocate):
+        return Allocate(s.buf, kids[0])
+    if isinstance(s, If):
+        return If(s.cond, kids[0])
+    if isinstance(s, Seq):
+        return Seq(list(kids))
+    return s
+
+
+def stmts_of(s: Stmt) -> Iterator[Stmt]:
+    """s and every statement nested in it, outermost first (with a stack:
+    nesting grows with a kernel's size, an Allocate per value an update
+    kernel computes)."""
+    stack = [s]
+    while stack:
+        x = stack.pop()
+        yield x
+        stack.extend(reversed(stmt_children(x)))
 
 
 def exprs_of(s: Stmt) -> Iterator[Expr]:
@@ -365,14 +408,71 @@ def children(e: Expr) -> tuple[Expr, ...]:
     return ()
 
 
+def fold(e, f: Callable[[object, list], T], kids: Callable = children, memo: dict | None = None) -> T:
+    """f(x, [f's results for x's children]) for every node x of e, children
+    first (`kids` says which: `stmt_children` for a statement), once per
+    node: expressions are DAGs (an op's lowering may use an operand twice,
+    and a chain of such ops doubles the paths each time), and as deep as a
+    program's fused chains of ops or its sums over buffers grow, so the walk
+    has an explicit stack and a memo, id(x) -> (x, result); a caller may keep
+    one across calls."""
+    memo = {} if memo is None else memo
+    done: list = []
+    stack: list[tuple[object, int]] = [(e, -1)]   # -1: children not yet pushed
+    while stack:
+        x, n = stack.pop()
+        if n < 0:
+            hit = memo.get(id(x))
+            if hit is not None and hit[0] is x:   # the node is kept: its id stays its own
+                done.append(hit[1])
+                continue
+            ks = kids(x)
+            if ks:
+                stack.append((x, len(ks)))
+                stack.extend([(k, -1) for k in reversed(ks)])
+                continue
+            args = []
+        else:
+            args = done[-n:]
+            del done[-n:]
+        r = f(x, args)
+        memo[id(x)] = (x, r)
+        done.append(r)
+    return done[0]
+
+
+def with_children(e: Expr, kids: list[Expr]) -> Expr:
+    """e with its children (in the order of `children`) replaced; index
+    arithmetic is rebuilt through binop so constants fold."""
+    if isinstance(e, LaneSum):
+        return LaneSum(e.buf, kids[0], e.lanes)
+    if isinstance(e, Load):
+        return Load(e.buf, kids[0])
+    if isinstance(e, Bin):
+        return binop(e.op, *kids)
+    if isinstance(e, Call):
+        return Call(e.fn, tuple(kids), e.dtype)
+    if isinstance(e, Select):
+        return Select(*kids)
+    if isinstance(e, Cast):
+        return Cast(kids[0], e.dtype)
+    if isinstance(e, Reduce):
+        return Reduce(e.kind, e.vars, tuple(kids[:-1]), kids[-1])
+    return e
+
+
 def subexprs(e: Expr) -> Iterator[Expr]:
-    """e and every expression inside it, in preorder (with a stack: nested
-    generators would cost the depth for every node)."""
+    """e and every expression inside it, each node once (see fold), in
+    preorder (with a stack: nested generators would cost the depth for
+    every node)."""
+    seen: set[int] = set()   # ids of nodes e keeps
     stack = [e]
     while stack:
         x = stack.pop()
-        yield x
-        stack.extend(reversed(children(x)))
+        if id(x) not in seen:
+            seen.add(id(x))
+            yield x
+            stack.extend(reversed(children(x)))
 
 
 def buffers_of(s: Stmt) -> Iterator[Buffer]:
@@ -393,82 +493,61 @@ def depends_on(e: Expr, var: Var) -> bool:
 def stride_of(e: Expr, var: Var) -> int | None:
     """d e / d var when e is affine in var with a constant coefficient
     (0 when e does not use var); None otherwise."""
-    if not depends_on(e, var):
-        return 0
-    if e is var:
-        return 1
-    if isinstance(e, Bin) and e.op in "+-":
-        a, b = stride_of(e.a, var), stride_of(e.b, var)
-        if a is None or b is None:
-            return None
-        return a + b if e.op == "+" else a - b
-    if isinstance(e, Bin) and e.op == "*":
-        for x, y in ((e.a, e.b), (e.b, e.a)):
-            if isinstance(y, Const):
-                sx = stride_of(x, var)
-                return None if sx is None else sx * y.value
-    return None
+    def step(x: Expr, args: list[tuple[bool, int | None]]) -> tuple[bool, int | None]:
+        """(x uses var, its stride)"""
+        if x is var:
+            return True, 1
+        if not any(uses for uses, _ in args):
+            return False, 0
+        strides = [k for _, k in args]
+        if isinstance(x, Bin) and x.op in "+-":
+            a, b = strides
+            if a is None or b is None:
+                return True, None
+            return True, a + b if x.op == "+" else a - b
+        if isinstance(x, Bin) and x.op == "*":
+            for k, c in ((strides[0], x.b), (strides[1], x.a)):
+                if isinstance(c, Const):
+                    return True, None if k is None else k * c.value
+        return True, None
+    return fold(e, step)[1]
 
 
 def substitute(e: Expr, env: dict) -> Expr:
     """e with variables replaced by expressions (env: Var -> Expr); index
     arithmetic is rebuilt through binop so constants fold."""
-    if isinstance(e, Var):
-        return env.get(e, e)
-    if isinstance(e, Const):
-        return e
-    if isinstance(e, LaneSum):
-        return LaneSum(e.buf, substitute(e.index, env), e.lanes)
-    if isinstance(e, Load):
-        return Load(e.buf, substitute(e.index, env))
-    if isinstance(e, Bin):
-        return binop(e.op, substitute(e.a, env), substitute(e.b, env))
-    if isinstance(e, Call):
-        return Call(e.fn, tuple(substitute(a, env) for a in e.args), e.dtype)
-    if isinstance(e, Select):
-        return Select(substitute(e.cond, env), substitute(e.a, env), substitute(e.b, env))
-    if isinstance(e, Cast):
-        return Cast(substitute(e.value, env), e.dtype)
-    if isinstance(e, Reduce):
-        return Reduce(e.kind, e.vars, tuple(substitute(x, env) for x in e.extents),
-                      substitute(e.body, env))
-    raise TypeError(e)
+    return fold(e, lambda x, kids: env.get(x, x) if isinstance(x, Var) else with_children(x, kids))
 
 
 def substitute_stmt(s: Stmt, env: dict) -> Stmt:
     """s with variables replaced (see substitute); statements are copied."""
-    if isinstance(s, For):
-        return For(s.var, substitute(s.extent, env), substitute_stmt(s.body, env), s.kind,
-                   None if s.grain is None else substitute(s.grain, env))
-    if isinstance(s, Store):
-        return Store(s.buf, substitute(s.index, env), substitute(s.value, env), s.accumulate)
-    if isinstance(s, Allocate):
-        return Allocate(s.buf, substitute_stmt(s.body, env))
-    if isinstance(s, If):
-        return If(substitute(s.cond, env), substitute_stmt(s.then, env))
-    if isinstance(s, Seq):
-        return Seq([substitute_stmt(b, env) for b in s.body])
-    if isinstance(s, Barrier):
-        return s
-    raise TypeError(s)
+    def copy(x: Stmt, kids: list[Stmt]) -> Stmt:
+        if isinstance(x, For):
+            return For(x.var, substitute(x.extent, env), kids[0], x.kind,
+                       None if x.grain is None else substitute(x.grain, env))
+        if isinstance(x, Store):
+            return Store(x.buf, substitute(x.index, env), substitute(x.value, env), x.accumulate)
+        if isinstance(x, If):
+            return If(substitute(x.cond, env), kids[0])
+        if isinstance(x, (Allocate, Seq, Barrier)):
+            return with_stmt_children(x, kids)
+        raise TypeError(x)
+    return fold(s, copy, stmt_children)
 
 
 def rewrite(s: Stmt, f) -> Stmt:
     """s rewritten top-down by f: where f(x) returns a statement it replaces
     x (and is not descended into); where it returns None, x is kept with its
     nested statements rewritten."""
-    new = f(s)
-    if new is not None:
-        return new
-    if isinstance(s, For):
-        return For(s.var, s.extent, rewrite(s.body, f), s.kind, s.grain)
-    if isinstance(s, Seq):
-        return Seq([rewrite(b, f) for b in s.body])
-    if isinstance(s, Allocate):
-        return Allocate(s.buf, rewrite(s.body, f))
-    if isinstance(s, If):
-        return If(s.cond, rewrite(s.then, f))
-    return s
+    new: dict[int, Stmt] = {}   # f's replacements, by id of the statement replaced
+
+    def kids(x: Stmt) -> tuple[Stmt, ...]:
+        y = f(x)
+        if y is None:
+            return stmt_children(x)
+        new[id(x)] = y
+        return ()
+    return fold(s, lambda x, ks: new[id(x)] if id(x) in new else with_stmt_children(x, ks), kids)
 
 
 def vector_lanes(extent: Expr) -> tuple[int, Expr | None] | None:
@@ -512,7 +591,13 @@ def verify(prog: LoopProgram, where: str = "loops", allow_reduce: bool = False) 
 
 
 def _verify_expr(e: Expr, bound: set, locals_: set, where: str, ctx: str, allow_reduce: bool) -> None:
-    for x in subexprs(e):
+    stack = [(e, bound)]   # a Reduce's body also sees its vars
+    bounds, seen = [bound], set()   # each node once per set of bound vars (kept: ids stay theirs)
+    while stack:
+        x, bound = stack.pop()
+        if (id(x), id(bound)) in seen:
+            continue
+        seen.add((id(x), id(bound)))
         if isinstance(x, Var) and x not in bound:
             raise InternalError(where, f"{ctx}: variable {x.name} is not bound")
         if isinstance(x, Load) and x.buf.kind == "local" and x.buf not in locals_:
@@ -522,98 +607,114 @@ def _verify_expr(e: Expr, bound: set, locals_: set, where: str, ctx: str, allow_
         if isinstance(x, Reduce):
             if not allow_reduce:
                 raise InternalError(where, f"{ctx}: Reduce survived reduction lowering")
-            _verify_expr(x.body, bound | set(x.vars), locals_, where, ctx, allow_reduce)
-            break
+            bounds.append(bound | set(x.vars))
+            stack += [(x.body, bounds[-1])] + [(n, bound) for n in x.extents]
+            continue
         if isinstance(x, Bin) and x.a.dtype != x.b.dtype:
             raise InternalError(where, f"{ctx}: {x.op} mixes {x.a.dtype} and {x.b.dtype}")
+        stack += [(c, bound) for c in children(x)]
 
 
 def _verify_stmt(s: Stmt, bound: set, locals_: set, where: str, ctx: str, allow_reduce: bool) -> None:
-    if isinstance(s, For):
-        _verify_expr(s.extent, bound, locals_, where, ctx, allow_reduce)
-        if s.kind not in LOOP_KINDS:
-            raise InternalError(where, f"{ctx}: loop {s.var.name} has unknown kind {s.kind}")
-        if s.kind == "unrolled" and not isinstance(s.extent, Const):
-            raise InternalError(where, f"{ctx}: unrolled loop {s.var.name} needs a constant extent")
-        if s.kind == "vectorized" and vector_lanes(s.extent) is None:
-            raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} needs extent W or min(W, n)")
-        if s.kind == "vectorized" and any(isinstance(x, (For, Allocate)) for x in stmts_of(s.body)):
-            raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} holds loops or allocations")
-        if s.kind == "parallel":
-            if any(b.kind == "local" and b in locals_ for b in buffers_of(s.body)):
-                raise InternalError(where, f"{ctx}: parallel loop {s.var.name} shares a local buffer")
-            if s.grain is not None:
-                _verify_expr(s.grain, bound, locals_, where, ctx, allow_reduce)
-        if s.var in bound:
-            raise InternalError(where, f"{ctx}: loop variable {s.var.name} bound twice")
-        _verify_stmt(s.body, bound | {s.var}, locals_, where, ctx, allow_reduce)
-    elif isinstance(s, Store):
-        if s.buf.kind == "local" and s.buf not in locals_:
-            raise InternalError(where, f"{ctx}: store to {s.buf.name} outside its Allocate")
-        _verify_expr(s.index, bound, locals_, where, ctx, allow_reduce)
-        _verify_expr(s.value, bound, locals_, where, ctx, allow_reduce)
-        if s.value.dtype != s.buf.dtype:
-            raise InternalError(where, f"{ctx}: stores {s.value.dtype} into {s.buf.dtype} {s.buf.name}")
-    elif isinstance(s, Allocate):
-        _verify_stmt(s.body, bound, locals_ | {s.buf}, where, ctx, allow_reduce)
-    elif isinstance(s, If):
-        _verify_expr(s.cond, bound, locals_, where, ctx, allow_reduce)
-        _verify_stmt(s.then, bound, locals_, where, ctx, allow_reduce)
-    elif isinstance(s, Seq):
-        for b in s.body:
-            _verify_stmt(b, bound, locals_, where, ctx, allow_reduce)
-    elif not isinstance(s, Barrier):
-        raise InternalError(where, f"{ctx}: unknown statement {s!r}")
+    stack = [(s, bound, locals_)]   # what each statement sees
+    while stack:
+        s, bound, locals_ = stack.pop()
+        if isinstance(s, For):
+            _verify_expr(s.extent, bound, locals_, where, ctx, allow_reduce)
+            if s.kind not in LOOP_KINDS:
+                raise InternalError(where, f"{ctx}: loop {s.var.name} has unknown kind {s.kind}")
+            if s.kind == "unrolled" and not isinstance(s.extent, Const):
+                raise InternalError(where, f"{ctx}: unrolled loop {s.var.name} needs a constant extent")
+            if s.kind == "vectorized" and vector_lanes(s.extent) is None:
+                raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} needs extent W or min(W, n)")
+            if s.kind == "vectorized" and any(isinstance(x, (For, Allocate)) for x in stmts_of(s.body)):
+                raise InternalError(where, f"{ctx}: vectorized loop {s.var.name} holds loops or allocations")
+            if s.kind == "parallel":
+                if any(b.kind == "local" and b in locals_ for b in buffers_of(s.body)):
+                    raise InternalError(where, f"{ctx}: parallel loop {s.var.name} shares a local buffer")
+                if s.grain is not None:
+                    _verify_expr(s.grain, bound, locals_, where, ctx, allow_reduce)
+            if s.var in bound:
+                raise InternalError(where, f"{ctx}: loop variable {s.var.name} bound twice")
+            stack.append((s.body, bound | {s.var}, locals_))
+        elif isinstance(s, Store):
+            if s.buf.kind == "local" and s.buf not in locals_:
+                raise InternalError(where, f"{ctx}: store to {s.buf.name} outside its Allocate")
+            _verify_expr(s.index, bound, locals_, where, ctx, allow_reduce)
+            _verify_expr(s.value, bound, locals_, where, ctx, allow_reduce)
+            if s.value.dtype != s.buf.dtype:
+                raise InternalError(where, f"{ctx}: stores {s.value.dtype} into {s.buf.dtype} {s.buf.name}")
+        elif isinstance(s, Allocate):
+            stack.append((s.body, bound, locals_ | {s.buf}))
+        elif isinstance(s, If):
+            _verify_expr(s.cond, bound, locals_, where, ctx, allow_reduce)
+            stack.append((s.then, bound, locals_))
+        elif isinstance(s, Seq):
+            stack += [(b, bound, locals_) for b in reversed(s.body)]
+        elif not isinstance(s, Barrier):
+            raise InternalError(where, f"{ctx}: unknown statement {s!r}")
 
 
 # ------------------------------------------------------------------- printer
 
 def print_expr(e: Expr) -> str:
+    return fold(e, _expr_text)
+
+
+def _expr_text(e: Expr, kids: list[str]) -> str:
+    """e as text, given its children's."""
     if isinstance(e, Const):
         return repr(e.value)
     if isinstance(e, Var):
         return e.name
     if isinstance(e, LaneSum):
-        return f"lanesum({e.buf.name}[{print_expr(e.index)} : +{e.lanes}])"
+        return f"lanesum({e.buf.name}[{kids[0]} : +{e.lanes}])"
     if isinstance(e, Load):
-        return f"{e.buf.name}[{print_expr(e.index)}]"
+        return f"{e.buf.name}[{kids[0]}]"
     if isinstance(e, Bin):
         if e.op in ("min", "max"):
-            return f"{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
-        return f"({print_expr(e.a)} {e.op} {print_expr(e.b)})"
+            return f"{e.op}({kids[0]}, {kids[1]})"
+        return f"({kids[0]} {e.op} {kids[1]})"
     if isinstance(e, Call):
-        return f"{e.fn}({', '.join(map(print_expr, e.args))})"
+        return f"{e.fn}({', '.join(kids)})"
     if isinstance(e, Select):
-        return f"select({print_expr(e.cond)}, {print_expr(e.a)}, {print_expr(e.b)})"
+        return f"select({kids[0]}, {kids[1]}, {kids[2]})"
     if isinstance(e, Cast):
-        return f"{e.dtype}({print_expr(e.value)})"
+        return f"{e.dtype}({kids[0]})"
     if isinstance(e, Reduce):
-        rng = ", ".join(f"{v.name} < {print_expr(x)}" for v, x in zip(e.vars, e.extents))
-        return f"{e.kind}({rng}: {print_expr(e.body)})"
+        rng = ", ".join(f"{v.name} < {x}" for v, x in zip(e.vars, kids))
+        return f"{e.kind}({rng}: {kids[-1]})"
     raise TypeError(e)
 
 
 def print_stmt(s: Stmt, indent: int = 0) -> str:
-    pad = "  " * indent
-    if isinstance(s, For):
-        kind = "" if s.kind == "serial" else f" {s.kind}"
-        if s.grain is not None:
-            kind += f"(grain {print_expr(s.grain)})"
-        return (f"{pad}for{kind} {s.var.name} in 0..{print_expr(s.extent)}:\n"
-                + print_stmt(s.body, indent + 1))
-    if isinstance(s, Store):
-        op = "+=" if s.accumulate else "="
-        return f"{pad}{s.buf.name}[{print_expr(s.index)}] {op} {print_expr(s.value)}\n"
-    if isinstance(s, Allocate):
-        return (f"{pad}allocate {s.buf.name}: {s.buf.dtype}[{print_expr(s.buf.size)}]\n"
-                + print_stmt(s.body, indent))
-    if isinstance(s, If):
-        return f"{pad}if {print_expr(s.cond)}:\n" + print_stmt(s.then, indent + 1)
-    if isinstance(s, Seq):
-        return "".join(print_stmt(b, indent) for b in s.body)
-    if isinstance(s, Barrier):
-        return f"{pad}barrier\n"
-    raise TypeError(s)
+    lines = []
+    stack = [(s, indent)]
+    while stack:
+        s, indent = stack.pop()
+        pad = "  " * indent
+        if isinstance(s, For):
+            kind = "" if s.kind == "serial" else f" {s.kind}"
+            if s.grain is not None:
+                kind += f"(grain {print_expr(s.grain)})"
+            lines.append(f"{pad}for{kind} {s.var.name} in 0..{print_expr(s.extent)}:\n")
+            stack.append((s.body, indent + 1))
+        elif isinstance(s, Store):
+            op = "+=" if s.accumulate else "="
+            lines.append(f"{pad}{s.buf.name}[{print_expr(s.index)}] {op} {print_expr(s.value)}\n")
+        elif isinstance(s, Allocate):
+            lines.append(f"{pad}allocate {s.buf.name}: {s.buf.dtype}[{print_expr(s.buf.size)}]\n")
+            stack.append((s.body, indent))
+        elif isinstance(s, If):
+            lines.append(f"{pad}if {print_expr(s.cond)}:\n")
+            stack.append((s.then, indent + 1))
+        elif isinstance(s, Seq):
+            stack += [(b, indent) for b in reversed(s.body)]
+        elif isinstance(s, Barrier):
+            lines.append(f"{pad}barrier\n")
+        else:
+            raise TypeError(s)
+    return "".join(lines)
 
 
 def print_program(prog: LoopProgram) -> str:

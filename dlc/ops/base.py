@@ -87,6 +87,12 @@ class Op:
     # into its consumers, and producers with reductions are not inlined into it.
     lower_kernel: Callable | None = None
 
+    # -- the values integer operand k must hold (an IndexRange of dlc.lower:
+    # tokens below the vocabulary, lengths in [1, time]), or None for any;
+    # the runtime checks each integer input against its readers' ranges
+    def operand_range(self, node: Node, k: int):
+        return None
+
     # -- NumPy reference, used by tests
     def reference(self, *xs: np.ndarray, **attrs) -> np.ndarray:
         raise NotImplementedError(f"{self.name} has no reference")

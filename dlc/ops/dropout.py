@@ -1,5 +1,6 @@
 """dropout(x, p): in a train block, zeroes each element with probability p
-and scales the rest by 1 / (1 - p), as nn.Dropout in train mode; in a
+and scales the rest by 1 / (1 - p), as nn.Dropout in train mode (a
+multiplication by the mask: a dropped NaN or inf gives NaN); in a
 model's inference entry it is the identity.
 
 The mask is never stored: element i of the k-th dropout of a train block
@@ -79,8 +80,9 @@ class Dropout(Op):
         z = splitmix(L.binop("+", base, flat * signed(GOLDEN)))
         x = ins[0](idx)
         u = L.Cast(L.binop("shr", z, 40), x.dtype) * (1.0 / (1 << 24))   # uniform [0, 1)
-        return L.Select(L.cmp(">=", u, a["p"]), x * (1.0 / (1.0 - a["p"])),
-                        L.const_like(0, x.dtype))
+        # x times the mask, as PyTorch: a dropped NaN or inf still gives NaN.
+        return x * L.Select(L.cmp(">=", u, a["p"]), L.const_like(1.0 / (1.0 - a["p"]), x.dtype),
+                            L.const_like(0, x.dtype))
 
     def reference(self, x, step, *, p, seed, salt):
         stream = np.uint64((((seed << 48) + (salt << 32)) + int(step)) & M64)
@@ -89,7 +91,7 @@ class Dropout(Op):
             z = splitmix_np(base + np.arange(x.size, dtype=np.uint64) * np.uint64(GOLDEN))
         u = (z >> np.uint64(40)).astype(np.float64) / (1 << 24)
         keep = (u >= p).reshape(x.shape)
-        return np.where(keep, x / (1 - p), 0).astype(x.dtype)
+        return (x * np.where(keep, 1 / (1 - p), 0)).astype(x.dtype)
 
 
 DROPOUT = register(Dropout())

@@ -175,7 +175,8 @@ class Sqrt(Unary):
 
 
 class ClampedLog(Unary):
-    """max(log(x), -100), as PyTorch's binary cross-entropy clamps its logs."""
+    """max(log(x), -100), as PyTorch's binary cross-entropy clamps its logs
+    (std::max: log 0 gives -100, a NaN stays NaN)."""
     name = "clamped_log"
     signature = None
     def scalar(self, x): return L.maximum(L.call("log", x), -100.0)
@@ -212,12 +213,17 @@ class LeakyRelu(Unary):
 
 
 class StepMask(Elementwise):
-    """g where x > 0, else slope * g: the gradient of relu and leaky_relu."""
+    """g where x > 0, else slope * g: the gradient of relu and leaky_relu.
+    At x = NaN, as PyTorch's: relu's passes g (x <= 0 ? 0 : g), leaky_relu's
+    scales it (x > 0 ? g : slope * g)."""
     name = "step_mask"
     arity = 2
     def scalar(self, x, g, slope):
-        return L.Select(L.cmp(">", x, 0.0), g, g * slope if slope else L.const_like(0, g.dtype))
-    def reference(self, x, g, slope): return np.where(x > 0, g, g * slope)
+        if slope:
+            return L.Select(L.cmp(">", x, 0.0), g, g * slope)
+        return L.Select(L.cmp("<=", x, 0.0), L.const_like(0, g.dtype), g)
+    def reference(self, x, g, slope):
+        return np.where(x > 0, g, g * slope) if slope else np.where(x <= 0, 0, g)
 
 
 class Sigmoid(Unary):

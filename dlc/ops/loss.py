@@ -6,6 +6,7 @@ import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import Builder, TensorType, Value, format_shape
+from ..lower import IndexRange
 from .base import Arg, Op, OpError, need_float, register
 from .elementwise import CLAMPED_LOG, mul, neg, scalar_like, sub, add
 from .nn import LOG_SOFTMAX
@@ -13,8 +14,8 @@ from .reduce import mean
 
 
 class PickLast(Op):
-    """out[...] = x[..., idx[...]]; NaN where the index is out of range, so a
-    bad label shows in the loss instead of reading stray memory."""
+    """out[...] = x[..., idx[...]]; NaN where the index is out of range, never
+    stray memory (the runtime refuses such labels first: `operand_range`)."""
     name = "pick_last"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -24,6 +25,9 @@ class PickLast(Op):
     def grad(self, b, node, g):
         x, i = node.inputs
         return [b.node(SCATTER_LAST, [g, i], classes=x.type.shape[-1]), None]
+
+    def operand_range(self, node, k):
+        return IndexRange.upto(0, node.inputs[0].type.shape[-1], -1) if k == 1 else None
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         n = ctx.dim(node.inputs[0].type.shape[-1])
@@ -43,6 +47,9 @@ class ScatterLast(Op):
     def infer(self, ins, attrs) -> TensorType:
         g, i = ins
         return TensorType(g.dtype, g.shape + (attrs["classes"],))
+
+    def operand_range(self, node, k):
+        return IndexRange.upto(0, node.attrs["classes"], -1) if k == 1 else None
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         label = L.Cast(ins[1](idx[:-1]), L.INDEX)

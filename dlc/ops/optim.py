@@ -28,10 +28,13 @@ def clip_by_global_norm(b: Builder, grads: dict[str, Value], max_norm: float) ->
     total = squares[0]
     for s in squares[1:]:
         total = add(b, total, s)
-    one = scalar_like(b, 1.0, total)
-    coef = div(b, scalar_like(b, max_norm, total),
-               add(b, b.node(SQRT, [total]), scalar_like(b, 1e-6, total)))
-    coef = sub(b, one, b.node(RELU, [sub(b, one, coef)]))   # min(coef, 1)
+    # min(max_norm / (norm + 1e-6), 1) as max_norm / max(norm + 1e-6, max_norm):
+    # exactly 1 below the limit, within an ulp or two above it at any scale
+    # (1 - relu(1 - coef) had lost coef's digits: a step of exactly 0 when
+    # the norm was 1e8 times the limit).
+    limit = scalar_like(b, max_norm, total)
+    norm = add(b, b.node(SQRT, [total]), scalar_like(b, 1e-6, total))
+    coef = div(b, limit, add(b, limit, b.node(RELU, [sub(b, norm, limit)])))
     return {k: mul(b, g, broadcast(b, coef, g.type.shape)) for k, g in grads.items()}
 
 

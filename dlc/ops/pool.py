@@ -2,12 +2,12 @@
 default), global_avgpool, and their gradients.
 
 Max pooling's gradient goes to the first maximum of each window in scan
-order, as PyTorch's. It never keeps a full-size mask: `maxpool_grad` either
-recomputes each window's first-max position from x and the pooled output y
-(`saved="recompute"`), or reads it from an output-sized index tensor made by
-`maxpool_argmax` in the forward pass (`saved="indices"`). Autodiff emits the
-recompute form; the `lower_pooling` pass picks per node
-(dlc/passes/graph_pooling.py).
+order (to the last NaN of a window with NaNs), as PyTorch's. It never
+keeps a full-size mask: `maxpool_grad` either recomputes each window's
+first-max position from x and the pooled output y (`saved="recompute"`),
+or reads it from an output-sized index tensor made by `maxpool_argmax` in
+the forward pass (`saved="indices"`). Autodiff emits the recompute form;
+the `lower_pooling` pass picks per node (dlc/passes/graph_pooling.py).
 """
 from __future__ import annotations
 
@@ -38,29 +38,39 @@ SELECT_TAPS = 9
 
 def first_max(ctx, x, y, wh, ww, n, c, oh, ow) -> L.Expr:
     """The position ky * kw + kx of window (oh, ow)'s first maximum, scanning
-    rows then columns, as an index expression (PyTorch's argmax rule); past
-    the last position when there is none (a NaN window)."""
-    if wh.kernel * ww.kernel <= SELECT_TAPS:
-        first: L.Expr = L.Const(wh.kernel * ww.kernel, L.INDEX)
-        for ky in reversed(range(wh.kernel)):
-            for kx in reversed(range(ww.kernel)):
-                ih, ch = wh.input_at(oh, L.Const(ky, L.INDEX))
-                iw, cw = ww.input_at(ow, L.Const(kx, L.INDEX))
-                hit = L.all_of(ch + cw + [L.cmp("==", x([n, c, ih, iw]), y)])
-                first = L.Select(hit, L.Const(ky * ww.kernel + kx, L.INDEX), first)
+    rows then columns, as an index expression (PyTorch's argmax rule: its
+    scan takes each NaN as a new maximum, so a window with NaNs gives its
+    last NaN)."""
+    taps = wh.kernel * ww.kernel
+
+    def tap(ky, kx):
+        """(x at tap (ky, kx), the conditions for it being inside x)."""
+        ih, ch = wh.input_at(oh, ky)
+        iw, cw = ww.input_at(ow, kx)
+        return x([n, c, ih, iw]), ch + cw
+
+    if taps <= SELECT_TAPS:
+        # The first hit of a chain built from the last tap; then the last
+        # NaN of one built from the first (none when y is not NaN).
+        first: L.Expr = L.Const(taps, L.INDEX)
+        order = [(ky, kx) for ky in range(wh.kernel) for kx in range(ww.kernel)]
+        for test, scan in ((lambda v: L.cmp("==", v, y), reversed(order)), (L.isnan, order)):
+            for ky, kx in scan:
+                v, conds = tap(L.Const(ky, L.INDEX), L.Const(kx, L.INDEX))
+                first = L.Select(L.all_of(conds + [test(v)]), L.Const(ky * ww.kernel + kx, L.INDEX), first)
         return first
     qy, qx = ctx.var("qy"), ctx.var("qx")
-    ih, ch = wh.input_at(oh, qy)
-    iw, cw = ww.input_at(ow, qx)
+    v, conds = tap(qy, qx)
     dtype = y.dtype
     pos = L.Cast(qy * ww.kernel + qx, dtype)
-    hit = L.cmp("==", x([n, c, ih, iw]), y)
-    for cond in ch + cw:
-        hit = L.Bin("and", cond, hit, "bool")
-    # max of -pos over hits: the smallest hit position.
+    inside = L.all_of(conds)
+    hit, nan = (t if inside is None else L.Bin("and", inside, t, "bool")
+                for t in (L.cmp("==", v, y), L.isnan(v)))
+    # The max of taps + pos over NaNs, else of -pos over hits: the last NaN
+    # or the smallest hit position.
     best = L.Reduce("max", (qy, qx), (L.Const(wh.kernel, L.INDEX), L.Const(ww.kernel, L.INDEX)),
-                    L.Select(hit, -pos, L.const_like(-1e9, dtype)))
-    return L.Cast(-best, L.INDEX)
+                    L.Select(nan, pos + float(taps), L.Select(hit, -pos, L.const_like(-1e9, dtype))))
+    return L.Cast(L.Select(L.cmp(">=", best, float(taps)), best - float(taps), -best), L.INDEX)
 
 
 class Pool(Op):
@@ -176,7 +186,10 @@ class MaxPoolArgmax(Op):
                     constant_values=-np.inf)
         cols, _ = im2col(xp, kernel, stride, (0, 0), dilation)
         n, c, kh, kw, oh, ow = cols.shape
-        return cols.reshape(n, c, kh * kw, oh, ow).argmax(axis=2).astype(np.int32)
+        cols = cols.reshape(n, c, kh * kw, oh, ow)
+        nan = np.isnan(cols)
+        last_nan = kh * kw - 1 - nan[:, :, ::-1].argmax(axis=2)
+        return np.where(nan.any(axis=2), last_nan, cols.argmax(axis=2)).astype(np.int32)
 
 
 class MaxPoolGrad(Op):

@@ -23,9 +23,10 @@ shifted hidden states (`seq_outer`).
 
 `lengths` (i32[batch]) gives packed-sequence semantics: an example's steps
 at and after its length leave its state unchanged and output zeros. Indices
-out of range (tokens outside the vocabulary, lengths outside [1, time] in
-`last`) give NaN, so bad data shows in the loss rather than reading stray
-memory.
+out of range (tokens outside the vocabulary, lengths outside [1, time]) are
+refused by the runtime before a run (`operand_range`); the kernels still
+give NaN for them rather than read stray memory, for code that calls an
+entry without the runtime.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
-from ..lower import flat_index, size_of
+from ..lower import IndexRange, flat_index, size_of
 from .base import Arg, Op, OpError, need_float, register
 from .elementwise import add
 
@@ -61,12 +62,16 @@ def _unravel(ctx, i: L.Expr, shape) -> list[L.Expr]:
     return [i] + idx[::-1]
 
 
-# Eigen's rational approximation of tanh in f32 (a few ulp, clamped where
-# f32 tanh is +-1): only multiplies, adds, a divide and min/max, so the
-# gate loops vectorize, where a libm call per element would dominate the scan.
+# Eigen's rational approximation of tanh in f32 (a few ulp): only
+# multiplies, adds, a divide and min/max, so the gate loops vectorize, where
+# a libm call per element would dominate the scan.
 # (Eigen returns x itself for |x| < 0.0004; the quotient is within 2e-7 of
 # it there, and the select would cost a sixth of the gates' work.)
-TANH_CLAMP = 7.90531110763549805
+# Eigen clamps x to +-7.905, where the quotient is 0.99999976; clamped to
+# +-10 instead, where it passes 1, and the result to [-1, 1], saturated
+# gates are exact as PyTorch's (sigmoid(-inf) = 0, and its derivative 0, so
+# an infinite input's weight gradient is NaN there too). Both clamps keep a NaN.
+TANH_CLAMP = 10.0
 TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
             5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
             -2.76076847742355e-16)
@@ -86,7 +91,7 @@ def _tanh(x: L.Expr) -> L.Expr:
         return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
     xc = L.maximum(L.minimum(x, TANH_CLAMP), -TANH_CLAMP)
     x2 = xc * xc
-    return xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN)
+    return L.maximum(L.minimum(xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN), 1.0), -1.0)
 
 
 def _sigmoid(x: L.Expr) -> L.Expr:
@@ -137,6 +142,9 @@ class Gather(Op):
         w, tok = node.inputs
         return [b.node(SCATTER_ROWS, [g, tok], rows=w.type.shape[0]), None]
 
+    def operand_range(self, node, k):
+        return IndexRange.upto(0, node.inputs[0].type.shape[0], -1) if k == 1 else None
+
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         rows = ctx.dim(node.inputs[0].type.shape[0])
         tok = _index(ins[1](idx[:-1]))
@@ -155,6 +163,9 @@ class ScatterRows(Op):
     def infer(self, ins, attrs) -> TensorType:
         g, tok = ins
         return TensorType(g.dtype, (attrs["rows"],) + g.shape[tok.rank:])
+
+    def operand_range(self, node, k):
+        return IndexRange.upto(0, node.attrs["rows"], -1) if k == 1 else None
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         g_t, tok_t = (v.type for v in node.inputs)
@@ -345,6 +356,14 @@ class PadLast(Op):
         return out
 
 
+def _lengths_range(node, k: int, time) -> IndexRange | None:
+    """[1, time] for operand k if it is the lengths (the last, with attr
+    lengths): what rnn, lstm and last require, as PyTorch's packed sequences."""
+    if node.attrs.get("lengths") and k == len(node.inputs) - 1:
+        return IndexRange.upto(1, time)
+    return None
+
+
 def _length(ctx, ins, node, b: L.Expr, time_axis_len) -> L.Expr:
     """Example b's length: the `lengths` input (the op's last) or the time dim."""
     if node.attrs.get("lengths"):
@@ -381,6 +400,9 @@ class ReverseTime(Op):
     def grad(self, b, node, g):
         return [b.node(REVERSE_TIME, [g] + list(node.inputs[1:]), **node.attrs)] + [None] * (len(node.inputs) - 1)
 
+    def operand_range(self, node, k):
+        return _lengths_range(node, k, node.inputs[0].type.shape[1])
+
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         b, t, *rest = idx
         n = L.minimum(_length(ctx, ins, node, b, node.out.type.shape[1]), ctx.dim(node.out.type.shape[1]))
@@ -410,6 +432,9 @@ class PickTime(Op):
         return [b.node(PLACE_TIME, [g] + list(node.inputs[1:]), time=node.inputs[0].type.shape[1],
                        **node.attrs)] + [None] * (len(node.inputs) - 1)
 
+    def operand_range(self, node, k):
+        return _lengths_range(node, k, node.inputs[0].type.shape[1])
+
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         b, *rest = idx
         steps = ctx.dim(node.inputs[0].type.shape[1])
@@ -429,6 +454,9 @@ class PlaceTime(Op):
     def infer(self, ins, attrs) -> TensorType:
         g = ins[0]
         return TensorType(g.dtype, g.shape[:1] + (attrs["time"],) + g.shape[1:])
+
+    def operand_range(self, node, k):
+        return _lengths_range(node, k, node.attrs["time"])
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         b, t, *rest = idx
@@ -527,6 +555,9 @@ class Recurrence(Op):
         h_prev = b.node(SHIFT_TIME, [b.node(SLICE_LAST, [node.out], start=0, size=hidden)])
         d_bias = b.node(SUM_STEPS, [d_pre])
         return [d_pre, b.node(SEQ_OUTER, [d_pre, h_prev]), d_bias, d_bias] + [None] * len(lengths)
+
+    def operand_range(self, node, k):
+        return _lengths_range(node, k, node.inputs[0].type.shape[1])
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         cell, H = node.attrs["cell"], node.attrs["hidden"]
@@ -643,6 +674,9 @@ class RecurrenceGrad(Op):
     def infer(self, ins, attrs) -> TensorType:
         g = ins[0]
         return TensorType(g.dtype, g.shape[:2] + (CELLS[attrs["cell"]] * attrs["hidden"],))
+
+    def operand_range(self, node, k):
+        return _lengths_range(node, k, node.inputs[0].type.shape[1])
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         cell, H = node.attrs["cell"], node.attrs["hidden"]

@@ -17,6 +17,11 @@ inlined into them, and a convolution is not inlined into a pooling (whose
 window would make it a max of several reductions), a reshape (whose flat
 index hides the output row), a padding or a Winograd convolution (whose
 staged input rows are copies, not a product nest).
+A chain of values inlined into one another is cut (a value stored) every
+MAX_CHAIN ops: a kernel's expression, and the lowering that builds it, grow
+with the chain, which a long program (`x + x + ... + x`, a sum over many
+parameters' norms) can make as long as it likes; the examples' longest chains
+have 14 ops, and a store per 64 ops costs nothing measurable.
 An op lowered as a whole statement (`lower_kernel`) is never inlined, and
 counts as a consumer that re-reads its inputs, except `pad2d` and
 `winograd_conv2d`, which read each element once (a Winograd chunk's two
@@ -54,6 +59,7 @@ TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
 # rows) would keep a convolution inlined into them from being register-blocked
 # by `tile`.
 UNBLOCKED = POOLS | {RESHAPE, PAD2D, WINOGRAD_CONV2D}
+MAX_CHAIN = 64
 
 
 def rereads(n: Node) -> bool:
@@ -81,15 +87,17 @@ def plan(fn: Function) -> set[int]:
     inlined: set[int] = set()
     has_reduce: dict[int, bool] = {}
     has_conv: dict[int, bool] = {}
+    chain: dict[int, int] = {}   # ops in the longest chain of inlined values ending here
     for n in fn.nodes:  # producers first: a value's cost includes its inlined inputs
         key = id(n.out)
+        chain[key] = 1 + max((chain[id(v)] for v in n.inputs if id(v) in inlined), default=0)
         has_reduce[key] = n.op in REDUCTIONS or any(
             has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
         has_conv[key] = n.op in CONVS or any(
             has_conv.get(id(v), False) for v in n.inputs if id(v) in inlined)
         users = consumers.get(key, [])
         n_users = len(users) + assigned[key]
-        if key in pinned or n_users == 0 or n.op.lower_kernel is not None:
+        if key in pinned or n_users == 0 or n.op.lower_kernel is not None or chain[key] >= MAX_CHAIN:
             continue
         if n.op.same_order_as_input and id(n.inputs[0]) not in inlined:
             continue   # a view

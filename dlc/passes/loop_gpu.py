@@ -117,14 +117,16 @@ def _k_contiguous(f: L.Expr, k: L.Var) -> bool:
         return True
 
     def ev(e, kv):
-        if isinstance(e, L.Const):
-            return e.value
-        if isinstance(e, L.Var):
-            return kv if e is k else 3  # any sizes: strides are affine
-        if isinstance(e, L.Bin) and e.op in ("+", "-", "*"):
-            a, b = ev(e.a, kv), ev(e.b, kv)
-            return a + b if e.op == "+" else a - b if e.op == "-" else a * b
-        raise ValueError(e)
+        def value(x, args):
+            if isinstance(x, L.Const):
+                return x.value
+            if isinstance(x, L.Var):
+                return kv if x is k else 3  # any sizes: strides are affine
+            if isinstance(x, L.Bin) and x.op in ("+", "-", "*"):
+                a, b = args
+                return a + b if x.op == "+" else a - b if x.op == "-" else a * b
+            raise ValueError(x)
+        return L.fold(e, value)
     try:
         return ev(f.index, 1) - ev(f.index, 0) == 1
     except ValueError:

@@ -13,6 +13,7 @@ every call (batch-1 CIFAR inference: 7% slower when the two cores sit on
 different dies)."""
 from __future__ import annotations
 
+import heapq
 from dataclasses import replace
 
 from ..ir import loops as L
@@ -34,14 +35,22 @@ def _plan(entry: L.LoopEntry) -> L.LoopEntry:
                 first.setdefault(buf.index, k)
                 last[buf.index] = k
     slot_of = [-1] * len(entry.workspace)
-    free_after: list[int] = []  # per slot: the last kernel that reads it
+    # Each buffer takes the lowest-numbered slot whose last read comes before
+    # its first write. Buffers come by first write, so a slot once free stays
+    # so until taken: heaps of (last read, slot) and of free slots find it in
+    # log time (a big program has thousands of slots).
+    busy: list[tuple[int, int]] = []
+    free: list[int] = []
+    n_slots = 0
     for buf in sorted(entry.workspace, key=lambda b: first.get(b.index, 0)):
         start, end = first.get(buf.index, 0), last.get(buf.index, 0)
-        slot = next((s for s, f in enumerate(free_after) if f < start), None)
-        if slot is None:
-            slot = len(free_after)
-            free_after.append(end)
-        free_after[slot] = end
+        while busy and busy[0][0] < start:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            slot = heapq.heappop(free)
+        else:
+            slot, n_slots = n_slots, n_slots + 1
+        heapq.heappush(busy, (end, slot))
         slot_of[buf.index] = slot
     return replace(entry, slot_of=slot_of)
 

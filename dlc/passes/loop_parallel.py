@@ -47,22 +47,22 @@ def _kernel(s: L.Stmt) -> L.Stmt:
 def cost(s: L.Stmt) -> L.Expr:
     """Work units of running s once: ops per store, times loop extents
     (a vectorized loop counts once: its lanes run together)."""
-    if isinstance(s, L.Store):
-        return L.Const(1 + sum(1 for x in L.subexprs(s.value) if isinstance(x, (L.Bin, L.Call, L.Load))),
-                       L.INDEX)
-    if isinstance(s, L.For):
-        inner = cost(s.body)
-        return inner if s.kind == "vectorized" else s.extent * inner
-    if isinstance(s, L.Allocate):
-        return cost(s.body)
-    if isinstance(s, L.If):
-        return cost(s.then)
-    if isinstance(s, L.Seq):
-        total: L.Expr = L.Const(0, L.INDEX)
-        for b in s.body:
-            total = total + cost(b)
-        return total
-    raise TypeError(s)
+    def units(x: L.Stmt, inner: list[L.Expr]) -> L.Expr:
+        if isinstance(x, L.Store):
+            # Ops as written, an operand used twice counted twice (L.fold visits it once).
+            ops = L.fold(x.value, lambda e, kids: sum(kids) + isinstance(e, (L.Bin, L.Call, L.Load)))
+            return L.Const(1 + ops, L.INDEX)
+        if isinstance(x, L.For):
+            return inner[0] if x.kind == "vectorized" else x.extent * inner[0]
+        if isinstance(x, (L.Allocate, L.If)):
+            return inner[0]
+        if isinstance(x, L.Seq):
+            total: L.Expr = L.Const(0, L.INDEX)
+            for c in inner:
+                total = total + c
+            return total
+        raise TypeError(x)
+    return L.fold(s, units, L.stmt_children)
 
 
 def _addresses_by(index: L.Expr, var: L.Var) -> bool:

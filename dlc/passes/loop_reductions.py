@@ -4,6 +4,7 @@ statement that uses it."""
 from __future__ import annotations
 
 import itertools
+from collections import ChainMap
 from dataclasses import replace
 
 from ..ir import loops as L
@@ -37,28 +38,31 @@ def _store(s: L.Store, counter) -> L.Stmt:
 
 
 def _hoist(e: L.Expr, pre: list[L.Stmt], accs: list[L.Buffer], counter) -> L.Expr:
-    """e without Reduce nodes; their accumulator loops are appended to pre."""
-    if isinstance(e, L.Reduce):
-        body_pre: list[L.Stmt] = []
-        body = _hoist(e.body, body_pre, accs, counter)
-        acc = L.Buffer(f"acc{next(counter)}", e.dtype, "local", -1, L.Const(1, L.INDEX))
+    """e without Reduce nodes; their accumulator loops are appended to pre,
+    those of a Reduce's body to its own loop's body. A node met again (e is
+    a DAG: L.fold) is reused if it was rebuilt in this Reduce's body or an
+    enclosing one, whose loops run before this point."""
+    pres = [pre]                # of the Reduce bodies being rebuilt, innermost last
+    memo = ChainMap({})         # of the same scopes, innermost first
+
+    def kids(x: L.Expr) -> tuple[L.Expr, ...]:
+        if isinstance(x, L.Reduce):   # its extents stay as they are
+            pres.append([])
+            memo.maps.insert(0, {})
+            return (x.body,)
+        return L.children(x)
+
+    def rebuilt(x: L.Expr, args: list[L.Expr]) -> L.Expr:
+        if not isinstance(x, L.Reduce):
+            return L.with_children(x, args)
+        body_pre = pres.pop()
+        del memo.maps[0]
+        acc = L.Buffer(f"acc{next(counter)}", x.dtype, "local", -1, L.Const(1, L.INDEX))
         accs.append(acc)
         zero = L.Const(0, L.INDEX)
         old = L.Load(acc, zero)
-        new = old + body if e.kind == "sum" else L.maximum(old, body)
-        loop = L.nest(list(zip(e.vars, e.extents)), L.Seq(body_pre + [L.Store(acc, zero, new)]))
-        pre += [L.Store(acc, zero, L.const_like(INITS[e.kind], e.dtype)), loop]
+        new = old + args[0] if x.kind == "sum" else L.maximum(old, args[0])
+        loop = L.nest(list(zip(x.vars, x.extents)), L.Seq(body_pre + [L.Store(acc, zero, new)]))
+        pres[-1] += [L.Store(acc, zero, L.const_like(INITS[x.kind], x.dtype)), loop]
         return L.Load(acc, zero)
-    if isinstance(e, (L.Const, L.Var)):
-        return e
-    if isinstance(e, L.Load):  # and LaneSum
-        return replace(e, index=_hoist(e.index, pre, accs, counter))
-    if isinstance(e, L.Bin):
-        return L.Bin(e.op, _hoist(e.a, pre, accs, counter), _hoist(e.b, pre, accs, counter), e.dtype)
-    if isinstance(e, L.Call):
-        return L.Call(e.fn, tuple(_hoist(a, pre, accs, counter) for a in e.args), e.dtype)
-    if isinstance(e, L.Select):
-        return L.Select(*(_hoist(x, pre, accs, counter) for x in (e.cond, e.a, e.b)))
-    if isinstance(e, L.Cast):
-        return L.Cast(_hoist(e.value, pre, accs, counter), e.dtype)
-    raise TypeError(e)
+    return L.fold(e, rebuilt, kids, memo)

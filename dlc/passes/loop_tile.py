@@ -158,23 +158,7 @@ def choose_blocks(form: str, m: int | None, n: int | None, width: int, regs: int
 
 def _replace(e: L.Expr, old: L.Expr, new: L.Expr) -> L.Expr:
     """e with the node `old` (by identity) replaced by `new`."""
-    if e is old:
-        return new
-    if isinstance(e, (L.Const, L.Var)):
-        return e
-    if isinstance(e, L.LaneSum):
-        return L.LaneSum(e.buf, _replace(e.index, old, new), e.lanes)
-    if isinstance(e, L.Load):
-        return L.Load(e.buf, _replace(e.index, old, new))
-    if isinstance(e, L.Bin):
-        return L.Bin(e.op, _replace(e.a, old, new), _replace(e.b, old, new), e.dtype)
-    if isinstance(e, L.Call):
-        return L.Call(e.fn, tuple(_replace(a, old, new) for a in e.args), e.dtype)
-    if isinstance(e, L.Select):
-        return L.Select(_replace(e.cond, old, new), _replace(e.a, old, new), _replace(e.b, old, new))
-    if isinstance(e, L.Cast):
-        return L.Cast(_replace(e.value, old, new), e.dtype)
-    raise TypeError(e)
+    return L.fold(e, lambda x, kids: new if x is old else L.with_children(x, kids))
 
 
 def _div(a: L.Expr, c: int) -> L.Expr:

@@ -501,7 +501,34 @@ dlc_status dlc_session_set_device_io(dlc_session *s, int32_t enabled) {
     return dlc__fail(DLC_ERR_UNAVAILABLE,
                      "device pointers need a session of a program compiled for "
                      "target 'cuda'; this program is for the CPU");
+  dlc__session_lock(s);
   s->cuda->device_io = enabled != 0;
+  dlc__session_unlock(s);
+  return DLC_OK;
+}
+
+dlc_status dlc__cuda_input_on_host(const dlc_session *s, const void *data,
+                                   size_t bytes, const void **out, void **copy) {
+  const struct dlc_cuda_session *c = s->cuda;
+  *out = data;
+  *copy = NULL;
+  if (c == NULL || !c->device_io || bytes == 0)
+    return DLC_OK;
+  void *host = malloc(bytes);
+  if (host == NULL)
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory reading an input back "
+                                            "from the device");
+  CUresult r = c->api.ctx_push(c->ctx);
+  if (r == 0) {
+    r = c->api.memcpy_dtoh(host, (CUdeviceptr)(uintptr_t)data, bytes);
+    CUcontext popped;
+    c->api.ctx_pop(&popped);
+  }
+  if (r != 0) {
+    free(host);
+    return cuda_fail(&c->api, r, "reading an input back from the device");
+  }
+  *out = *copy = host;
   return DLC_OK;
 }
 

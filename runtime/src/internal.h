@@ -3,6 +3,7 @@
 #ifndef DLC_INTERNAL_H
 #define DLC_INTERNAL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,9 +34,10 @@ typedef struct dlc_entry_state {
 
 /* The thread pool (pool.c) behind dlc_host.parallel_for. */
 typedef struct dlc_pool dlc_pool;
-/* The thread count for a session: `requested` if > 0, else $DLC_NUM_THREADS,
- * else one per core. */
-int32_t dlc__pool_threads(int32_t requested);
+/* The thread count for a session: `requested` if > 0, else
+ * $DLC_NUM_THREADS, else one per core (at most DLC_MAX_THREADS).
+ * INVALID_ARGUMENT for a $DLC_NUM_THREADS that is not such a count. */
+dlc_status dlc__pool_threads(int32_t requested, int32_t *out_threads);
 /* NULL on out of memory. Threads start on the first parallel loop. */
 dlc_pool *dlc__pool_create(int32_t n_threads);
 void dlc__pool_release(dlc_pool *pool);
@@ -45,6 +47,10 @@ void dlc__pool_parallel_for(void *pool, int64_t n, int64_t grain, dlc_task_fn fn
                             void *closure);
 
 struct dlc_session {
+  /* Held by every call that reads or writes the session's memory (params,
+   * state, workspace, outputs, the scratch below): calls on one session
+   * from several threads run one at a time. */
+  pthread_mutex_t lock;
   dlc_program *program;
   const dlc_program_desc *desc;
   int32_t num_threads;
@@ -63,6 +69,11 @@ struct dlc_session {
   int64_t (*out_dims)[DLC_MAX_RANK]; /* scratch: per entry output, its dims */
   struct dlc_cuda_session *cuda; /* the device side of a CUDA program's session */
 };
+
+/* The session's lock (struct dlc_session); const sessions too, as saving
+ * reads memory a concurrent run writes. */
+void dlc__session_lock(const dlc_session *session);
+void dlc__session_unlock(const dlc_session *session);
 
 /* Records a message for dlc_status_message() and returns `status`. */
 dlc_status dlc__fail(dlc_status status, const char *fmt, ...) DLC_PRINTF(2, 3);
@@ -129,6 +140,11 @@ dlc_status dlc__cuda_host_access(const dlc_session *session);
 /* Runs entry `ei`: s->table holds host pointers and s->syms the bound sizes;
  * inputs go to the device, outputs come back into the table's buffers. */
 dlc_status dlc__cuda_run(dlc_session *session, int32_t ei);
+/* Where the host can read `bytes` bytes of a run's input `data`: `data`
+ * itself, or with device I/O on a copy of the device memory it points to,
+ * in *copy, which the caller frees (NULL otherwise). */
+dlc_status dlc__cuda_input_on_host(const dlc_session *session, const void *data,
+                                   size_t bytes, const void **out, void **copy);
 /* With device I/O on (dlc_session_set_device_io), points the outputs of a
  * run of entry `ei` at their device buffers. No-op otherwise. */
 void dlc__cuda_output_views(const dlc_session *session, int32_t ei,

@@ -13,6 +13,7 @@
  * so it stays in its own caches (lines moving between cores cost most when
  * the two vCPUs of a virtual machine sit on different dies: core-to-core
  * round trips of ~330 ns instead of ~55 ns). */
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -127,14 +128,28 @@ static void *worker_main(void *arg) {
   }
 }
 
-int32_t dlc__pool_threads(int32_t requested) {
-  if (requested > 0)
-    return requested;
+dlc_status dlc__pool_threads(int32_t requested, int32_t *out_threads) {
+  if (requested > 0) {
+    *out_threads = requested;
+    return DLC_OK;
+  }
+  /* Set but empty counts as unset, as shells make it easy to write. */
   const char *env = getenv("DLC_NUM_THREADS");
-  if (env != NULL && atoi(env) > 0)
-    return atoi(env);
+  if (env != NULL && env[0] != '\0') {
+    char *end;
+    errno = 0;
+    long n = strtol(env, &end, 10);
+    if (errno != 0 || end == env || *end != '\0' || n < 1 || n > DLC_MAX_THREADS)
+      return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                       "DLC_NUM_THREADS is '%.40s'; set it to a thread count from "
+                       "1 to %d, or unset it for one thread per core",
+                       env, DLC_MAX_THREADS);
+    *out_threads = (int32_t)n;
+    return DLC_OK;
+  }
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  return cores > 0 ? (int32_t)cores : 1;
+  *out_threads = cores < 1 ? 1 : cores > DLC_MAX_THREADS ? DLC_MAX_THREADS : (int32_t)cores;
+  return DLC_OK;
 }
 
 dlc_pool *dlc__pool_create(int32_t n_threads) {

@@ -55,6 +55,12 @@ static dlc_status check_tensor(const char *path, const dlc_program_desc *d,
   if (owned && (uint64_t)bytes > (uint64_t)SIZE_MAX)
     return dlc__fail(DLC_ERR_FORMAT, "program '%s': tensor '%s' is too large",
                      path, t->name);
+  if (t->bounded && (t->role != DLC_ROLE_INPUT || t->dtype != DLC_I32 ||
+                     t->hi_sym < -1 || t->hi_sym >= d->n_syms))
+    return dlc__fail(DLC_ERR_FORMAT,
+                     "program '%s': tensor '%s' has a range of valid values, but "
+                     "ranges are for i32 inputs with a known symbol (hi_sym %d)",
+                     path, t->name, (int)t->hi_sym);
   return DLC_OK;
 }
 
@@ -119,6 +125,15 @@ static dlc_status check_entry(const char *path, const dlc_program_desc *d,
                           DLC_ROLE_OUTPUT);
   if (st != DLC_OK)
     return st;
+  /* The runtime checks an input's range with the symbols the inputs bind. */
+  for (int32_t k = 0; k < e->n_inputs; k++) {
+    const dlc_tensor_desc *t = &d->tensors[e->inputs[k]];
+    if (t->bounded && t->hi_sym >= 0 && !entry_input_has_sym(d, e, -(int64_t)t->hi_sym - 1))
+      return dlc__fail(DLC_ERR_FORMAT,
+                       "program '%s': the range of input '%s' of entry '%s' uses "
+                       "symbol '%s', which none of its inputs binds",
+                       path, t->name, e->name, d->sym_names[t->hi_sym]);
+  }
   /* Output shapes are computed from symbols, so the inputs must bind them. */
   for (int32_t k = 0; k < e->n_outputs; k++) {
     const dlc_tensor_desc *t = &d->tensors[e->outputs[k]];

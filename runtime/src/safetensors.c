@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "internal.h"
@@ -40,6 +41,12 @@ static const st_dtype st_dtypes[] = {
     {"F64", 8, DLC_F64}, {"I64", 8, -1},    {"U64", 8, -1},
 };
 #define N_ST_DTYPES ((int)(sizeof st_dtypes / sizeof st_dtypes[0]))
+
+/* PyTorch stores counters (BatchNorm's num_batches_tracked) as I64, where
+ * dlc has i32: such a tensor loads when every value fits. */
+static int widened(int st_dtype, int32_t dlc_dtype) {
+  return strcmp(st_dtypes[st_dtype].name, "I64") == 0 && dlc_dtype == DLC_I32;
+}
 
 static const char *st_name_of(int32_t dlc_dtype) {
   for (int i = 0; i < N_ST_DTYPES; i++)
@@ -212,10 +219,12 @@ dlc_status dlc_session_save(const dlc_session *s, const char *path) {
   if (s == NULL || path == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_save: session and path must not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
-  if (access != DLC_OK)
-    return access;
-  return save(s->desc, s->data, path);
+  dlc__session_lock(s);
+  dlc_status st = dlc__cuda_host_access(s);
+  if (st == DLC_OK)
+    st = save(s->desc, s->data, path);
+  dlc__session_unlock(s);
+  return st;
 }
 
 dlc_status dlc_tensors_save(const dlc_program_desc *desc, void *const *tensors,
@@ -449,6 +458,7 @@ typedef struct st_entry {
   int32_t rank;       /* the file's rank; dims past DLC_MAX_RANK are not kept */
   int64_t dims[DLC_MAX_RANK];
   uint64_t begin, end;
+  uint64_t bytes;     /* what its dtype and shape take */
 } st_entry;
 
 typedef struct st_header {
@@ -545,11 +555,9 @@ static int cmp_begin(const void *a, const void *b) {
        : x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* Parses the header and checks every tensor's offsets against its size and
- * the data region; overlapping tensors are rejected. The caller frees `h`,
- * also on failure. */
+/* Parses the header; the caller frees `h`, also on failure. */
 static dlc_status parse_header(const char *path, const char *text, size_t len,
-                               uint64_t data_len, st_header *h) {
+                               st_header *h) {
   jp j;
   j.start = j.p = text;
   j.end = text + len;
@@ -605,15 +613,7 @@ static dlc_status parse_header(const char *path, const char *text, size_t len,
         ok = 0;
         break;
       }
-      if (t->begin > t->end || t->end > data_len || t->end - t->begin != numel * size) {
-        snprintf(j.err, sizeof j.err,
-                 "tensor '%.100s' has data_offsets [%llu, %llu], which do not "
-                 "hold its %llu bytes within the data section of %llu bytes",
-                 name, (unsigned long long)t->begin, (unsigned long long)t->end,
-                 (unsigned long long)(numel * size), (unsigned long long)data_len);
-        ok = 0;
-        break;
-      }
+      t->bytes = numel * size;
     } while (jlit(&j, ','));
   }
   if (ok && !jlit(&j, '}'))
@@ -624,6 +624,24 @@ static dlc_status parse_header(const char *path, const char *text, size_t len,
   if (!ok)
     return dlc__fail(DLC_ERR_FORMAT, "weights file '%s': malformed header: %s", path,
                      j.err);
+  return DLC_OK;
+}
+
+/* Checks every tensor's offsets against its size and the data region, after
+ * match_params (a tensor in another dtype is reported as that); overlapping
+ * tensors are rejected. */
+static dlc_status check_offsets(const char *path, const st_header *h, uint64_t data_len) {
+  for (size_t i = 0; i < h->n; i++) {
+    const st_entry *t = &h->v[i];
+    if (t->begin > t->end || t->end > data_len || t->end - t->begin != t->bytes)
+      return dlc__fail(DLC_ERR_FORMAT,
+                       "weights file '%s': malformed header: tensor '%s' has "
+                       "data_offsets [%llu, %llu], which do not hold its %llu bytes "
+                       "within the data section of %llu bytes",
+                       path, t->name, (unsigned long long)t->begin,
+                       (unsigned long long)t->end, (unsigned long long)t->bytes,
+                       (unsigned long long)data_len);
+  }
   if (h->n > 1) {
     st_entry **order = (st_entry **)malloc(h->n * sizeof *order);
     if (order == NULL)
@@ -663,11 +681,12 @@ static dlc_status match_params(const char *path, const dlc_program_desc *d,
                        path, t->name, n ? sb.buf : "(none)");
     }
     const dlc_tensor_desc *pd = &d->tensors[p];
-    if (st_dtypes[t->dtype].dlc != pd->dtype)
+    if (st_dtypes[t->dtype].dlc != pd->dtype && !widened(t->dtype, pd->dtype))
       return dlc__fail(DLC_ERR_FORMAT,
                        "weights file '%s': tensor '%s' has dtype %s, the program "
-                       "expects %s",
-                       path, t->name, st_dtypes[t->dtype].name, st_name_of(pd->dtype));
+                       "expects %s (%s); convert it before saving",
+                       path, t->name, st_dtypes[t->dtype].name, st_name_of(pd->dtype),
+                       dlc__dtype_name(pd->dtype));
     int same = t->rank == pd->rank;
     for (int32_t k = 0; same && k < pd->rank; k++)
       same = t->dims[k] == pd->dims[k];
@@ -699,6 +718,20 @@ static dlc_status match_params(const char *path, const dlc_program_desc *d,
                        d->tensors[k].name);
   }
   return DLC_OK;
+}
+
+/* Narrows the `n` I64 values at p to i32 in place (see widened); returns
+ * the index of the first that does not fit, or n. */
+static uint64_t narrow_i64(unsigned char *p, uint64_t n) {
+  for (uint64_t i = 0; i < n; i++) {
+    int64_t v;
+    memcpy(&v, p + 8 * i, 8);
+    if (v < INT32_MIN || v > INT32_MAX)
+      return i;
+    int32_t w = (int32_t)v;
+    memcpy(p + 4 * i, &w, 4); /* behind what is still to be read */
+  }
+  return n;
 }
 
 static int read_at(FILE *f, uint64_t offset, void *dst, size_t n) {
@@ -748,8 +781,7 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
     return dlc__fail(DLC_ERR_IO, "cannot read weights file '%s'", path);
   ls->text[hlen] = '\0';
   uint64_t data_start = 8 + hlen;
-  dlc_status st = parse_header(path, ls->text, (size_t)hlen,
-                               (uint64_t)fsize - data_start, &ls->h);
+  dlc_status st = parse_header(path, ls->text, (size_t)hlen, &ls->h);
   if (st != DLC_OK)
     return st;
   const st_header *h = &ls->h;
@@ -758,21 +790,36 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
   if (ls->param_of == NULL || ls->stage_off == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
   st = match_params(path, d, h, ls->param_of);
+  if (st == DLC_OK)
+    st = check_offsets(path, h, (uint64_t)fsize - data_start);
   if (st != DLC_OK)
     return st;
+  /* Staged as in the file; tensors do not overlap, so this fits in it. */
   size_t total = 0;
   for (size_t i = 0; i < h->n; i++) {
     ls->stage_off[i] = total;
-    total += param_bytes(&d->tensors[ls->param_of[i]]);
+    total += (size_t)h->v[i].bytes;
   }
   ls->staging = (unsigned char *)malloc(total ? total : 1);
   if (ls->staging == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
-  for (size_t i = 0; i < h->n; i++)
-    if (!read_at(f, data_start + h->v[i].begin, ls->staging + ls->stage_off[i],
-                 param_bytes(&d->tensors[ls->param_of[i]])))
+  for (size_t i = 0; i < h->n; i++) {
+    const st_entry *t = &h->v[i];
+    unsigned char *at = ls->staging + ls->stage_off[i];
+    if (!read_at(f, data_start + t->begin, at, (size_t)t->bytes))
       return dlc__fail(DLC_ERR_IO, "cannot read tensor '%s' from weights file '%s'",
-                       h->v[i].name, path);
+                       t->name, path);
+    uint64_t n = t->bytes / 8, bad;
+    if (widened(t->dtype, d->tensors[ls->param_of[i]].dtype) &&
+        (bad = narrow_i64(at, n)) < n) {
+      int64_t v;
+      memcpy(&v, at + 8 * bad, 8);
+      return dlc__fail(DLC_ERR_FORMAT,
+                       "weights file '%s': tensor '%s' (I64) holds %lld at element "
+                       "%llu, which does not fit the program's i32",
+                       path, t->name, (long long)v, (unsigned long long)bad);
+    }
+  }
   /* Everything is read and checked: commit. */
   for (size_t i = 0; i < h->n; i++) {
     size_t bytes = param_bytes(&d->tensors[ls->param_of[i]]);
@@ -812,6 +859,12 @@ static dlc_status open_and_load(const dlc_program_desc *d, void *const *data,
     return dlc__fail(DLC_ERR_IO, "cannot open weights file '%s': %s", path,
                      strerror(errno));
   }
+  /* fopen opens a directory for reading; its size reads as INT64_MAX. */
+  struct stat sb;
+  if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    fclose(f);
+    return dlc__fail(DLC_ERR_IO, "weights file '%s' is a directory", path);
+  }
   return load_file(d, data, f, path);
 }
 
@@ -819,10 +872,12 @@ dlc_status dlc_session_load(dlc_session *s, const char *path) {
   if (s == NULL || path == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_load: session and path must not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
-  if (access != DLC_OK)
-    return access;
-  return open_and_load(s->desc, s->data, path);
+  dlc__session_lock(s);
+  dlc_status st = dlc__cuda_host_access(s);
+  if (st == DLC_OK)
+    st = open_and_load(s->desc, s->data, path);
+  dlc__session_unlock(s);
+  return st;
 }
 
 dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,

@@ -21,6 +21,14 @@ dlc_status dlc_session_options_initialize(dlc_session_options *options) {
   return DLC_OK;
 }
 
+void dlc__session_lock(const dlc_session *s) {
+  pthread_mutex_lock((pthread_mutex_t *)&s->lock);
+}
+
+void dlc__session_unlock(const dlc_session *s) {
+  pthread_mutex_unlock((pthread_mutex_t *)&s->lock);
+}
+
 void dlc_session_release(dlc_session *s) {
   if (s == NULL)
     return;
@@ -51,6 +59,7 @@ void dlc_session_release(dlc_session *s) {
   free(s->out_dims);
   dlc__pool_release(s->pool);
   dlc_program_release(s->program);
+  pthread_mutex_destroy(&s->lock);
   free(s);
 }
 
@@ -67,18 +76,27 @@ dlc_status dlc_session_create(dlc_program *program,
   dlc_session_options_initialize(&defaults);
   if (options == NULL)
     options = &defaults;
-  if (options->num_threads < 0)
+  if (options->num_threads < 0 || options->num_threads > DLC_MAX_THREADS)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "num_threads is %d; use 0 for one per core, or a positive count",
-                     (int)options->num_threads);
+                     "num_threads is %d; use 0 for one per core, or a count from "
+                     "1 to %d",
+                     (int)options->num_threads, DLC_MAX_THREADS);
+  int32_t num_threads;
+  dlc_status threads = dlc__pool_threads(options->num_threads, &num_threads);
+  if (threads != DLC_OK)
+    return threads;
   const dlc_program_desc *d = program->desc;
   dlc_session *s = (dlc_session *)zalloc(1, sizeof *s);
   if (s == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory creating a session");
+  if (pthread_mutex_init(&s->lock, NULL) != 0) {
+    free(s);
+    return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "cannot create the lock of a session");
+  }
   dlc__program_retain(program);
   s->program = program;
   s->desc = d;
-  s->num_threads = dlc__pool_threads(options->num_threads);
+  s->num_threads = num_threads;
   s->pool = dlc__pool_create(s->num_threads);
   s->host.pool = s->pool;
   s->host.parallel_for = dlc__pool_parallel_for;
@@ -142,11 +160,22 @@ dlc_status dlc_session_init_params(dlc_session *s, uint64_t seed) {
   if (s == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_init_params: session must not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
-  if (access != DLC_OK)
-    return access;
-  dlc__init_tensors(s->desc, s->data, seed);
-  return DLC_OK;
+  dlc__session_lock(s);
+  dlc_status st = dlc__cuda_host_access(s);
+  if (st == DLC_OK)
+    dlc__init_tensors(s->desc, s->data, seed);
+  dlc__session_unlock(s);
+  return st;
+}
+
+/* dlc__cuda_host_access under the session's lock: after it, views show the
+ * params (the caller's reads and writes through them are the caller's to
+ * order with runs on other threads). */
+static dlc_status host_access(dlc_session *s) {
+  dlc__session_lock(s);
+  dlc_status st = dlc__cuda_host_access(s);
+  dlc__session_unlock(s);
+  return st;
 }
 
 static void view_of(const dlc_session *s, int32_t i, dlc_tensor *out) {
@@ -176,7 +205,7 @@ dlc_status dlc_session_param_at(dlc_session *s, int32_t i, const char **out_name
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_param_at: session, out_name and out_view must "
                      "not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
+  dlc_status access = host_access(s);
   if (access != DLC_OK)
     return access;
   int32_t n = 0;
@@ -212,7 +241,7 @@ dlc_status dlc_session_param(dlc_session *s, const char *name, dlc_tensor *out_v
   if (s == NULL || name == NULL || out_view == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_param: session, name and out_view must not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
+  dlc_status access = host_access(s);
   if (access != DLC_OK)
     return access;
   int32_t i = dlc__find_param(s->desc, name);
@@ -227,9 +256,6 @@ dlc_status dlc_session_set_param(dlc_session *s, const char *name,
   if (s == NULL || name == NULL || value == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
                      "dlc_session_set_param: session, name and value must not be NULL");
-  dlc_status access = dlc__cuda_host_access(s);
-  if (access != DLC_OK)
-    return access;
   const dlc_program_desc *d = s->desc;
   int32_t i = dlc__find_param(d, name);
   if (i < 0)
@@ -258,9 +284,12 @@ dlc_status dlc_session_set_param(dlc_session *s, const char *name,
   if (value->data == NULL && s->bytes[i] > 0)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "the value for param '%s' has no data",
                      name);
-  if (s->bytes[i] > 0)
+  dlc__session_lock(s);
+  dlc_status st = dlc__cuda_host_access(s);
+  if (st == DLC_OK && s->bytes[i] > 0)
     memmove(s->data[i], value->data, s->bytes[i]);
-  return DLC_OK;
+  dlc__session_unlock(s);
+  return st;
 }
 
 /* ---- run ----------------------------------------------------------------- */
@@ -416,6 +445,73 @@ static dlc_status check_inputs(dlc_session *s, int32_t ei, const dlc_tensor *inp
   return DLC_OK;
 }
 
+/* "[1, time] = [1, 7]", "[0, classes - 1] = [0, 9]" or "[0, 99]": a bounded
+ * input's valid values with the symbols bound; *hi gets the upper bound. */
+static void describe_range(dlc_sb *sb, const dlc_session *s, const dlc_tensor_desc *t,
+                           int64_t *hi) {
+  *hi = t->hi;
+  if (t->hi_sym < 0) {
+    dlc__sb_printf(sb, "[%lld, %lld]", (long long)t->lo, (long long)t->hi);
+    return;
+  }
+  int64_t sym = s->syms[t->hi_sym];
+  /* Saturate: a symbol near INT64_MAX only comes with an empty input. */
+  *hi = t->hi > 0 && sym > INT64_MAX - t->hi ? INT64_MAX : sym + t->hi;
+  dlc__sb_printf(sb, "[%lld, %s", (long long)t->lo, s->desc->sym_names[t->hi_sym]);
+  if (t->hi != 0)
+    dlc__sb_printf(sb, " %c %llu", t->hi < 0 ? '-' : '+',
+                   t->hi < 0 ? 0 - (unsigned long long)t->hi : (unsigned long long)t->hi);
+  dlc__sb_printf(sb, "] = [%lld, %lld]", (long long)t->lo, (long long)*hi);
+}
+
+/* Checks the values of the entry's bounded inputs (tokens, labels, lengths:
+ * see dlc_tensor_desc) against their ranges, after check_inputs bound the
+ * symbols: an index out of range would give NaN or worse. */
+static dlc_status check_ranges(const dlc_session *s, int32_t ei, const dlc_tensor *inputs) {
+  const dlc_program_desc *d = s->desc;
+  const dlc_entry_desc *e = &d->entries[ei];
+  for (int32_t k = 0; k < e->n_inputs; k++) {
+    const dlc_tensor_desc *t = &d->tensors[e->inputs[k]];
+    if (!t->bounded)
+      continue;
+    const dlc_tensor *v = &inputs[s->given[k]];
+    int64_t numel = 1, hi;
+    for (int32_t j = 0; j < v->rank; j++)
+      numel *= v->dims[j]; /* no overflow: check_inputs checked it */
+    dlc_sb range;
+    dlc__sb_init(&range);
+    describe_range(&range, s, t, &hi);
+    const void *host;
+    void *copy;
+    dlc_status st = dlc__cuda_input_on_host(s, v->data, (size_t)numel * sizeof(int32_t),
+                                            &host, &copy);
+    if (st != DLC_OK)
+      return st;
+    const int32_t *x = (const int32_t *)host;
+    int64_t i = 0;
+    while (i < numel && x[i] >= t->lo && x[i] <= hi)
+      i++;
+    int32_t bad = i < numel ? x[i] : 0;
+    free(copy);
+    if (i == numel)
+      continue;
+    dlc_sb at; /* the element's index, row-major */
+    dlc__sb_init(&at);
+    int64_t idx[DLC_MAX_RANK], rest = i;
+    for (int32_t j = v->rank - 1; j >= 0; j--) {
+      idx[j] = rest % v->dims[j];
+      rest /= v->dims[j];
+    }
+    for (int32_t j = 0; j < v->rank; j++)
+      dlc__sb_printf(&at, "%s%lld", j ? ", " : "", (long long)idx[j]);
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "input '%s' of entry '%s': %s[%s] is %d, outside the valid "
+                     "range %s",
+                     t->name, e->name, t->name, at.buf, (int)bad, range.buf);
+  }
+  return DLC_OK;
+}
+
 /* Output shape from the bound symbols; returns its size in bytes or -1. */
 static int64_t output_shape(const dlc_session *s, const dlc_tensor_desc *t,
                             int64_t *dims) {
@@ -477,14 +573,11 @@ static dlc_status check_outputs_into(const dlc_session *s, int32_t ei,
   return DLC_OK;
 }
 
-/* dlc_session_run, and with `into` dlc_session_run_into. */
+/* dlc_session_run, and with `into` dlc_session_run_into; the session is
+ * locked. */
 static dlc_status run_entry(dlc_session *s, const char *entry, int32_t n_inputs,
                             const char *const *input_names, const dlc_tensor *inputs,
                             int32_t n_outputs, dlc_tensor *outputs, int into) {
-  if (s == NULL || entry == NULL)
-    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "%s: session and entry must not be NULL",
-                     into ? "dlc_session_run_into" : "dlc_session_run");
   if (into && s->cuda != NULL)
     return dlc__fail(DLC_ERR_UNAVAILABLE,
                      "dlc_session_run_into is for sessions of CPU programs; use "
@@ -508,6 +601,8 @@ static dlc_status run_entry(dlc_session *s, const char *entry, int32_t n_inputs,
   dlc_status st = match_inputs(s, e, n_inputs, input_names);
   if (st == DLC_OK)
     st = check_inputs(s, ei, inputs);
+  if (st == DLC_OK)
+    st = check_ranges(s, ei, inputs);
   if (st != DLC_OK)
     return st;
 
@@ -604,16 +699,30 @@ static dlc_status run_entry(dlc_session *s, const char *entry, int32_t n_inputs,
   return DLC_OK;
 }
 
+static dlc_status run_locked(dlc_session *s, const char *entry, int32_t n_inputs,
+                             const char *const *input_names, const dlc_tensor *inputs,
+                             int32_t n_outputs, dlc_tensor *outputs, int into) {
+  if (s == NULL || entry == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "%s: session and entry must not be NULL",
+                     into ? "dlc_session_run_into" : "dlc_session_run");
+  dlc__session_lock(s);
+  dlc_status st =
+      run_entry(s, entry, n_inputs, input_names, inputs, n_outputs, outputs, into);
+  dlc__session_unlock(s);
+  return st;
+}
+
 dlc_status dlc_session_run(dlc_session *s, const char *entry, int32_t n_inputs,
                            const char *const *input_names, const dlc_tensor *inputs,
                            int32_t n_outputs, dlc_tensor *outputs) {
-  return run_entry(s, entry, n_inputs, input_names, inputs, n_outputs, outputs, 0);
+  return run_locked(s, entry, n_inputs, input_names, inputs, n_outputs, outputs, 0);
 }
 
 dlc_status dlc_session_run_into(dlc_session *s, const char *entry, int32_t n_inputs,
                                 const char *const *input_names,
                                 const dlc_tensor *inputs, int32_t n_outputs,
                                 const dlc_tensor *outputs) {
-  return run_entry(s, entry, n_inputs, input_names, inputs, n_outputs,
-                   (dlc_tensor *)outputs, 1);
+  return run_locked(s, entry, n_inputs, input_names, inputs, n_outputs,
+                    (dlc_tensor *)outputs, 1);
 }

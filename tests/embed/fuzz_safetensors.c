@@ -46,10 +46,10 @@ void __sanitizer_cov_trace_pc(void) {
 
 static const int64_t d_w[] = {3, 4}, d_b[] = {4}, d_s[] = {2, 1, 3};
 static const dlc_tensor_desc g_tensors[] = {
-    {"fc.weight", DLC_ROLE_PARAM, DLC_F32, 2, DLC_INIT_UNIFORM, d_w, -1, 1},
-    {"fc.bias", DLC_ROLE_PARAM, DLC_F64, 1, DLC_INIT_NORMAL, d_b, 0, 1},
-    {"steps", DLC_ROLE_PARAM, DLC_I32, 3, DLC_INIT_ONES, d_s, 0, 0},
-    {"scale", DLC_ROLE_PARAM, DLC_F32, 0, DLC_INIT_ONES, NULL, 0, 0},
+    {"fc.weight", DLC_ROLE_PARAM, DLC_F32, 2, DLC_INIT_UNIFORM, d_w, -1, 1, 0, 0, 0, 0},
+    {"fc.bias", DLC_ROLE_PARAM, DLC_F64, 1, DLC_INIT_NORMAL, d_b, 0, 1, 0, 0, 0, 0},
+    {"steps", DLC_ROLE_PARAM, DLC_I32, 3, DLC_INIT_ONES, d_s, 0, 0, 0, 0, 0, 0},
+    {"scale", DLC_ROLE_PARAM, DLC_F32, 0, DLC_INIT_ONES, NULL, 0, 0, 0, 0, 0, 0},
 };
 #define N_T 4
 static const dlc_program_desc g_desc = {DLC_ABI_VERSION, 0, NULL, N_T, g_tensors, 0, NULL};

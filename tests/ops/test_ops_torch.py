@@ -128,7 +128,7 @@ train g {{
     assert prog.train("g", x=x, t=t) == pytest.approx(loss.item(), rel=RTOL, abs=ATOL)
 
 
-def test_cross_entropy_bad_label_gives_nan():
+def test_cross_entropy_bad_label_is_refused():
     src = """
 model m {
     input x: f32[batch, 2]
@@ -142,7 +142,9 @@ train g {
 }
 """
     prog = dlc.compile(src)
-    assert np.isnan(prog.train("g", x=np.zeros((2, 2), np.float32), t=np.array([0, 7], np.int32)))
+    # As PyTorch: an error (the runtime checks labels against the classes).
+    with pytest.raises(dlc.errors.InvalidArgumentError, match=r"t\[1\] is 7, outside the valid range \[0, 2\]"):
+        prog.train("g", x=np.zeros((2, 2), np.float32), t=np.array([0, 7], np.int32))
 
 
 @pytest.mark.parametrize("loss_name", ["mse", "bce"])

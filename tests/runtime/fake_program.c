@@ -1,7 +1,9 @@
 /* A hand-written program library standing in for compiler output, so the
  * runtime can be tested alone. Model: y = x @ W^T + b over a symbolic batch;
  * "fit" takes one SGD-with-momentum step on mean((y - t)^2); "fit.grads"
- * returns the loss and the gradients; "boom" fails. FAKE_BAD=n breaks the
+ * returns the loss and the gradients; "boom" fails; "pick" takes integer
+ * inputs with ranges: picked[n] = x[n, idx[n]] * len[n], idx in [0, 2] and
+ * len in [1, batch]. FAKE_BAD=n breaks the
  * descriptor in one way each, FAKE_ABI_VERSION overrides the ABI version,
  * FAKE_B_INIT the init rule of b. */
 #include <stdint.h>
@@ -25,11 +27,11 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
-enum { W, B, EMB, SCALE, COUNT, MOM, X, T, Y, LOSS, GW, GB, N_TENSORS };
+enum { W, B, EMB, SCALE, COUNT, MOM, X, T, Y, LOSS, GW, GB, IDX, LEN, PICKED, N_TENSORS };
 
 static const int64_t d_w[] = {2, 3}, d_b[] = {2}, d_emb[] = {100, 10},
                      d_scale[] = {1000}, d_count[] = {3}, d_x[] = {-1, 3},
-                     d_t[] = {-1, 2}, d_sym[] = {-1, 2};
+                     d_t[] = {-1, 2}, d_sym[] = {-1, 2}, d_batch[] = {-1};
 static const char *const sym_names[] = {"batch"};
 
 static const dlc_tensor_desc tensors[N_TENSORS] = {
@@ -45,6 +47,9 @@ static const dlc_tensor_desc tensors[N_TENSORS] = {
     {"loss", DLC_ROLE_OUTPUT, DLC_F32, 0, 0, NULL, 0, 0},
     {"W", DLC_ROLE_OUTPUT, DLC_F32, 2, 0, d_w, 0, 0},
     {"b", DLC_ROLE_OUTPUT, DLC_F32, 1, 0, d_b, 0, 0},
+    {"idx", DLC_ROLE_INPUT, DLC_I32, 1, 0, d_batch, 0, 0, 1, -1, 0, 2},
+    {"len", DLC_ROLE_INPUT, DLC_I32, 1, 0, d_batch, 0, 0, 1, 0, 1, 0},
+    {"picked", DLC_ROLE_OUTPUT, DLC_F32, 1, 0, d_batch, 0, 0},
 };
 
 static int aligned(const void *p) { return ((uintptr_t)p & 63) == 0; }
@@ -137,14 +142,27 @@ static int32_t run_boom(void *const *t, const int64_t *syms, void *ws,
   return 7;
 }
 
+/* Indexes x with idx: safe only because the runtime checked the ranges. */
+static int32_t run_pick(void *const *t, const int64_t *syms, void *ws,
+                        const dlc_host *host) {
+  (void)host, (void)ws;
+  const float *x = (const float *)t[X];
+  const int32_t *idx = (const int32_t *)t[IDX], *len = (const int32_t *)t[LEN];
+  for (int64_t n = 0; n < syms[0]; n++)
+    ((float *)t[PICKED])[n] = x[n * 3 + idx[n]] * (float)len[n];
+  return 0;
+}
+
 static const int32_t in_x[] = {X}, in_xt[] = {X, T}, out_y[] = {Y},
-                     out_loss[] = {LOSS}, out_grads[] = {LOSS, GW, GB};
+                     out_loss[] = {LOSS}, out_grads[] = {LOSS, GW, GB},
+                     in_pick[] = {X, IDX, LEN}, out_pick[] = {PICKED};
 
 static const dlc_entry_desc entries[] = {
     {"model", DLC_ENTRY_INFER, 1, in_x, 1, out_y, run_model, ws_model},
     {"fit", DLC_ENTRY_TRAIN, 2, in_xt, 1, out_loss, run_fit, ws_model},
     {"fit.grads", DLC_ENTRY_GRADS, 2, in_xt, 3, out_grads, run_grads, ws_model},
     {"boom", DLC_ENTRY_INFER, 1, in_x, 0, NULL, run_boom, ws_none},
+    {"pick", DLC_ENTRY_INFER, 3, in_pick, 1, out_pick, run_pick, ws_none},
 };
 #define N_ENTRIES ((int32_t)(sizeof entries / sizeof entries[0]))
 
@@ -173,6 +191,8 @@ EXPORT const dlc_program_desc *dlc_program(void) {
   case 8: t[X].rank = 9; break;
   case 9: e[0].inputs = param_index; break;
   case 10: e[0].run = NULL; break;
+  case 11: t[X].bounded = 1; break;
+  case 12: t[LEN].hi_sym = 1; break;
   default: break;
   }
   (void)bad_index, (void)param_index;

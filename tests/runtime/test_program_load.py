@@ -3,7 +3,8 @@ a library can be refused (missing, not a library, no symbol, wrong ABI,
 inconsistent descriptor)."""
 import pytest
 
-from dlc.errors import AbiError, FormatError, NotFoundError
+from dlc.codegen.render import ABI_VERSION
+from dlc.errors import AbiError, FormatError, InvalidArgumentError, NotFoundError
 from dlc.runtime import EntryInfo, TensorInfo, load_program
 
 
@@ -16,7 +17,7 @@ def test_introspection(program):
     assert w == TensorInfo("W", "param", "f32", (2, 3), "uniform", -0.5, 0.5)
     assert program.tensors[3].dtype == "f64" and program.tensors[3].init == "normal"
     assert program.tensors[4].dtype == "i32" and program.tensors[4].init == "ones"
-    assert list(program.entries) == ["model", "fit", "fit.grads", "boom"]
+    assert list(program.entries) == ["model", "fit", "fit.grads", "boom", "pick"]
     model = program.entries["model"]
     assert isinstance(model, EntryInfo) and model.kind == "infer"
     assert [t.name for t in model.inputs] == ["x"]
@@ -32,6 +33,12 @@ def test_introspection(program):
 def test_missing_file(tmp_path):
     with pytest.raises(NotFoundError, match="program library '.*nope.so' not found"):
         load_program(tmp_path / "nope.so")
+
+
+def test_path_with_nul(fake_path):
+    # C would have loaded the library named by the part before the NUL.
+    with pytest.raises(InvalidArgumentError, match="contains a NUL character"):
+        load_program(str(fake_path) + "\0.old")
 
 
 def test_not_a_library(tmp_path):
@@ -56,14 +63,14 @@ def test_abi_mismatch(build_fake):
     with pytest.raises(AbiError) as err:
         load_program(path)
     assert "ABI version 99" in str(err.value)
-    assert "implements version 2" in str(err.value)
+    assert f"implements version {ABI_VERSION}" in str(err.value)
 
 
 @pytest.mark.parametrize("bad, message", [
     (1, "param 'b' has symbolic dim 0 \\(batch\\); params and optimizer state must "
         "have fixed shapes"),
     (2, "tensor 'x' has unknown dtype 9"),
-    (3, "entry 'model' input 0 is tensor 17, out of range"),
+    (3, "entry 'model' input 0 is tensor 20, out of range"),
     (4, "tensor 8 has no name"),
     (5, "dlc_program\\(\\) returned NULL"),
     (6, "two entries are named 'model'"),
@@ -71,6 +78,8 @@ def test_abi_mismatch(build_fake):
     (8, "tensor 'x' has rank 9; ranks go from 0 to 8"),
     (9, "entry 'model' lists tensor 'W' among its inputs, but its role is 0"),
     (10, "entry 'model' has no code"),
+    (11, "tensor 'x' has a range of valid values, but ranges are for i32 inputs"),
+    (12, "tensor 'len' has a range of valid values, .* \\(hi_sym 1\\)"),
 ])
 def test_bad_descriptor(build_fake, bad, message):
     path = build_fake(f"bad{bad}", f"FAKE_BAD={bad}")

@@ -4,6 +4,7 @@
  * and the API used without the bindings. */
 #include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,9 @@ static void test_nulls(dlc_program *p, dlc_session *s) {
   dlc_session_options_initialize(&opts);
   opts.num_threads = -2;
   CHECK_ERR(dlc_session_create(p, &opts, &so), DLC_ERR_INVALID_ARGUMENT, "num_threads");
+  opts.num_threads = DLC_MAX_THREADS + 1;
+  CHECK_ERR(dlc_session_create(p, &opts, &so), DLC_ERR_INVALID_ARGUMENT,
+            "num_threads is 1025; use 0 for one per core, or a count from 1 to 1024");
   CHECK(so == NULL);
   CHECK_ERR(dlc_session_init_params(NULL, 1), DLC_ERR_INVALID_ARGUMENT, "NULL");
   CHECK_ERR(dlc_session_param_count(NULL, &n), DLC_ERR_INVALID_ARGUMENT, "NULL");
@@ -109,7 +113,7 @@ static void test_run(dlc_session *s) {
             "input 'x' of entry 'model': dim 1 is 4 but the program declares [batch, 3]");
   in.dims[1] = 3;
   CHECK_ERR(dlc_session_run(s, "modle", 1, names, &in, 1, &out), DLC_ERR_NOT_FOUND,
-            "entry 'modle' not found; entries are: model, fit, fit.grads, boom");
+            "entry 'modle' not found; entries are: model, fit, fit.grads, boom, pick");
   /* The previous output stays valid after a failed call. */
   CHECK(out.data == y);
   CHECK_ERR(dlc_session_run(s, "model", 1, names, (const dlc_tensor *)&out, 1, &out),
@@ -171,6 +175,99 @@ static void test_run(dlc_session *s) {
   CHECK(wd[0] != before);
 }
 
+/* Integer inputs outside their descriptor ranges are refused before the
+ * entry runs, naming the input, the element and the range. */
+static void test_ranges(dlc_session *s) {
+  _Alignas(64) float x[2 * 3] = {1, 2, 3, 4, 5, 6};
+  int32_t idx[2] = {2, 0}, len[2] = {1, 2};
+  const char *names[] = {"x", "idx", "len"};
+  dlc_tensor in[3] = {tensor2(x, 2, 3), tensor2(NULL, 2, 0), tensor2(NULL, 2, 0)}, out;
+  in[1].data = idx, in[2].data = len;
+  for (int k = 1; k < 3; k++) {
+    in[k].dtype = DLC_I32;
+    in[k].rank = 1;
+  }
+  CHECK(dlc_session_run(s, "pick", 3, names, in, 1, &out) == DLC_OK);
+  CHECK(((float *)out.data)[0] == 3.0f && ((float *)out.data)[1] == 8.0f);
+  idx[1] = 3;
+  CHECK_ERR(dlc_session_run(s, "pick", 3, names, in, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "input 'idx' of entry 'pick': idx[1] is 3, outside the valid range [0, 2]");
+  idx[1] = 0;
+  len[0] = 3;
+  CHECK_ERR(dlc_session_run(s, "pick", 3, names, in, 1, &out), DLC_ERR_INVALID_ARGUMENT,
+            "len[0] is 3, outside the valid range [1, batch] = [1, 2]");
+}
+
+/* Threads sharing one session: each runs the model and the gradients on
+ * inputs of its own into memory of its own (dlc_session_run's views would
+ * be replaced by another thread's next run), and sets a param to its
+ * current value; every result must be the serial one. */
+enum { N_THREADS = 4, N_ITERS = 2000 };
+
+typedef struct thread_job {
+  dlc_session *s;
+  int id;
+  _Alignas(64) float x[4 * 3], t[4 * 2];
+  float want_y[4 * 2], want_loss, want_gw[6];
+  int wrong;
+} thread_job;
+
+static void run_job(thread_job *j, float *y, float *loss, float *gw, float *gb) {
+  const char *xn[] = {"x"}, *xtn[] = {"x", "t"};
+  dlc_tensor x = tensor2(j->x, 4, 3), xt[2] = {tensor2(j->x, 4, 3), tensor2(j->t, 4, 2)};
+  dlc_tensor out_y = tensor2(y, 4, 2), grads[3] = {tensor2(loss, 0, 0), tensor2(gw, 2, 3),
+                                                   tensor2(gb, 2, 0)};
+  grads[0].rank = 0;
+  grads[2].rank = 1;
+  if (dlc_session_run_into(j->s, "model", 1, xn, &x, 1, &out_y) != DLC_OK ||
+      dlc_session_run_into(j->s, "fit.grads", 2, xtn, xt, 3, grads) != DLC_OK)
+    j->wrong++;
+}
+
+static void *thread_main(void *arg) {
+  thread_job *j = (thread_job *)arg;
+  _Alignas(64) float y[8], loss[16], gw[16], gb[16];
+  for (int it = 0; it < N_ITERS; it++) {
+    run_job(j, y, loss, gw, gb);
+    j->wrong += memcmp(y, j->want_y, sizeof j->want_y) != 0 || loss[0] != j->want_loss ||
+                memcmp(gw, j->want_gw, sizeof j->want_gw) != 0;
+    dlc_tensor w;
+    if (it % 64 == 0 && dlc_session_param(j->s, "W", &w) == DLC_OK) {
+      _Alignas(64) float copy[6];
+      dlc_tensor value = tensor2(copy, 2, 3);
+      memcpy(copy, w.data, sizeof copy); /* no train runs: W does not change */
+      j->wrong += dlc_session_set_param(j->s, "W", &value) != DLC_OK;
+    }
+  }
+  return NULL;
+}
+
+static void test_threads(dlc_session *s) {
+  static thread_job jobs[N_THREADS];
+  _Alignas(64) float y[8], loss[16], gw[16], gb[16];
+  for (int k = 0; k < N_THREADS; k++) {
+    thread_job *j = &jobs[k];
+    memset(j, 0, sizeof *j);
+    j->s = s;
+    j->id = k;
+    for (int i = 0; i < 12; i++)
+      j->x[i] = (float)(i * (k + 1)) * 0.125f;
+    for (int i = 0; i < 8; i++)
+      j->t[i] = (float)(i - k);
+    run_job(j, y, loss, gw, gb); /* the serial results */
+    memcpy(j->want_y, y, sizeof j->want_y);
+    j->want_loss = loss[0];
+    memcpy(j->want_gw, gw, sizeof j->want_gw);
+  }
+  pthread_t threads[N_THREADS];
+  for (int k = 0; k < N_THREADS; k++)
+    CHECK(pthread_create(&threads[k], NULL, thread_main, &jobs[k]) == 0);
+  for (int k = 0; k < N_THREADS; k++) {
+    pthread_join(threads[k], NULL);
+    CHECK(jobs[k].wrong == 0);
+  }
+}
+
 static void test_weights(dlc_session *s, const char *dir) {
   char path[4096], bad[4096];
   snprintf(path, sizeof path, "%s/w.safetensors", dir);
@@ -206,6 +303,7 @@ static void test_weights(dlc_session *s, const char *dir) {
   char missing[4200];
   snprintf(missing, sizeof missing, "%s/nope.safetensors", dir);
   CHECK_ERR(dlc_session_load(s, missing), DLC_ERR_NOT_FOUND, "not found");
+  CHECK_ERR(dlc_session_load(s, dir), DLC_ERR_IO, "is a directory");
   snprintf(missing, sizeof missing, "%s/no/such/dir/w.safetensors", dir);
   CHECK_ERR(dlc_session_save(s, missing), DLC_ERR_IO, "cannot write");
 }
@@ -362,13 +460,15 @@ int main(int argc, char **argv) {
   dlc_program *p = NULL;
   CHECK_ERR(dlc_program_load("/nonexistent/p.so", &p), DLC_ERR_NOT_FOUND, "not found");
   CHECK_ERR(dlc_program_load(argv[2], &p), DLC_ERR_ABI, "ABI version 99");
-  CHECK(strstr(dlc_status_message(), "implements version 2") != NULL);
+  char implements[64];
+  snprintf(implements, sizeof implements, "implements version %d", DLC_ABI_VERSION);
+  CHECK(strstr(dlc_status_message(), implements) != NULL);
   CHECK(p == NULL);
   CHECK(dlc_program_load(argv[1], &p) == DLC_OK);
   if (p == NULL)
     return 1;
   const dlc_program_desc *d;
-  CHECK(dlc_program_descriptor(p, &d) == DLC_OK && d->n_entries == 4);
+  CHECK(dlc_program_descriptor(p, &d) == DLC_OK && d->n_entries == 5);
 
   dlc_session_options opts;
   dlc_session_options_initialize(&opts);
@@ -386,6 +486,8 @@ int main(int argc, char **argv) {
   test_nulls(p2, s);
   dlc_program_release(p2);
   test_run(s);
+  test_ranges(s);
+  test_threads(s);
   test_weights(s, argv[3]);
   dlc_session_release(s);
   test_caller_memory(argv[1], argv[2], argv[3]);

@@ -159,7 +159,7 @@ T = np.ones((4, 2), np.float32)
 
 @pytest.mark.parametrize("entry, inputs, error, message", [
     ("modle", {"x": X}, NotFoundError,
-     "entry 'modle' not found; entries are: model, fit, fit.grads, boom"),
+     "entry 'modle' not found; entries are: model, fit, fit.grads, boom, pick"),
     ("model", {"y": X}, InvalidArgumentError,
      "entry 'model' has no input 'y'; its inputs are: x"),
     ("model", {"x": X, "t": T}, InvalidArgumentError,
@@ -183,6 +183,16 @@ T = np.ones((4, 2), np.float32)
     ("model", {"x": np.ones((1,) * 9, np.float32)}, InvalidArgumentError,
      "rank 9 is above the limit of 8"),
     ("boom", {"x": X}, RuntimeInternalError, "entry 'boom' failed with code 7"),
+    # Integer inputs outside the ranges in the descriptor, before any run.
+    ("pick", {"x": X, "idx": [0, 1, 3, 2], "len": [1, 1, 1, 1]}, InvalidArgumentError,
+     "input 'idx' of entry 'pick': idx\\[2\\] is 3, outside the valid range \\[0, 2\\]$"),
+    ("pick", {"x": X, "idx": [0, -1, 0, 0], "len": [1, 1, 1, 1]}, InvalidArgumentError,
+     "idx\\[1\\] is -1, outside the valid range \\[0, 2\\]"),
+    ("pick", {"x": X, "idx": [0, 0, 0, 0], "len": [1, 0, 1, 1]}, InvalidArgumentError,
+     "input 'len' of entry 'pick': len\\[1\\] is 0, outside the valid range "
+     "\\[1, batch\\] = \\[1, 4\\]"),
+    ("pick", {"x": X, "idx": [0, 0, 0, 0], "len": [1, 1, 1, 5]}, InvalidArgumentError,
+     "len\\[3\\] is 5, outside the valid range \\[1, batch\\] = \\[1, 4\\]"),
 ])
 def test_bad_run(session, entry, inputs, error, message):
     before = snapshot(session)
@@ -190,6 +200,12 @@ def test_bad_run(session, entry, inputs, error, message):
         session.run(entry, inputs)
     assert_same(before, snapshot(session))
     session.run("model", {"x": X})  # the session still works
+
+
+def test_integer_inputs_in_range(session):
+    out = session.run("pick", {"x": np.arange(12, dtype=np.float32).reshape(4, 3),
+                               "idx": [0, 1, 2, 2], "len": [1, 2, 3, 4]})
+    np.testing.assert_array_equal(out["picked"], [0, 8, 24, 44])
 
 
 def test_float_for_i32_is_refused():
@@ -212,3 +228,23 @@ def test_sessions_are_independent(program):
 def test_bad_num_threads(program):
     with pytest.raises(InvalidArgumentError, match="num_threads is -1"):
         program.session(num_threads=-1)
+    # Checked before cffi, which raised OverflowError, and by the C runtime.
+    with pytest.raises(InvalidArgumentError, match="num_threads is 2147483648; .* from 1 to 1024"):
+        program.session(num_threads=2**31)
+    with pytest.raises(InvalidArgumentError, match="num_threads is 1025"):
+        program.session(num_threads=1025)
+    with pytest.raises(InvalidArgumentError, match="seed is -1"):
+        program.session(seed=-1)
+    with pytest.raises(InvalidArgumentError, match="seed is 18446744073709551616"):
+        program.session().init_params(2**64)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "4x", "99999"])
+def test_bad_dlc_num_threads(program, monkeypatch, value):
+    monkeypatch.setenv("DLC_NUM_THREADS", value)
+    with pytest.raises(InvalidArgumentError, match=f"DLC_NUM_THREADS is '{value}'; set it to a "
+                                                   "thread count from 1 to 1024, or unset it"):
+        program.session()
+    program.session(num_threads=2)   # an explicit count does not read it
+    monkeypatch.setenv("DLC_NUM_THREADS", "")
+    program.session()

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from dlc.errors import FormatError, IOError_, NotFoundError
+from dlc.errors import FormatError, InvalidArgumentError, IOError_, NotFoundError
 
 
 def snapshot(s):
@@ -100,8 +100,54 @@ def test_torch_interop(program, tmp_path):
 def test_missing_and_unwritable(session, tmp_path):
     with pytest.raises(NotFoundError, match="weights file '.*nope' not found"):
         session.load(tmp_path / "nope")
+    with pytest.raises(IOError_, match="weights file '.*' is a directory"):
+        session.load(tmp_path)
+    for call in (session.load, session.save):
+        with pytest.raises(InvalidArgumentError, match="contains a NUL character"):
+            call(str(tmp_path / "w.safetensors\0.bak"))
     with pytest.raises(IOError_, match="cannot write weights file"):
         session.save(tmp_path / "no" / "dir" / "w.safetensors")
+
+
+def i64_file(s, path, count):
+    """The session's params with `count` stored as I64, as PyTorch stores
+    counters such as BatchNorm's num_batches_tracked."""
+    header, data = good_header(s)
+    del header["count"]
+    raw = np.asarray(count, np.int64).tobytes()
+    header["count"] = {"dtype": "I64", "shape": [3], "data_offsets": [len(data), len(data) + len(raw)]}
+    return st_file(path, header, data + raw)
+
+
+def test_i64_loads_into_i32_when_it_fits(session, tmp_path):
+    session.load(i64_file(session, tmp_path / "ok.safetensors", [7, -2**31, 2**31 - 1]))
+    np.testing.assert_array_equal(session.params["count"], [7, -2**31, 2**31 - 1])
+    before = snapshot(session)
+    with pytest.raises(FormatError, match="tensor 'count' \\(I64\\) holds 2147483648 at element 1, "
+                                          "which does not fit the program's i32"):
+        session.load(i64_file(session, tmp_path / "big.safetensors", [1, 2**31, 3]))
+    assert_params(session, before)
+
+
+def test_torch_batchnorm_state_dict_loads(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    import dlc
+    prog = dlc.compile("""
+model m {
+    input x: f32[batch, 2, 4, 4]
+    output y = batchnorm(x, name="bn")
+}""")
+    bn = torch.nn.BatchNorm2d(2)
+    bn.train()
+    for _ in range(3):
+        bn(torch.randn(5, 2, 4, 4))
+    state = {f"bn.{k}": v for k, v in bn.state_dict().items()}
+    assert state["bn.num_batches_tracked"].dtype == torch.int64
+    save_file(state, str(tmp_path / "bn.safetensors"))
+    prog.load(tmp_path / "bn.safetensors")
+    assert prog.params["bn.num_batches_tracked"] == 3
+    np.testing.assert_array_equal(prog.params["bn.running_var"], state["bn.running_var"].numpy())
 
 
 def mismatches(h):
@@ -126,6 +172,10 @@ def mismatches(h):
         (changed("W", dtype="I32"), "tensor 'W' has dtype I32, the program expects F32"),
         (changed("W", dtype="BF16", data_offsets=[0, 12]),
          "tensor 'W' has dtype BF16, the program expects F32"),
+        # The dtype is named, not the offsets sized for the program's dtype.
+        (changed("W", dtype="F16"), r"tensor 'W' has dtype F16, the program expects F32 \(f32\)"),
+        (changed("scale", dtype="F32"), r"tensor 'scale' has dtype F32, the program expects F64"),
+        (changed("W", dtype="I64"), "tensor 'W' has dtype I64, the program expects F32"),
         (changed("W", shape=[3, 2]),
          r"tensor 'W' has shape \[3, 2\], the program expects \[2, 3\]"),
         (changed("W", shape=[6]), r"tensor 'W' has shape \[6\], the program expects \[2, 3\]"),

@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define DLC_ABI_VERSION 2
+#define DLC_ABI_VERSION 3
 
 typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
 
@@ -38,7 +38,13 @@ typedef enum dlc_init_kind {
   DLC_INIT_NORMAL = 3   /* N(mean = init_a, std = init_b) */
 } dlc_init_kind;
 
-/* A dim >= 0 is a fixed size; a dim < 0 names symbol number (-dim - 1). */
+/* A dim >= 0 is a fixed size; a dim < 0 names symbol number (-dim - 1).
+ *
+ * An i32 INPUT that the program uses as indices (tokens, class labels,
+ * sequence lengths) is `bounded`: an entry is run only if every element v
+ * satisfies lo <= v <= hi + (hi_sym >= 0 ? the value of symbol hi_sym : 0)
+ * (tokens below the vocabulary: [0, vocab - 1]; lengths: [1, time] with
+ * hi = 0 and hi_sym the symbol `time`). Zero (unbounded) for other tensors. */
 typedef struct dlc_tensor_desc {
   const char *name;
   int32_t role;  /* dlc_role */
@@ -48,6 +54,10 @@ typedef struct dlc_tensor_desc {
   const int64_t *dims;
   double init_a;
   double init_b;
+  int32_t bounded;
+  int32_t hi_sym; /* a symbol number, or -1 */
+  int64_t lo;
+  int64_t hi;
 } dlc_tensor_desc;
 
 /* A chunk of a parallel loop: iterations [begin, end) of the loop whose

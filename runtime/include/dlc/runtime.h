@@ -17,9 +17,17 @@
  *    NULL. Borrowed pointers (names, descriptors, tensor views) are owned by
  *    the runtime; each function states how long they stay valid.
  *  - Thread-safety: a dlc_program is immutable after loading and may be used
- *    from any number of threads at once, including to create sessions. A
- *    dlc_session is not thread-safe: use each session from one thread at a
- *    time. Different sessions may run concurrently.
+ *    from any number of threads at once, including to create sessions.
+ *    Different sessions, of one program or several, run concurrently. Calls
+ *    on one session may come from any number of threads: they run one at a
+ *    time (a lock per session, as its entries share the workspace, params
+ *    and optimizer state); only dlc_session_release must not overlap any
+ *    other call on the session. Session memory a call hands out is not
+ *    locked: a param view read while another thread trains may show a step
+ *    half applied, and the output views of dlc_session_run last only until
+ *    the next run of the entry on any thread, so threads sharing a session
+ *    run with dlc_session_run_into (outputs in memory of their own) or
+ *    order their calls themselves. dlc_status_message() is per thread.
  */
 #ifndef DLC_RUNTIME_H
 #define DLC_RUNTIME_H
@@ -45,6 +53,10 @@ extern "C" {
 /* The alignment, in bytes, of every buffer handed to compiled code: the
  * runtime's own, and the caller's memory in the no-malloc functions below. */
 #define DLC_ALIGNMENT 64
+
+/* The most threads a session may run on (dlc_session_options.num_threads,
+ * $DLC_NUM_THREADS). */
+#define DLC_MAX_THREADS 1024
 
 typedef enum dlc_status {
   DLC_OK = 0,
@@ -110,7 +122,8 @@ typedef struct dlc_session dlc_session;
 
 typedef struct dlc_session_options {
   uint64_t seed;       /* parameter initialisation seed; default 0 */
-  int32_t num_threads; /* worker threads; 0 (default) = one per core */
+  int32_t num_threads; /* threads, 1..DLC_MAX_THREADS; 0 (default) =
+                          $DLC_NUM_THREADS if set, else one per core */
 } dlc_session_options;
 
 DLC_API dlc_status dlc_session_options_initialize(dlc_session_options *options);
@@ -118,7 +131,9 @@ DLC_API dlc_status dlc_session_options_initialize(dlc_session_options *options);
 /* Creates a session: allocates every PARAM and STATE tensor (64-byte
  * aligned), initialises the params from options->seed and zeroes the states.
  * `options` may be NULL for the defaults. The session holds a reference to
- * the program.
+ * the program. Errors: INVALID_ARGUMENT (num_threads outside
+ * 0..DLC_MAX_THREADS, or with 0 a $DLC_NUM_THREADS that is set but not a
+ * count in 1..DLC_MAX_THREADS), OUT_OF_MEMORY, UNAVAILABLE (below).
  *
  * A program compiled for the cuda target runs on the first CUDA device: its
  * params and state live in device memory, and the buffers this API shows
@@ -167,11 +182,17 @@ DLC_API dlc_status dlc_session_set_param(dlc_session *session, const char *name,
  * `outputs` has room for `n_outputs` tensors, at least the entry's number of
  * outputs; outputs[k] receives the entry's k-th output (descriptor order) as
  * a view of session-owned memory, valid until the next run of the same entry
- * or the release of the session.
+ * (from any thread) or the release of the session.
+ *
+ * The values of i32 inputs the program uses as indices must lie in their
+ * ranges (dlc_tensor_desc.bounded: tokens below the vocabulary, class labels
+ * below the class count, sequence lengths in [1, time]).
  *
  * Everything is checked before anything is written. Errors: NOT_FOUND (no
- * such entry), INVALID_ARGUMENT (bad inputs), OUT_OF_MEMORY, INTERNAL (the
- * compiled code returned nonzero; params may then be partly updated). */
+ * such entry), INVALID_ARGUMENT (bad inputs, or an index input out of its
+ * range: the message names the input, the element, its value and the
+ * range), OUT_OF_MEMORY, INTERNAL (the compiled code returned nonzero;
+ * params may then be partly updated). */
 DLC_API dlc_status dlc_session_run(dlc_session *session, const char *entry,
                                    int32_t n_inputs,
                                    const char *const *input_names,
