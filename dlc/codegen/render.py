@@ -27,9 +27,12 @@ DTYPE_CODE = {"f32": 0, "f64": 1, "i32": 2}
 ROLE_CODE = {"param": 0, "state": 1, "input": 2, "output": 3}
 INIT_CODE = {"zeros": 0, "ones": 1, "uniform": 2, "normal": 3}
 ENTRY_CODE = {"infer": 0, "train": 1, "grads": 2}
-# reassoc lets LLVM vectorize reductions; contract allows FMA. No nnan/ninf:
-# NaN must flow through (an out-of-range label shows as a NaN loss).
-FAST = ["reassoc", "contract", "nsz"]
+# contract allows FMA. No nnan/ninf: NaN must flow through. reassoc only on
+# a reduction's accumulating add (ACCUMULATE), which LLVM needs to vectorize
+# the reduction: on every add it had let LLVM cancel x - x to 0 (NaN and inf
+# in x lost; a fuzzer finding).
+FAST = ["contract", "nsz"]
+ACCUMULATE = ["reassoc", *FAST]
 FCMP = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
 ALIGN = 64
 # Loads of a larger stride in a vectorized loop are gathered lane by lane.
@@ -156,7 +159,7 @@ class ExprEmitter:
             fn = self.module.globals.get(f"llvm.vector.reduce.fadd.v{e.lanes}{_SUFFIX[e.dtype]}") or \
                 ir.Function(self.module, ir.FunctionType(t, [t, v.type]),
                             name=f"llvm.vector.reduce.fadd.v{e.lanes}{_SUFFIX[e.dtype]}")
-            return b.call(fn, [t(-0.0), v], fastmath=FAST)  # reassoc: a tree of shuffles
+            return b.call(fn, [t(-0.0), v], fastmath=ACCUMULATE)  # reassoc: a tree of shuffles
         if isinstance(e, L.Load):
             if self.varies(e.index):
                 return self.vector_load(e)
@@ -249,13 +252,15 @@ class ExprEmitter:
             # llvm.maxnum did; NVPTX has max.NaN.
             name = "minimum" if e.op == "min" else "maximum"
             return b.call(self.intrinsic(name, x.type, 2), [x, y], fastmath=["nsz"])
-        return self.arith(e.op, x, y, dt)
+        # acc + term, acc a local accumulator (loop_reductions, loop_tile)
+        accumulates = e.op == "+" and isinstance(e.a, L.Load) and e.a.buf.kind == "local"
+        return self.arith(e.op, x, y, dt, accumulates)
 
-    def arith(self, op: str, x: ir.Value, y: ir.Value, dtype: str) -> ir.Value:
+    def arith(self, op: str, x: ir.Value, y: ir.Value, dtype: str, accumulates: bool = False) -> ir.Value:
         b = self.b
         if dtype in ("f32", "f64"):
             inst = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv}[op](x, y)
-            inst.flags.extend(FAST)
+            inst.flags.extend(ACCUMULATE if accumulates else FAST)
             return inst
         if isinstance(x, ir.Constant) and isinstance(y, ir.Constant) and isinstance(x.type, ir.IntType) \
                 and op in "+-*/":
@@ -380,7 +385,7 @@ class StmtEmitter(ExprEmitter):
             v = self.splat(self.emit(s.value))
             first = L.substitute(s.index, {var: L.Const(0, L.INDEX)})
             if s.accumulate:
-                v = self.arith("+", self.vector_load(L.Load(s.buf, s.index)), v, s.buf.dtype)
+                v = self.arith("+", self.vector_load(L.Load(s.buf, s.index)), v, s.buf.dtype, True)
             p = self.address(s.buf, first)
             align = L.DTYPE_BYTES[s.buf.dtype]
             if self.masked(s.buf):
@@ -393,7 +398,7 @@ class StmtEmitter(ExprEmitter):
             v = b.extract_element(v, I32(v.type.count - 1))
         p = self.address(s.buf, s.index)
         if s.accumulate:
-            v = self.arith("+", b.load(p, typ=t), v, s.buf.dtype)
+            v = self.arith("+", b.load(p, typ=t), v, s.buf.dtype, True)
         b.store(v, p)
 
     def scatter(self, s: L.Store) -> None:

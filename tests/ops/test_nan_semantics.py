@@ -423,3 +423,20 @@ def test_ptx_max_propagates_nan(arch, tmp_path):
     r = subprocess.run(["ptxas", f"-arch={arch}", str(path), "-o", str(tmp_path / "m.cubin")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_no_algebra_cancels_nan_or_inf():
+    """x - x is NaN for x = NaN or +-inf (reassoc on every add had let LLVM
+    fold it to 0: a fuzzer finding); and x + 1 - x is 0 at 1e8 in f32."""
+    prog = dlc.compile("""
+model m {
+    input x: f32[batch, 4]
+    output a = x - x - 1.1
+    output b = x + -x
+    output c = x + 1 - x
+}""")
+    x = np.array([[np.nan, np.inf, -np.inf, 1e8]], np.float32)
+    out = prog.run("m", x=x)
+    X = torch.from_numpy(x)
+    for name, want in (("a", X - X - 1.1), ("b", X + -X), ("c", X + 1 - X)):
+        np.testing.assert_array_equal(out[name], want.numpy(), err_msg=name)
