@@ -132,3 +132,16 @@ def test_readme_names_the_passes_that_dump_ir_after_takes():
     named = set(re.findall(r"`(\w+)`", row.split("|")[2])) - {"graph_", "loop_"}
     assert named and named <= set(dlc.driver.PASS_NAMES), named - set(dlc.driver.PASS_NAMES)
     assert set(dlc.driver.PASS_NAMES) - {"check", "autodiff", "lower", "render"} <= named
+
+
+def test_summary_lists_the_layers_without_parameters_too():
+    src = """
+model m {
+    input x: f32[batch, 3, 8, 8]
+    h = conv2d(x, 4, 3, name="c") |> relu |> maxpool(2) |> flatten
+    output y = dense(h, 2) |> softmax
+}
+"""
+    rows = [line.split()[:2] for line in dlc.api.summary(dlc.driver.build(src).graph).splitlines()[2:8]]
+    assert rows == [["c", "conv2d"], ["m.relu0", "relu"], ["m.maxpool0", "maxpool"],
+                    ["m.flatten0", "flatten"], ["m.dense0", "dense"], ["m.softmax0", "softmax"]], rows

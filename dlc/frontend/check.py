@@ -422,7 +422,10 @@ class _Checker:
         if op.owns_params and args.get("name") is None:
             args["name"] = self.auto_names[id(e)]
         s.builder.span = e.span
-        return self.build(e.span, lambda: op.build(s.builder, args), e, op.signature)
+        out = self.build(e.span, lambda: op.build(s.builder, args), e, op.signature)
+        if not op.owns_params and isinstance(out, Value):
+            s.builder.layer(self.auto_names[id(e)], op.name, out)
+        return out
 
     def bind(self, e: ast.Call, name: str, signature: tuple[Arg, ...], s: _Scope) -> Co[dict[str, Any]]:
         """Evaluate a call's arguments and match them to `signature`."""
@@ -552,17 +555,21 @@ def _arg_span(call: ast.Call, signature: tuple[Arg, ...] | None, arg: str | None
 
 
 def _auto_names(block: ast.Block) -> dict[int, str]:
-    """Names for the block's unnamed layer calls (see the module docstring)."""
+    """Names for the block's unnamed layer calls (see the module docstring),
+    and, counted the same way, for its calls of ops without parameters
+    (relu, maxpool, ...), which summaries list as layers too."""
     unnamed = []
     for stmt in block.body:
         if isinstance(stmt, (ast.Let, ast.Output, ast.Loss)):
             for c in ast.postorder(stmt.value):
                 op = _op(c.func) if isinstance(c, ast.Call) else None
-                if op is None or not op.owns_params:
+                if op is None:
                     continue
-                index = [a.name for a in op.signature].index("name")
-                if len(c.args) <= index and all(k.name != "name" for k in c.kwargs):
-                    unnamed.append(c)
+                if op.owns_params:
+                    index = [a.name for a in op.signature].index("name")
+                    if len(c.args) > index or any(k.name == "name" for k in c.kwargs):
+                        continue
+                unnamed.append(c)
     unnamed.sort(key=lambda c: (c.span.line, c.span.col))
     counts: dict[str, int] = {}
     names = {}
