@@ -23,6 +23,8 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+from dlc.ops.base import OpError, broadcast_shapes
+
 LAYER_OPS = ("dense", "conv2d", "batchnorm", "embedding", "rnn", "lstm")
 UNARY_OPS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "log_softmax", "exp", "log",
              "sqrt", "dropout", "neg")
@@ -237,17 +239,11 @@ def window_out(size, kernel, stride, pad, dilation) -> int:
 
 
 def broadcast(a: tuple, b: tuple) -> tuple:
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x == y or y == 1:
-            out.append(x)
-        elif x == 1:
-            out.append(y)
-        else:
-            raise Invalid(f"no broadcast {a} {b}")
-    return tuple(reversed(out))
+    """dlc's own broadcasting rule (validity, not the oracle's semantics)."""
+    try:
+        return broadcast_shapes(a, b)
+    except OpError as e:
+        raise Invalid(f"no broadcast {a} {b}") from e
 
 
 def _float(n: Node) -> Node:
