@@ -181,7 +181,7 @@ class Reference:
             out = self.block(callee, sub, mode)
             outs = dict(callee.outputs)
             return out[outs[a.get("field") or next(iter(outs))]]
-        raise NotImplementedError(op)
+        raise AssertionError(f"the oracle has no rule for op {op!r}, which the generator emitted")
 
     def batchnorm(self, b, n, x, mode):
         name = self.name(b, n)
