@@ -113,6 +113,25 @@ def _count(shape) -> tuple[int, list]:
     return fixed, sorted(d for d in shape if isinstance(d, str))
 
 
+def filled_dims(x: TensorType, dims: tuple[int, ...]) -> tuple:
+    """reshape's dims with its -1 inferred (the symbolic dim if x has one)."""
+    if sum(d == -1 for d in dims) > 1 or any(d < -1 or d == 0 for d in dims):
+        raise OpError(f"'reshape' dims must be positive, with at most one -1, got {dims}",
+                      arg="dims")
+    if -1 not in dims:
+        return dims
+    fixed_in, syms = _count(x.shape)
+    fixed_out = -math.prod(dims)
+    if syms:
+        fill = syms[0] if len(syms) == 1 and fixed_in == fixed_out else None
+    else:
+        fill = fixed_in // fixed_out if fixed_in % fixed_out == 0 else None
+    if fill is None:
+        raise OpError(f"'reshape' can't fill the -1 of {dims}: {x} has "
+                      f"{format_shape(x.shape)} elements", arg="dims")
+    return tuple(fill if d == -1 else d for d in dims)
+
+
 class Reshape(Op):
     """Row-major reshape (a view in PyTorch; here the consumer reads through
     it). One dim may be -1: inferred, and the symbolic dim if x has one."""
@@ -121,22 +140,7 @@ class Reshape(Op):
     same_order_as_input = True
 
     def build(self, b, args):
-        x, dims = args["x"], tuple(args["dims"])
-        if sum(d == -1 for d in dims) > 1 or any(d < -1 or d == 0 for d in dims):
-            raise OpError(f"'reshape' dims must be positive, with at most one -1, got {dims}",
-                          arg="dims")
-        fixed_in, syms = _count(x.type.shape)
-        fixed_out = -math.prod(dims) if -1 in dims else math.prod(dims)
-        if -1 in dims:
-            if syms:
-                fill = syms[0] if len(syms) == 1 and fixed_in == fixed_out else None
-            else:
-                fill = fixed_in // fixed_out if fixed_in % fixed_out == 0 else None
-            if fill is None:
-                raise OpError(f"'reshape' can't fill the -1 of {dims}: {x.type} has "
-                              f"{format_shape(x.type.shape)} elements", arg="dims")
-            dims = tuple(fill if d == -1 else d for d in dims)
-        return reshape(b, x, dims)
+        return reshape(b, args["x"], filled_dims(args["x"].type, tuple(args["dims"])))
 
     def infer(self, ins, attrs) -> TensorType:
         (x,), shape = ins, tuple(attrs["shape"])

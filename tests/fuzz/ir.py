@@ -23,7 +23,9 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+from dlc.ir.graph import TensorType
 from dlc.ops.base import OpError, broadcast_shapes
+from dlc.ops.shape import filled_dims
 
 LAYER_OPS = ("dense", "conv2d", "batchnorm", "embedding", "rnn", "lstm")
 UNARY_OPS = ("relu", "sigmoid", "tanh", "leaky_relu", "softmax", "log_softmax", "exp", "log",
@@ -515,19 +517,12 @@ def _count(shape):
 
 def _reshape(t, b, n, args, seen, owner, bn):
     x = _need(args[0])
-    dims = tuple(n.attrs["dims"])
-    if sum(d == -1 for d in dims) > 1 or any(d < -1 or d == 0 for d in dims) or not dims:
+    if not n.attrs["dims"]:
         raise Invalid("reshape dims")
-    fixed_in, syms = _count(x.shape)
-    fixed_out = -math.prod(dims) if -1 in dims else math.prod(dims)
-    if -1 in dims:
-        if syms:
-            fill = syms[0] if len(syms) == 1 and fixed_in == fixed_out else None
-        else:
-            fill = fixed_in // fixed_out if fixed_in % fixed_out == 0 else None
-        if fill is None:
-            raise Invalid("reshape fill")
-        dims = tuple(fill if d == -1 else d for d in dims)
+    try:
+        dims = filled_dims(TensorType(x.dtype, tuple(x.shape)), tuple(n.attrs["dims"]))
+    except OpError as e:
+        raise Invalid("reshape dims") from e
     if _count(dims) != _count(x.shape):
         raise Invalid("reshape count")
     n.dtype, n.shape, n.pos = x.dtype, dims, x.pos
