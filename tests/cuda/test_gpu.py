@@ -86,11 +86,16 @@ def test_param_writes_reach_the_device_and_weights_round_trip(tmp_path):
     np.testing.assert_array_equal(gpu.run("m", x=data["x"])["y"], y)
 
 
-def test_digits_mlp_trains_on_the_gpu():
+@pytest.mark.parametrize("task", ["digits", "digits_cnn"])
+def test_digits_train_on_the_gpu_to_the_cpus_accuracy(task):
     spec = importlib.util.spec_from_file_location("train_example", ROOT / "examples" / "train.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.train("digits", seed=0, verbose=False, target="cuda") >= 0.95
+    on_cpu = mod.train(task, seed=0, verbose=False, target="cpu")
+    on_gpu = mod.train(task, seed=0, verbose=False, target="cuda")
+    # The same seed, batches and update rule: fp32 rounding alone may move a
+    # few of the 360 held-out digits.
+    assert on_gpu >= 0.95 and abs(on_gpu - on_cpu) <= 0.02, (on_cpu, on_gpu)
 
 
 def test_device_pointers_from_c():
