@@ -65,7 +65,7 @@ def cost(s: L.Stmt) -> L.Expr:
     return L.fold(s, units, L.stmt_children)
 
 
-def _addresses_by(index: L.Expr, var: L.Var) -> bool:
+def addresses_by(index: L.Expr, var: L.Var) -> bool:
     """index uses var in its own arithmetic, not only through a loaded
     value: a scatter's row `tok[p]` depends on p, yet two iterations may
     read the same token and add into the same row."""
@@ -79,13 +79,13 @@ def _addresses_by(index: L.Expr, var: L.Var) -> bool:
     return False
 
 
-def _independent(loops: list[L.For], body: L.Stmt) -> bool:
+def independent(loops: list[L.For], body: L.Stmt) -> bool:
     """Every store to a global buffer in body indexes by each loop var of
     `loops` (of extent other than 1) in its address arithmetic: iterations
     write disjoint elements."""
     stores = [st for st in L.stmts_of(body) if isinstance(st, L.Store) and st.buf.kind != "local"]
     return bool(stores) and all(
-        _addresses_by(st.index, lp.var) for st in stores for lp in loops
+        addresses_by(st.index, lp.var) for st in stores for lp in loops
         if not (isinstance(lp.extent, L.Const) and lp.extent.value == 1))
 
 
@@ -96,7 +96,7 @@ def _nest(top: L.For) -> L.Stmt:
     body = chain[-1].body
     if isinstance(body, L.Store) and len(chain) > 1:
         body = chain.pop()   # the innermost elementwise loop stays serial
-    if not _independent(chain, body) or any(
+    if not independent(chain, body) or any(
             L.depends_on(lp.extent, outer.var) for k, lp in enumerate(chain) for outer in chain[:k]):
         return top
     if isinstance(body, L.Store):  # a lone 1-D loop: strip-mine it

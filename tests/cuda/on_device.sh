@@ -10,6 +10,7 @@ OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 DLC_CACHE_DIR=/tmp/dlc-cache
 PARTS=" ${*:-tests examples bench} "
+TASKS=${TASKS:-moons crnn adding sentiment autoencoder gan}   # the examples trained
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
@@ -22,7 +23,7 @@ python3 -c "import dlc.runtime as r; print(r.find_library())" 2>&1 | tee -a "$OU
 # run on the CPUs in parallel; the GPU is shared). Nothing else runs beside
 # the benchmark.
 if [[ $PARTS == *" examples "* ]]; then
-  for task in moons crnn adding sentiment autoencoder gan; do
+  for task in $TASKS; do
     (timeout 150 python3 examples/train.py "$task" --target cuda > "$OUT/example-$task.txt" 2>&1;
      echo "rc=$?" >> "$OUT/example-$task.txt") &
   done
@@ -33,7 +34,7 @@ if [[ $PARTS == *" tests "* ]]; then
 fi
 wait
 if [[ $PARTS == *" examples "* ]]; then
-  for task in moons crnn adding sentiment autoencoder gan; do
+  for task in $TASKS; do
     echo "== python3 examples/train.py $task --target cuda"; tail -3 "$OUT/example-$task.txt"
   done > "$OUT/examples.txt"
   rm "$OUT"/example-*.txt

@@ -11,7 +11,7 @@ from dlc.cli import main
 from dlc.errors import DlcError
 from dlc.ir import loops as L
 from dlc.ops.base import REGISTRY
-from dlc.passes.loop_gpu import GRID, map_to_gpu
+from dlc.passes.loop_gpu import BLOCKS, GRID, THREADS, map_to_gpu
 
 from cuda_programs import DIGITS_MLP, EXAMPLES, PROGRAMS
 
@@ -70,16 +70,55 @@ def test_map_gpu_binds_every_kernel_to_the_grid():
     syms = {v: 7 for v in unmapped.syms}
     for entry, before in zip(mapped.entries, unmapped.entries):
         for k, k0 in zip(entry.kernels, before.kernels):
-            assert isinstance(k.body, L.For) and k.body.kind == GRID
-            # One grid loop per kernel; every loop inside runs serially per thread.
+            assert isinstance(k.body, L.For) and k.body.kind in (GRID, BLOCKS)
+            # One grid loop per kernel, every loop inside serial per thread;
+            # or a sum over the batch (the loss): a block per output.
             inner = [s for s in L.stmts_of(k.body.body) if isinstance(s, L.For)]
-            assert all(s.kind == "serial" for s in inner)
-            # The grid covers the kernel's outer loop nest.
+            assert all(s.kind == "serial" for s in inner) if k.body.kind == GRID else \
+                any(isinstance(s, L.Barrier) for s in L.stmts_of(k.body))
+            # The grid covers the kernel's outer loop nest (a loss: one output).
             threads, s = 1, k0.body
             while isinstance(s, L.For):
                 threads *= ev(s.extent, syms)
                 s = s.body
             assert ev(k.body.extent, syms) == threads
+
+
+def test_map_gpu_spreads_a_recurrence_over_a_block():
+    """A kernel whose independent loop (the batch) encloses the time steps
+    is a block per batch slice; each step's nests are spread over the
+    block's threads with barriers between them, the time loop uniform. A
+    kernel that packs a weight and then uses it is split in two."""
+    from tests.passes.helpers import loops_after
+    unmapped = loops_after(PROGRAMS["sequence"], "plan_memory", target="cuda")
+    mapped = map_to_gpu(unmapped)
+    L.verify(mapped, "map_gpu")
+    kernels = [k for e in mapped.entries for k in e.kernels]
+    assert len(kernels) > sum(len(e.kernels) for e in unmapped.entries)
+    assert not any(isinstance(k.body, L.Seq) for k in kernels)
+    scans = [k for k in kernels if k.body.kind == BLOCKS
+             and not any(b.kind == "shared" for b in L.buffers_of(k.body))]   # not a sum's tree
+    assert scans
+    for k in scans:
+        stmts = list(L.stmts_of(k.body.body))
+        serial = [s for s in stmts if isinstance(s, L.For) and s.kind == "serial"
+                  and any(isinstance(x, L.Barrier) for x in L.stmts_of(s.body))]
+        assert serial, k.name   # the time loop, barriers inside
+        assert any(isinstance(s, L.For) and s.kind == THREADS for s in stmts)
+
+
+def test_map_gpu_sums_long_reductions_in_a_block():
+    """A bias gradient (few outputs, batch x pixels terms) is a block per
+    output: strided partial sums, then a tree in shared memory."""
+    from tests.passes.helpers import loops_after
+    mapped = map_to_gpu(loops_after(PROGRAMS["cnn"], "plan_memory", target="cuda"))
+    reductions = [k for e in mapped.entries for k in e.kernels if k.body.kind == BLOCKS
+                  and any(b.kind == "shared" and b.name.startswith("partial")
+                          for b in L.buffers_of(k.body))]
+    assert reductions
+    for k in reductions:
+        barriers = [s for s in L.stmts_of(k.body) if isinstance(s, L.Barrier)]
+        assert len(barriers) == 1 + 8   # after the partial sums, after each of log2(256) levels
 
 
 def test_map_gpu_index_recovery():
