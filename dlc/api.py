@@ -5,6 +5,7 @@
     prog.run("moons", x=X)                 # {output name: array}
     prog.train("fit", x=X, t=T)            # one step; the loss before it
     prog.grads("fit", x=X, t=T)            # {param name: gradient}, no update
+    prog.grads("fit", wrt=("x",), x=X, t=T)  # ... and {"x": d loss / d x}
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from . import driver
 from .codegen import compiler
-from .errors import DlcError, NotFoundError
+from .errors import DlcError, InvalidArgumentError, NotFoundError
 from .ir.graph import Program as GraphProgram
 from .ir.loops import LoopEntry, LoopProgram, evaluate
 from .passes.loop_memory import layout
@@ -63,18 +64,35 @@ class CompiledProgram:
         self._entry(block, ("train",), "train block")
         return float(self._session.run(block, inputs)["loss"])
 
-    def grads(self, block: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Gradients of a train block's loss for each parameter it trains."""
-        self._entry(block, ("train",), "train block")
-        out = self._session.run(f"{block}.grads", inputs)
+    def grads(self, block: str, wrt: tuple[str, ...] | str = (),
+              **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Gradients of a train block's loss for each parameter it trains
+        (keyed by parameter name) and for each float input named in `wrt`
+        (keyed by the input's name, unprefixed: parameter names always hold
+        a dot, input names never do)."""
+        entry = self._entry(block, ("train",), "train block")
+        wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+        if not wrt:
+            out = self._session.run(f"{block}.grads", inputs)
+            out.pop("loss")
+            return out
+        floats = [t.name for t in entry.inputs if t.dtype in ("f32", "f64")]
+        for name in wrt:
+            if name not in floats:
+                raise InvalidArgumentError(
+                    f"wrt: '{name}' is not a float input of train block '{block}'; "
+                    f"its float inputs are: {', '.join(floats) or 'none'}")
+        out = self._session.run(f"{block}.input_grads", inputs)
         out.pop("loss")
-        return out
+        return {k: v for k, v in out.items() if k not in floats or k in wrt}
 
     def save(self, path: str | os.PathLike) -> None:
         self._session.save(str(path))
 
-    def load(self, path: str | os.PathLike) -> None:
-        self._session.load(str(path))
+    def load(self, path: str | os.PathLike, strict: bool = True) -> list[str]:
+        """Loads params from safetensors (see dlc.runtime.Session.load): with
+        strict=False, the names of the params the file lacks, sorted."""
+        return self._session.load(str(path), strict)
 
     def init_params(self, seed: int) -> None:
         self._session.init_params(seed)
@@ -151,7 +169,8 @@ def summary(g: GraphProgram, loops: LoopProgram | None = None) -> str:
     for fn in g.functions.values():
         if fn.kind == "train" and fn.optimizer:
             opt = fn.optimizer
-            hp = ", ".join(f"{k}={v:g}" for k, v in opt.hparams.items())
+            hp = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else format(v, 'g')}"
+                           for k, v in opt.hparams.items())
             on = f" on {', '.join(opt.on)}" if opt.on else ""
             lines.append(f"train {fn.name}: {opt.kind}({hp}){on}")
     total = sum(count(p.type) for p in g.params.values())

@@ -4,8 +4,12 @@
 Each train block `fit` gives two functions: `fit` (kind 'train': outputs the
 loss, assigns new values to parameters and optimizer states) and
 `fit.grads` (kind 'grads': outputs the loss and one gradient per trained
-parameter, named as the parameter). Gradients come from each op's `grad`
-rule, written as graph ops, so the backward pass is ordinary graph IR.
+parameter, named as the parameter); a block with float inputs gets a third,
+`fit.input_grads` (kind 'grads': those outputs, then the gradient of each
+float input, named as the input). Input gradients have an entry of their
+own so that `fit.grads` (and its C signature) does no work for them.
+Gradients come from each op's `grad` rule, written as graph ops, so the
+backward pass is ordinary graph IR.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from .errors import CompileError, Diagnostic
 from .ir.graph import Builder, Function, Node, Program, Value
 from .ops.elementwise import add, scalar_like
 from .ops.optim import updates
+
+FLOAT_DTYPES = ("f32", "f64")
 
 
 def clone_function(fn: Function, name: str, kind: str) -> Function:
@@ -38,8 +44,8 @@ def clone_function(fn: Function, name: str, kind: str) -> Function:
     return new
 
 
-def backward(b: Builder, fn: Function, y: Value, wrt: list[str]) -> dict[str, Value]:
-    """d y / d param for each param named in `wrt` that y depends on."""
+def backward(b: Builder, fn: Function, y: Value, wrt: dict[str, Value]) -> dict[str, Value]:
+    """d y / d v for each value v of `wrt` (by name) that y depends on."""
     grads: dict[int, Value] = {id(y): scalar_like(b, 1.0, y)}
     for node in reversed(list(fn.nodes)):
         g = grads.get(id(node.out))
@@ -49,8 +55,7 @@ def backward(b: Builder, fn: Function, y: Value, wrt: list[str]) -> dict[str, Va
         for v, gv in zip(node.inputs, node.op.grad(b, node, g)):
             if gv is not None:
                 grads[id(v)] = add(b, grads[id(v)], gv) if id(v) in grads else gv
-    return {name: grads[id(fn.params[name])] for name in wrt
-            if name in fn.params and id(fn.params[name]) in grads}
+    return {name: grads[id(v)] for name, v in wrt.items() if id(v) in grads}
 
 
 def trained_params(program: Program, fn: Function) -> list[str]:
@@ -85,7 +90,7 @@ def differentiate(program: Program) -> Program:
         wrt = trained_params(program, fn)
         step = clone_function(fn, fn.name, "train")
         b = Builder(out, step)
-        grads = backward(b, step, step.outputs["loss"], wrt)
+        grads = backward(b, step, step.outputs["loss"], {p: step.params[p] for p in wrt})
         if not grads:
             _nothing_to_train(program, fn)
         step.trained = list(grads)
@@ -94,12 +99,28 @@ def differentiate(program: Program) -> Program:
         # dropout's step), the optimizer's.
         step.assigns += updates(b, fn.optimizer, {p: step.params[p] for p in grads}, grads)
 
-        gfn = clone_function(fn, f"{fn.name}.grads", "grads")
-        gfn.assigns = []   # the gradient entry changes nothing
-        gb = Builder(out, gfn)
-        ggrads = backward(gb, gfn, gfn.outputs["loss"], wrt)
-        gfn.trained = list(ggrads)
-        gfn.outputs.update(ggrads)
         out.functions[step.name] = step
+        gfn = gradient_entry(out, fn, f"{fn.name}.grads", wrt, inputs=False)
         out.functions[gfn.name] = gfn
+        if any(v.type.dtype in FLOAT_DTYPES for v in fn.inputs):
+            ifn = gradient_entry(out, fn, f"{fn.name}.input_grads", wrt, inputs=True)
+            out.functions[ifn.name] = ifn
     return out
+
+
+def gradient_entry(program: Program, fn: Function, name: str, wrt: list[str],
+                   inputs: bool) -> Function:
+    """A 'grads' function of train block `fn`: the loss, the gradient of each
+    param in `wrt` and, with `inputs`, of each float input (zeros where the
+    loss does not depend on it). It changes nothing."""
+    gfn = clone_function(fn, name, "grads")
+    gfn.assigns = []
+    b = Builder(program, gfn)
+    # Input names never contain a dot, param names always do: no clash.
+    floats = {v.name: v for v in gfn.inputs if inputs and v.type.dtype in FLOAT_DTYPES}
+    grads = backward(b, gfn, gfn.outputs["loss"], {**{p: gfn.params[p] for p in wrt}, **floats})
+    gfn.trained = [p for p in grads if p not in floats]
+    gfn.outputs.update({p: grads[p] for p in gfn.trained})
+    gfn.outputs.update({n: grads[n] if n in grads else scalar_like(b, 0.0, v)
+                        for n, v in floats.items()})
+    return gfn

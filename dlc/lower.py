@@ -20,7 +20,7 @@ from typing import Callable
 
 from .errors import InternalError
 from .ir import loops as L
-from .ir.graph import Dim, Function, Init, Node, Program, Value
+from .ir.graph import Dim, Function, Init, Node, Program, Value, dim_factors
 
 Accessor = Callable[[list[L.Expr]], L.Expr]
 ENTRY_KIND = {"model": "infer", "train": "train", "grads": "grads"}
@@ -96,9 +96,14 @@ class LowerCtx:
     def dim(self, d: Dim) -> L.Expr:
         if isinstance(d, int):
             return L.Const(d, L.INDEX)
-        if d not in self.syms:
-            raise InternalError("lower", f"symbol '{d}' is not bound by any input")
-        return self.syms[d]
+        fixed, syms = dim_factors(d)
+        for s in syms:
+            if s not in self.syms:
+                raise InternalError("lower", f"symbol '{s}' is not bound by any input")
+        out = self.syms[syms[0]]
+        for s in syms[1:]:
+            out = out * self.syms[s]
+        return out if fixed == 1 else L.Const(fixed, L.INDEX) * out
 
     def var(self, name: str) -> L.Var:
         return L.Var(name)

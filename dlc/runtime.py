@@ -133,6 +133,8 @@ dlc_status dlc_session_run_into(dlc_session *session, const char *entry,
 dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
+dlc_status dlc_session_load_partial(dlc_session *session, const char *path,
+                                    int32_t n_found, uint8_t *found);
 dlc_status dlc_program_from_descriptor(const dlc_program_desc *desc,
                                        const char *name, dlc_program **out_program);
 dlc_status dlc_tensors_init(const dlc_program_desc *desc, void *const *tensors,
@@ -490,9 +492,19 @@ class Session:
         """Writes the params as safetensors."""
         _check(_lib.dlc_session_save(self._ptr, _path(path)))
 
-    def load(self, path):
-        """Reads the params from safetensors; on any error they are unchanged."""
-        _check(_lib.dlc_session_load(self._ptr, _path(path)))
+    def load(self, path, strict: bool = True) -> list[str]:
+        """Reads the params from safetensors; on any error they are unchanged.
+        strict: the file must hold exactly the program's params (returns []).
+        Not strict: it loads the params the file holds, ignores its tensors
+        the program lacks, and returns the sorted names of the params it
+        did not find, which keep their values."""
+        if strict:
+            _check(_lib.dlc_session_load(self._ptr, _path(path)))
+            return []
+        found = ffi.new("uint8_t[]", max(len(self.program.tensors), 1))
+        _check(_lib.dlc_session_load_partial(self._ptr, _path(path), len(found), found))
+        return sorted(t.name for i, t in enumerate(self.program.tensors)
+                      if t.role == "param" and not found[i])
 
     def run(self, entry: str, inputs: dict) -> dict[str, np.ndarray]:
         """Runs `entry` on `inputs` (name -> array); returns its outputs, arrays

@@ -38,6 +38,9 @@ KIND_TEXT = {
              "optimizer update of the params); `loss` receives the loss before the step.",
     "grads": "gradients of train block {base}: the loss and the gradient of each "
              "param it trains (named as the param), without updating anything.",
+    "input_grads": "gradients of train block {base}: the loss, the gradient of each param "
+                   "it trains (named as the param) and of each float input (named as the "
+                   "input), without updating anything.",
 }
 # C and C++ keywords, and the generated functions' own parameter and local names.
 RESERVED = set("""auto break case char const continue default do double else enum extern
@@ -186,8 +189,9 @@ def _doc_args(itf: Interface, e: Entry) -> list[str]:
 
 def _kind_text(e: Entry) -> str:
     """The entry's description, wrapped for a comment opened with '/* '."""
-    text = KIND_TEXT[e.slots.kind].format(name=e.slots.name,
-                                          base=e.slots.name.removesuffix(".grads"))
+    base, _, suffix = e.slots.name.rpartition(".")
+    kind = "input_grads" if suffix == "input_grads" else e.slots.kind
+    text = KIND_TEXT[kind].format(name=e.slots.name, base=base or e.slots.name)
     return "\n * ".join(textwrap.wrap(text, 74))
 
 

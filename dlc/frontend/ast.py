@@ -85,7 +85,24 @@ class Field:
     name: str
 
 
-Expr = Union[Name, Number, String, Bool, Tuple, Call, BinOp, Neg, Field]
+@dataclass(frozen=True)
+class Slice:
+    """`start:stop` inside a subscript, either bound optional."""
+    span: Span       # the ':'
+    start: "Expr | None"
+    stop: "Expr | None"
+
+
+@dataclass(frozen=True)
+class Subscript:
+    """`value[item, ...]`, each item an index expression or a Slice; the
+    span is the '['."""
+    span: Span
+    value: "Expr"
+    items: tuple
+
+
+Expr = Union[Name, Number, String, Bool, Tuple, Call, BinOp, Neg, Field, Subscript]
 
 
 # ----------------------------------------------------------------- statements
@@ -170,6 +187,9 @@ def children(e: Expr) -> tuple[Expr, ...]:
             return (x,)
         case Tuple(items=items):
             return items
+        case Subscript(value=value, items=items):
+            return (value, *(b for i in items
+                             for b in ((i.start, i.stop) if isinstance(i, Slice) else (i,)) if b is not None))
     return ()
 
 
@@ -239,3 +259,8 @@ def _expr_text(e: Expr, kids: list[str]) -> str:
             return f"(-{kids[0]})"
         case Field(name=name):
             return f"{kids[0]}.{name}"
+        case Subscript(items=items):
+            rest = iter(kids[1:])
+            parts = [":".join("" if b is None else next(rest) for b in (i.start, i.stop))
+                     if isinstance(i, Slice) else next(rest) for i in items]
+            return f"{kids[0]}[{', '.join(parts)}]"

@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import CompileError, Diagnostic, Span
-from ..ir.graph import DTYPES, Builder, Function, OptimizerSpec, Program, TensorType, Value, type_error
+from ..ir.graph import (DTYPES, Builder, Function, OptimizerSpec, Program, TensorType, Value, dim_product,
+                        type_error)
 from ..ops import OPTIMIZERS, REGISTRY
-from ..ops.base import Arg, OpError, bind, describe, suggest
+from ..ops.base import Arg, OpError, Size, bind, describe, suggest
+from ..ops.slicing import subscript
 from . import ast
 
 MAX_ERRORS = 20
@@ -57,6 +59,9 @@ HPARAM_RULES = {
     "weight_decay": (lambda v: v >= 0, "at least 0"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "alpha": (lambda v: v >= 0, "at least 0"),
+    "lr_decay": (lambda v: v >= 0, "at least 0"),
+    "initial_accumulator_value": (lambda v: v >= 0, "at least 0"),
     "clip": (lambda v: v > 0, "positive"),
 }
 
@@ -132,6 +137,7 @@ class _Checker:
         self.ok: dict[str, bool] = {}             # model -> compiled without error
         self.active: list[str] = []               # models being evaluated, outermost first
         self.auto_names: dict[int, str] = {}      # by id(call): AST nodes hash deeply
+        self.fields: dict[Value, tuple[str, dict[str, Value]]] = {}   # op results' named parts (s.h_n)
 
     # ------------------------------------------------------------ reporting
 
@@ -245,6 +251,11 @@ class _Checker:
                 if stmt.name in s.outputs:
                     self.fail(stmt.span, f"duplicate output '{stmt.name}'")
                 s.env[stmt.name] = s.outputs[stmt.name] = yield self.tensor(stmt.value, s, "an output")
+                if s.args is None and any("*" in str(d) for d in s.outputs[stmt.name].type.shape):
+                    # an entry's dims are numbers or symbols (the runtime's descriptor)
+                    self.fail(_expr_span(stmt.value), f"an output's dims must be integers or single "
+                                                      f"symbols, got {s.outputs[stmt.name].type}; "
+                                                      f"reshape it to separate the symbols")
             case ast.Loss():
                 yield self.loss(stmt, s)
             case ast.Optimizer():
@@ -341,6 +352,8 @@ class _Checker:
                 return (yield self.call_op(e, s))
             case ast.Field():
                 return (yield self.field(e, s))
+            case ast.Subscript():
+                return (yield self.subscript(e, s))
         raise TypeError(f"not an expression: {e!r}")
 
     def lookup(self, e: ast.Name, s: _Scope) -> Any:
@@ -349,10 +362,23 @@ class _Checker:
             if v is POISON:
                 raise _Abort
             return v
+        size = self.symbol(e.id, s)
+        if size is not None:
+            return size
         if e.id in self.models or _op(e.id) is not None:
             what = "a model" if e.id in self.models else "an op"
             self.fail(e.span, f"'{e.id}' is {what}; call it, as in {e.id}(x)")
         self.fail(e.span, f"undefined name '{e.id}'{suggest(e.id, s.env)}")
+
+    def symbol(self, name: str, s: _Scope) -> int | Size | None:
+        """The size that symbol `name` of the block's inputs has in this
+        evaluation (a number when an inlined call binds it to one), or None."""
+        for stmt in s.block.body:
+            if isinstance(stmt, ast.Input) and isinstance(s.env.get(stmt.name), Value):
+                for d, got in zip(stmt.type.dims, s.env[stmt.name].type.shape):
+                    if d.value == name:
+                        return got if isinstance(got, int) else Size(got)
+        return None
 
     def neg(self, e: ast.Neg, s: _Scope) -> Co[Any]:
         v = yield self.eval(e.operand, s)
@@ -369,6 +395,11 @@ class _Checker:
         b = yield self.eval(e.right, s)
         if _is_number(a) and _is_number(b):
             return self.integer(self.fold(e, a, b), e.span)
+        if any(isinstance(v, Size) for v in (a, b)):   # a product of sizes, as reshape takes
+            if e.op != "*" or not all(isinstance(v, Size) or (type(v) is int and v >= 1) for v in (a, b)):
+                self.fail(e.span, f"sizes can only be multiplied by sizes (as in batch * time), "
+                                  f"not combined by '{e.op}' with {describe(b if isinstance(a, Size) else a)}")
+            return Size(dim_product([v.dim if isinstance(v, Size) else v for v in (a, b)]))
         if not all(isinstance(v, Value) or _is_number(v) for v in (a, b)):
             self.fail(e.span, f"can't apply '{e.op}' to {describe(a)} and {describe(b)}")
         s.builder.span = e.span
@@ -423,6 +454,9 @@ class _Checker:
             args["name"] = self.auto_names[id(e)]
         s.builder.span = e.span
         out = self.build(e.span, lambda: op.build(s.builder, args), e, op.signature)
+        if isinstance(out, tuple):   # (result, named parts read as `result.name`: an lstm's h_n)
+            out, fields = out
+            self.fields[out] = (op.name, fields)
         if not op.owns_params and isinstance(out, Value):
             s.builder.layer(self.auto_names[id(e)], op.name, out)
         return out
@@ -520,8 +554,37 @@ class _Checker:
                                   f"{suggest(e.name, outputs)}; its outputs are {', '.join(outputs)}")
             return outputs[e.name]
         v = yield self.eval(e.value, s)
+        if isinstance(v, Value) and v in self.fields:
+            op, fields = self.fields[v]
+            if e.name not in fields:
+                self.fail(e.span, f"'{op}' has no result '{e.name}'; "
+                                  f"its results are {', '.join(fields)}")
+            return fields[e.name]
         self.fail(e.span, f"'.{e.name}' selects an output of a model call, as in "
                           f"net(x).{e.name}; here it is applied to {describe(v)}")
+
+
+    def subscript(self, e: ast.Subscript, s: _Scope) -> Co[Value]:
+        v = yield self.eval(e.value, s)
+        if not isinstance(v, Value):
+            self.fail(e.span, f"only a tensor can be subscripted; this is {describe(v)}")
+        items, spans = [], []
+        for item in e.items:
+            bounds = (item.start, item.stop) if isinstance(item, ast.Slice) else (item,)
+            values = []
+            for bound in bounds:
+                value = None if bound is None else (yield self.eval(bound, s))
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                    self.fail(_expr_span(bound), f"a subscript must be an integer, got {describe(value)}")
+                values.append(value)
+            items.append(tuple(values) if isinstance(item, ast.Slice) else values[0])
+            spans.append(item.span if isinstance(item, ast.Slice) else _expr_span(item))
+        s.builder.span = e.span
+        try:
+            return subscript(s.builder, v, items)
+        except OpError as err:
+            self.fail(spans[err.arg] if isinstance(err.arg, int) and err.arg < len(spans) else e.span,
+                      err.message)
 
 
 # ------------------------------------------------------------------ helpers
@@ -538,7 +601,7 @@ def _is_number(v) -> bool:
 
 def _expr_span(e: ast.Expr) -> Span:
     """Where an expression starts (a binary operation: its left operand)."""
-    while isinstance(e, (ast.BinOp, ast.Field)):
+    while isinstance(e, (ast.BinOp, ast.Field, ast.Subscript)):
         e = e.left if isinstance(e, ast.BinOp) else e.value
     return e.span
 

@@ -17,6 +17,7 @@ bad character, ends the parse.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from lark import Lark, Token, v_args
@@ -277,6 +278,13 @@ def _expected_message(tok: Token, expected: set[str], before: list[Token], opens
 
 # ------------------------------------------------------------- tree to AST
 
+@dataclass(frozen=True)
+class _SliceItem:
+    """A slice until its subscript makes it an ast.Slice."""
+    bounds: tuple
+    span: Span
+
+
 @v_args(meta=True)
 class _ToAst(Transformer_NonRecursive):
     """Lark tree to `ast` nodes. Pure: it never raises on user input.
@@ -361,6 +369,22 @@ class _ToAst(Transformer_NonRecursive):
 
     def field(self, m, c):
         return ast.Field(self._tok(c[1]), c[0], str(c[1]))
+
+    def subscript(self, m, c):
+        items = tuple(ast.Slice(i.span, *i.bounds) if isinstance(i, _SliceItem) else i for i in c[1:])
+        return ast.Subscript(self._meta(m), c[0], items)
+
+    def slice_both(self, m, c):
+        return _SliceItem((c[0], c[1]), self._meta(m))
+
+    def slice_from(self, m, c):
+        return _SliceItem((c[0], None), self._meta(m))
+
+    def slice_to(self, m, c):
+        return _SliceItem((None, c[0]), self._meta(m))
+
+    def slice_all(self, m, c):
+        return _SliceItem((None, None), self._meta(m))
 
     def name(self, m, c):
         return ast.Name(self._tok(c[0]), str(c[0]))

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from ..ops.base import Op
 
 DTYPES = ("f32", "f64", "i32")
-Dim = int | str  # a fixed size, or a symbol bound at run time
+# A fixed size, a symbol bound at run time, or a product of symbols (and a
+# factor) written "2*batch*time", symbols sorted so equal products are equal
+# strings: what reshape makes of [batch, time, 2] when it merges the axes.
+Dim = int | str
 # Limits on every tensor type, so no program text can make the compiler (or
 # the runtime) compute with absurd sizes: NumPy's limit on dims (each is a
 # loop of a kernel's nest), and 2^48 bytes (256 TiB, past any machine's
@@ -44,6 +47,30 @@ class TensorType:
         return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
 
 
+def dim_factors(d: Dim) -> tuple[int, list[str]]:
+    """d as (integer factor, symbols): 6 -> (6, []), "2*batch*time" -> (2, ["batch", "time"])."""
+    if isinstance(d, int):
+        return d, []
+    fixed, syms = 1, []
+    for f in d.split("*"):
+        if f.isdigit():
+            fixed *= int(f)
+        else:
+            syms.append(f)
+    return fixed, syms
+
+
+def dim_product(dims) -> Dim:
+    """The product of `dims` as one Dim (see Dim)."""
+    fixed, syms = 1, []
+    for d in dims:
+        f, s = dim_factors(d)
+        fixed, syms = fixed * f, syms + s
+    if not syms:
+        return fixed
+    return "*".join(([str(fixed)] if fixed != 1 else []) + sorted(syms))
+
+
 def format_shape(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
@@ -54,7 +81,7 @@ def type_error(t: TensorType) -> str | None:
         return f"a tensor has at most {MAX_RANK} dims, this one would have {t.rank}"
     n = DTYPE_BYTES[t.dtype]
     for d in t.shape:
-        n *= d if isinstance(d, int) else 1
+        n *= dim_factors(d)[0]
     if n > MAX_TENSOR_BYTES:
         at = " with its symbols at 1" if any(isinstance(d, str) for d in t.shape) else ""
         return (f"a tensor of type {t} would be too large ({n:.3g} bytes{at}); "

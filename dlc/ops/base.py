@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..errors import DlcError
-from ..ir.graph import Builder, TensorType, Value, format_shape
+from ..ir.graph import Builder, Dim, TensorType, Value, format_shape
 
 if TYPE_CHECKING:
     from ..ir.graph import Node
@@ -39,11 +39,21 @@ ARG_KINDS: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "str": (str,),
     "pair": (int, tuple),   # an int or a (h, w) tuple of ints
-    "ints": (tuple,),       # a tuple of ints, as reshape's dims
+    "ints": (tuple,),       # a tuple of ints, as transpose's dims
+    "axes": (int, tuple),   # an int or a tuple of ints, as sum's axis
+    "dims": (tuple,),       # a tuple of ints and Sizes, as reshape's dims
 }
 ARG_KIND_WORDS = {"tensor": "a tensor", "int": "an integer", "float": "a number",
                   "bool": "true or false", "str": "a string", "pair": "an integer or a pair (h, w)",
-                  "ints": "a tuple of integers"}
+                  "ints": "a tuple of integers", "axes": "an integer or a tuple of integers",
+                  "dims": "a tuple of sizes (integers, or symbols such as batch)"}
+
+
+@dataclass(frozen=True)
+class Size:
+    """A symbolic size written in a program (`batch`, `batch * time`), as a
+    Dim; a class of its own so that a string is never taken for one."""
+    dim: Dim
 
 
 @dataclass(frozen=True)
@@ -141,11 +151,15 @@ def bind(op_name: str, signature: tuple[Arg, ...], positional: list[Any],
             out[a.name] = a.default
             continue  # defaults are trusted, and may be None ('not given')
         v = out[a.name]
-        ok = isinstance(v, ARG_KINDS[a.kind]) and not (a.kind in ("int", "float") and isinstance(v, bool))
+        ok = isinstance(v, ARG_KINDS[a.kind]) and not (a.kind in ("int", "float", "axes") and isinstance(v, bool))
         if a.kind == "pair" and isinstance(v, tuple):
             ok = len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
-        if a.kind == "ints":
+        if ok and (a.kind == "ints" or (a.kind == "axes" and isinstance(v, tuple))):
             ok = all(isinstance(e, int) and not isinstance(e, bool) for e in v)
+        if a.kind == "dims" and ok:
+            ok = all(isinstance(e, Size) or (isinstance(e, int) and not isinstance(e, bool)) for e in v)
+            if ok:
+                out[a.name] = v = tuple(e.dim if isinstance(e, Size) else e for e in v)
         if a.kind == "float" and ok:
             out[a.name] = v = float(v)
         if not ok:
@@ -159,6 +173,8 @@ def describe(v: Any) -> str:
         return f"a tensor {v.type}"
     if isinstance(v, bool):
         return "a boolean"
+    if isinstance(v, Size):
+        return f"the size {v.dim}"
     if isinstance(v, str):
         return f"the string \"{v}\""
     return f"{type(v).__name__} {v!r}"
@@ -166,7 +182,7 @@ def describe(v: Any) -> str:
 
 # ------------------------------------------------------------- shape helpers
 
-def broadcast_shapes(a: tuple, b: tuple, what: str = "operands") -> tuple:
+def broadcast_shapes(a: tuple, b: tuple, what: str = "operands", arg: str | None = None) -> tuple:
     """NumPy broadcasting over fixed and symbolic dims."""
     out = []
     for i in range(1, max(len(a), len(b)) + 1):
@@ -178,13 +194,13 @@ def broadcast_shapes(a: tuple, b: tuple, what: str = "operands") -> tuple:
             out.append(y)
         else:
             raise OpError(f"shapes {format_shape(a)} and {format_shape(b)} of the {what} "
-                          f"do not broadcast (dim {x} against {y})")
+                          f"do not broadcast (dim {x} against {y})", arg=arg)
     return tuple(reversed(out))
 
 
-def need_float(op: str, t: TensorType, which: str = "input") -> None:
+def need_float(op: str, t: TensorType, which: str = "input", arg: str | None = None) -> None:
     if not t.is_float:
-        raise OpError(f"'{op}' needs a floating-point {which}, got {t}")
+        raise OpError(f"'{op}' needs a floating-point {which}, got {t}", arg=arg)
 
 
 def need_image(op: str, t: TensorType, fixed_channels: bool = False) -> None:

@@ -1,10 +1,17 @@
-"""2-D convolution (NCHW) and its two gradients, plus the sliding-window
-index arithmetic that convolution and pooling share.
+"""2-D convolution (NCHW) and its two gradients, the transposed convolution
+and 1-D convolution built from them, plus the sliding-window index
+arithmetic that convolution and pooling share.
 
 `conv2d` owns `<name>.weight` [filters, in/groups, kh, kw] and `<name>.bias`
 [filters] with nn.Conv2d's layout and default initialisation
 (kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
-both, fan_in = in/groups * kh * kw).
+both, fan_in = in/groups * kh * kw). `conv1d` is a conv2d over a unit
+height (weight [filters, in/groups, k], viewed as [.., 1, k]).
+`conv_transpose2d` is conv2d's adjoint: its forward is conv2d's input
+gradient (`conv2d_input_grad`, whose weight [in, out/groups, kh, kw] is
+nn.ConvTranspose2d's layout, fan_in = out/groups * kh * kw), its gradients
+conv2d's forward and weight gradient, so the passes treat it as they treat
+a convolution.
 
 The gradients are ops of their own, each lowered as a reduction:
 - input gradient: a transposed convolution, dx[n, c, i, j] = sum over the
@@ -30,8 +37,9 @@ import numpy as np
 from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
 from ..lower import flat_index
-from .base import Arg, Op, OpError, need_image, register, same_dtype
+from .base import Arg, Op, OpError, need_float, need_image, register, same_dtype
 from .elementwise import add, broadcast
+from .shape import reshape
 
 
 def pair(v) -> tuple[int, int]:
@@ -98,13 +106,19 @@ def windows(hw: tuple, attrs: dict) -> tuple[Window, Window]:
                         attrs["dilation"][a]) for a in (0, 1))
 
 
+def check_attrs(op: str, hw: tuple, attrs: dict) -> None:
+    """The user errors of a window's spatial size hw and attributes."""
+    if not all(isinstance(d, int) for d in hw):
+        raise OpError(f"'{op}' needs fixed spatial sizes, got [{', '.join(map(str, hw))}]", arg="x")
+    for key, least in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+        bad = [v for v in attrs[key] if v < least]
+        if bad:
+            raise OpError(f"'{op}' needs {key} >= {least}, got {bad[0]}", arg=key)
+
+
 def check_windows(op: str, hw: tuple, attrs: dict) -> tuple[Window, Window]:
     """The windows of a conv or pool over spatial size hw, with its user errors."""
-    if not all(isinstance(d, int) for d in hw):
-        raise OpError(f"'{op}' needs fixed spatial sizes, got [{hw[0]}, {hw[1]}]", arg="x")
-    for key, least in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
-        if any(v < least for v in attrs[key]):
-            raise OpError(f"'{op}' needs {key} >= {least}, got {attrs[key]}", arg=key)
+    check_attrs(op, hw, attrs)
     ws = windows(hw, attrs)
     for w, axis in zip(ws, ("height", "width")):
         if w.span > w.size + 2 * w.pad:
@@ -119,6 +133,44 @@ def conv_attrs(args: dict) -> dict:
 
 # ------------------------------------------------------------------ conv2d
 
+def check_channels(op: str, channels: int, filters: int, groups: int) -> None:
+    if groups < 1:
+        raise OpError(f"'{op}' needs groups >= 1, got {groups}", arg="groups")
+    if filters < 1:
+        raise OpError(f"'{op}' needs filters >= 1, got {filters}", arg="filters")
+    if channels % groups or filters % groups:
+        raise OpError(f"'{op}' with groups={groups} needs input channels ({channels}) and "
+                      f"filters ({filters}) divisible by {groups}", arg="groups")
+
+
+def conv_layer(b: Builder, op: str, args: dict, wshape: tuple, fan_in: int, apply) -> Value:
+    """A layer's output apply(weight) plus its bias per channel (axis 1), with
+    the parameters `<name>.weight` of wshape and `<name>.bias` initialised as
+    PyTorch's convolutions for fan_in."""
+    name, dtype = args["name"], args["x"].type.dtype
+    bound = 1.0 / math.sqrt(fan_in)
+    init = Init("uniform", -bound, bound)
+    y = apply(b.param(f"{name}.weight", TensorType(dtype, wshape), init, layer=name))
+    if args["bias"]:
+        c = y.type.shape[1]
+        bias = b.param(f"{name}.bias", TensorType(dtype, (c,)), init, layer=name)
+        y = add(b, y, broadcast(b, reshape(b, bias, (c,) + (1,) * (y.type.rank - 2)), y.type.shape))
+    b.layer(name, op, y)
+    return y
+
+
+def padded(b: Builder, x: Value, attrs: dict) -> tuple[Value, dict]:
+    """x zero-padded by attrs' padding as a pad2d node, and attrs without it."""
+    if not any(attrs["padding"]):
+        return x, attrs
+    return b.node(PAD2D, [x], padding=attrs["padding"]), {**attrs, "padding": (0, 0)}
+
+
+def convolve(b: Builder, x: Value, w: Value, attrs: dict) -> Value:
+    x, attrs = padded(b, x, attrs)
+    return b.node(CONV2D, [x, w], **attrs)
+
+
 class Conv2d(Op):
     name = "conv2d"
     owns_params = True
@@ -127,35 +179,15 @@ class Conv2d(Op):
                  Arg("groups", "int", 1), Arg("bias", "bool", True), Arg("name", "str", None))
 
     def build(self, b: Builder, args) -> Value:
-        x, filters, groups, name = args["x"], args["filters"], args["groups"], args["name"]
+        x, filters, groups = args["x"], args["filters"], args["groups"]
         need_image("conv2d", x.type, fixed_channels=True)
         attrs = {**conv_attrs(args), "groups": groups}
         check_windows("conv2d", x.type.shape[2:], attrs)
         channels = x.type.shape[1]
-        if groups < 1:
-            raise OpError(f"'conv2d' needs groups >= 1, got {groups}", arg="groups")
-        if filters < 1:
-            raise OpError(f"'conv2d' needs filters >= 1, got {filters}", arg="filters")
-        if channels % groups or filters % groups:
-            raise OpError(f"'conv2d' with groups={groups} needs input channels ({channels}) and "
-                          f"filters ({filters}) divisible by {groups}", arg="groups")
+        check_channels("conv2d", channels, filters, groups)
         kh, kw = attrs["kernel"]
-        fan_in = channels // groups * kh * kw
-        bound = 1.0 / math.sqrt(fan_in)
-        init = Init("uniform", -bound, bound)
-        dtype = x.type.dtype
-        w = b.param(f"{name}.weight", TensorType(dtype, (filters, channels // groups, kh, kw)),
-                    init, layer=name)
-        if any(attrs["padding"]):
-            x = b.node(PAD2D, [x], padding=attrs["padding"])
-            attrs["padding"] = (0, 0)
-        y = b.node(CONV2D, [x, w], **attrs)
-        if args["bias"]:
-            from .shape import reshape
-            bias = b.param(f"{name}.bias", TensorType(dtype, (filters,)), init, layer=name)
-            y = add(b, y, broadcast(b, reshape(b, bias, (filters, 1, 1)), y.type.shape))
-        b.layer(name, self.name, y)
-        return y
+        return conv_layer(b, self.name, args, (filters, channels // groups, kh, kw),
+                          channels // groups * kh * kw, lambda w: convolve(b, x, w, attrs))
 
     def infer(self, ins, attrs) -> TensorType:
         x, w = ins
@@ -235,6 +267,75 @@ def input_grad(b: Builder, g: Value, w: Value, size: tuple, attrs: dict) -> Valu
     return b.node(CONV2D_INPUT_GRAD, [g, w], size=tuple(size), gpad=gpad, **attrs)
 
 
+class ConvTranspose2d(Op):
+    """nn.ConvTranspose2d: conv2d's input gradient of x, for the conv2d whose
+    input is the output (see the module doc)."""
+    name = "conv_transpose2d"
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("filters", "int"), Arg("kernel", "pair"),
+                 Arg("stride", "pair", 1), Arg("padding", "pair", 0), Arg("output_padding", "pair", 0),
+                 Arg("groups", "int", 1), Arg("dilation", "pair", 1), Arg("bias", "bool", True),
+                 Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        x, filters, groups = args["x"], args["filters"], args["groups"]
+        need_image(self.name, x.type, fixed_channels=True)
+        attrs = {**conv_attrs(args), "groups": groups}
+        check_attrs(self.name, x.type.shape[2:], attrs)
+        channels = x.type.shape[1]
+        check_channels(self.name, channels, filters, groups)
+        extra = pair(args["output_padding"])
+        # PyTorch also takes stride <= output_padding < dilation; then the
+        # adjoint conv2d would have more outputs than x has positions.
+        if any(not 0 <= e < s for e, s in zip(extra, attrs["stride"])):
+            raise OpError(f"'{self.name}' needs 0 <= output_padding < stride, got output_padding "
+                          f"{extra} with stride {attrs['stride']}", arg="output_padding")
+        size = tuple((d - 1) * w.stride - 2 * w.pad + w.span + e
+                     for d, w, e in zip(x.type.shape[2:], windows(x.type.shape[2:], attrs), extra))
+        if min(size) < 1:
+            raise OpError(f"'{self.name}' would make an empty output {list(size)}: padding "
+                          f"{attrs['padding']} is too large", arg="padding")
+        kh, kw = attrs["kernel"]
+        return conv_layer(b, self.name, args, (channels, filters // groups, kh, kw),
+                          filters // groups * kh * kw, lambda w: input_grad(b, x, w, size, attrs))
+
+
+class Conv1d(Op):
+    """nn.Conv1d on [batch, channels, length]: conv2d over a unit height."""
+    name = "conv1d"
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("filters", "int"), Arg("kernel", "int"),
+                 Arg("stride", "int", 1), Arg("padding", "int", 0), Arg("dilation", "int", 1),
+                 Arg("groups", "int", 1), Arg("bias", "bool", True), Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        x, filters, groups, k = args["x"], args["filters"], args["groups"], args["kernel"]
+        if x.type.rank != 3:
+            raise OpError(f"'{self.name}' expects a 3-D input [batch, channels, length], got {x.type}",
+                          arg="x")
+        need_float(self.name, x.type)
+        n, channels, length = x.type.shape
+        if not isinstance(channels, int):
+            raise OpError(f"'{self.name}' needs a fixed number of channels, got {x.type}", arg="x")
+        attrs = {"kernel": (1, k), "stride": (1, args["stride"]), "padding": (0, args["padding"]),
+                 "dilation": (1, args["dilation"]), "groups": groups}
+        check_windows(self.name, (1, length), attrs)
+        check_channels(self.name, channels, filters, groups)
+
+        def apply(w):
+            y = convolve(b, reshape(b, x, (n, channels, 1, length)),
+                         reshape(b, w, (filters, channels // groups, 1, k)), attrs)
+            return reshape(b, y, (n, filters, y.type.shape[3]))
+        return conv_layer(b, self.name, args, (filters, channels // groups, k), channels // groups * k, apply)
+
+
+def unpadded_g(node) -> Value:
+    """The output gradient a conv2d_input_grad node reads, without the
+    zero padding its tiled form reads it with."""
+    g = node.inputs[0]
+    return g.node.inputs[0] if any(node.attrs["gpad"] or ()) else g
+
+
 class Conv2dInputGrad(Op):
     """dx of conv2d from the output gradient g and the weight: a transposed
     convolution. attrs: conv2d's, plus the input's spatial `size` and
@@ -244,6 +345,18 @@ class Conv2dInputGrad(Op):
     def infer(self, ins, attrs) -> TensorType:
         g, w = ins
         return TensorType(g.dtype, (g.shape[0], w.shape[1] * attrs["groups"]) + tuple(attrs["size"]))
+
+    def grad(self, b, node, g):
+        # As conv_transpose2d's forward: dg is conv2d of the output gradient,
+        # dw conv2d's weight gradient with g and x in each other's place.
+        attrs = {k: node.attrs[k] for k in ("kernel", "stride", "padding", "dilation", "groups")}
+        gp, attrs = padded(b, g, attrs)
+        dg = b.node(CONV2D, [gp, node.inputs[1]], **attrs)
+        dw = b.node(CONV2D_WEIGHT_GRAD, [unpadded_g(node), gp], **attrs)
+        if any(node.attrs["gpad"] or ()):
+            # the gradient of the padded g, whose border pad2d's gradient drops
+            dg = b.node(PAD2D, [dg], padding=node.attrs["gpad"])
+        return [dg, dw]
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         n, ci, ih, iw = idx
@@ -332,13 +445,14 @@ class Pad2d(Op):
 
     def grad(self, b, node, g):
         pad, src = node.attrs["padding"], g.node
+        if src is not None and src.op is PAD2D and src.attrs["padding"] == pad:
+            return [src.inputs[0]]   # a crop of the same padding
         if src is not None and src.op is CONV2D_INPUT_GRAD and src.attrs["gpad"] is not None \
                 and src.attrs["padding"] == (0, 0):
             # conv2d's own padding: its transposed convolution computes only
             # the unpadded part (input_grad with the padding), not all of it
             # to be cropped.
-            dy = src.inputs[0].node.inputs[0] if any(src.attrs["gpad"]) else src.inputs[0]
-            return [input_grad(b, dy, src.inputs[1], node.inputs[0].type.shape[-2:],
+            return [input_grad(b, unpadded_g(src), src.inputs[1], node.inputs[0].type.shape[-2:],
                                {**src.attrs, "padding": pad})]
         return [b.node(CROP2D, [g], crop=pad)]
 
@@ -390,6 +504,7 @@ class Crop2d(Op):
 
 
 CONV2D = register(Conv2d())
+CONV1D, CONV_TRANSPOSE2D = register(Conv1d()), register(ConvTranspose2d())
 PAD2D, CROP2D = register(Pad2d()), register(Crop2d())
 CONV2D_INPUT_GRAD = register(Conv2dInputGrad())
 CONV2D_WEIGHT_GRAD = register(Conv2dWeightGrad())

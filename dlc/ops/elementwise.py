@@ -7,6 +7,8 @@ element from its inputs' elements at the same index.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..ir import loops as L
@@ -247,7 +249,162 @@ class Tanh(Unary):
     def reference(self, x): return np.tanh(x)
 
 
+class Abs(Unary):
+    name = "abs"
+    def scalar(self, x): return L.call("abs", x)
+    def grad(self, b, node, g): return [mul(b, g, b.node(SIGN, [node.inputs[0]]))]
+    def reference(self, x): return np.abs(x)
+
+
+class Sign(Unary):
+    """-1, 0 or 1; 0 at NaN, as torch.sgn (so abs passes no gradient to a NaN)."""
+    name = "sign"
+    signature = None
+    def scalar(self, x):
+        one, zero = L.const_like(1, x.dtype), L.const_like(0, x.dtype)
+        return L.Select(L.cmp(">", x, 0.0), one, L.Select(L.cmp("<", x, 0.0), -one, zero))
+    def reference(self, x): return np.where(np.isnan(x), 0, np.sign(x)).astype(x.dtype)
+
+
+class Clamp(Unary):
+    """torch.clamp(x, lo, hi): either bound may be left out; lo > hi gives hi."""
+    name = "clamp"
+    signature = (Arg("x", "tensor"), Arg("lo", "float", None), Arg("hi", "float", None))
+
+    def build(self, b, args):
+        if args["lo"] is None and args["hi"] is None:
+            raise OpError("'clamp' needs at least one of 'lo' and 'hi'")
+        return b.node(self, [args["x"]], lo=args["lo"], hi=args["hi"])
+
+    def scalar(self, x, lo, hi):
+        y = x if lo is None else L.maximum(x, lo)
+        return y if hi is None else L.minimum(y, hi)
+
+    def grad(self, b, node, g):
+        return [b.node(CLAMP_GRAD, [node.inputs[0], g], **node.attrs)]
+
+    def reference(self, x, lo, hi): return np.clip(x, lo, hi)
+
+
+class ClampGrad(Elementwise):
+    """g where lo <= x <= hi, else 0 (0 at NaN), as torch.clamp's gradient."""
+    name = "clamp_grad"
+    arity = 2
+
+    def scalar(self, x, g, lo, hi):
+        inside = L.all_of(([] if lo is None else [L.cmp(">=", x, lo)])
+                          + ([] if hi is None else [L.cmp("<=", x, hi)]))
+        return L.Select(inside, g, L.const_like(0, g.dtype))
+
+    def reference(self, x, g, lo, hi):
+        lo_ok = True if lo is None else x >= lo
+        return np.where(lo_ok & (True if hi is None else x <= hi), g, 0).astype(g.dtype)
+
+
+class Where(Elementwise):
+    """torch.where(cond, a, b), its three operands broadcast together. cond
+    is a tensor of any dtype, true where nonzero (NaN included, as
+    torch's bool()); the language has no comparisons, so a mask is a float
+    or integer tensor (one_hot, a data input)."""
+    name = "where"
+    signature = (Arg("cond", "tensor"), Arg("a", "tensor"), Arg("b", "tensor"))
+
+    def build(self, b, args):
+        c, x, y = args["cond"], args["a"], args["b"]
+        if x.type.dtype != y.type.dtype:
+            raise OpError(f"'where' needs a and b of one dtype, got {x.type} and {y.type}", arg="b")
+        shape = broadcast_shapes(broadcast_shapes(c.type.shape, x.type.shape, "operands of 'where'"),
+                                 y.type.shape, "operands of 'where'")
+        return b.node(self, [broadcast(b, v, shape) for v in (c, x, y)])
+
+    def infer(self, ins, attrs) -> TensorType:
+        c, x, y = ins
+        if x.dtype != y.dtype or not (c.shape == x.shape == y.shape):
+            raise OpError(f"'where' operands differ: {c}, {x} and {y}")
+        return x
+
+    def scalar(self, c, x, y):
+        return L.Select(L.cmp("!=", c, L.const_like(0, c.dtype)), x, y)
+
+    def grad(self, b, node, g):
+        c = node.inputs[0]
+        zero = scalar_like(b, 0.0, g)
+        return [None, b.node(WHERE, [c, g, zero]), b.node(WHERE, [c, zero, g])]
+
+    def reference(self, c, x, y): return np.where(c != 0, x, y)
+
+
+# GELU's tanh approximation: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+GELU_C, GELU_K = float(np.sqrt(2 / np.pi)), 0.044715
+# erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), z >= 0: relative error
+# below 1.2e-7 for every z (Numerical Recipes' erfcc, a Chebyshev fit).
+ERFC_P = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+          0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def horner(x: L.Expr, coeffs) -> L.Expr:
+    """sum coeffs[k] x^k."""
+    p: L.Expr = L.const_like(coeffs[-1], x.dtype)
+    for c in reversed(coeffs[:-1]):
+        p = p * x + c
+    return p
+
+
+def normal_cdf(x: L.Expr) -> L.Expr:
+    """Phi(x) = erfc(-x / sqrt 2) / 2, from the tail that keeps relative
+    accuracy on both sides (gelu(x) = x Phi(x) is tiny for negative x)."""
+    z = L.call("abs", x) * float(np.sqrt(0.5))
+    t = 1.0 / (1.0 + 0.5 * z)
+    tail = 0.5 * t * L.call("exp", horner(t, ERFC_P) - z * z)   # Phi(-|x|)
+    return L.Select(L.cmp("<=", x, 0.0), tail, 1.0 - tail)
+
+
+class Gelu(Unary):
+    """torch.nn.functional.gelu: x Phi(x) (erf form, the default), or its
+    tanh approximation. gelu(+inf) is +inf and gelu(-inf) NaN, as torch's
+    scalar and f64 kernels (its vectorized f32 kernel gives NaN at +inf)."""
+    name = "gelu"
+    signature = (Arg("x", "tensor"), Arg("approximate", "str", "none"))
+
+    def build(self, b, args):
+        if args["approximate"] not in ("none", "tanh"):
+            raise OpError(f"'gelu' approximate must be \"none\" or \"tanh\", "
+                          f"got \"{args['approximate']}\"", arg="approximate")
+        return b.node(self, [args["x"]], approximate=args["approximate"])
+
+    def scalar(self, x, approximate):
+        if approximate == "tanh":
+            return 0.5 * x * (1.0 + L.call("tanh", GELU_C * (x + GELU_K * x * x * x)))
+        return x * normal_cdf(x)
+
+    def grad(self, b, node, g):
+        return [b.node(GELU_GRAD, [node.inputs[0], g], **node.attrs)]
+
+    def reference(self, x, approximate="none"):
+        if approximate == "tanh":
+            return 0.5 * x * (1 + np.tanh(GELU_C * (x + GELU_K * x ** 3)))
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+        return (0.5 * x * (1 + erf(x / np.sqrt(2)))).astype(x.dtype)
+
+
+class GeluGrad(Elementwise):
+    """g times gelu'(x): Phi(x) + x phi(x), or the tanh form's derivative."""
+    name = "gelu_grad"
+    arity = 2
+
+    def scalar(self, x, g, approximate):
+        if approximate == "tanh":
+            t = L.call("tanh", GELU_C * (x + GELU_K * x * x * x))
+            du = GELU_C * (1.0 + 3 * GELU_K * x * x)
+            return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+        pdf = L.call("exp", -0.5 * x * x) * float(1 / np.sqrt(2 * np.pi))
+        return g * (normal_cdf(x) + x * pdf)
+
+
 NEG, EXP, LOG, SQRT = register(Neg()), register(Exp()), register(Log()), register(Sqrt())
+ABS, SIGN = register(Abs()), register(Sign())
+CLAMP, CLAMP_GRAD, WHERE = register(Clamp()), register(ClampGrad()), register(Where())
+GELU, GELU_GRAD = register(Gelu()), register(GeluGrad())
 CLAMPED_LOG, EXP_BASE = register(ClampedLog()), register(ExpBase())
 RELU, LEAKY_RELU = register(Relu()), register(LeakyRelu())
 STEP_MASK = register(StepMask())

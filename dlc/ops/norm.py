@@ -11,11 +11,15 @@ In a train block: normalise with the batch's mean and biased variance, and
 write running = (1 - momentum) * running + momentum * batch statistic (the
 variance unbiased) and num_batches_tracked + 1 after the step. In a model's
 inference entry: normalise with the running statistics.
+
+layernorm(x): nn.LayerNorm(x.shape[-1]) over the last axis, with
+`<name>.weight` (ones) and `<name>.bias` (zeros) of that size: each row
+normalised by its own mean and biased variance, in train blocks and models.
 """
 from __future__ import annotations
 
 from ..ir.graph import Builder, Init, TensorType, Value
-from .base import Arg, Op, OpError, need_image, register
+from .base import Arg, Op, OpError, need_float, need_image, register
 from .elementwise import NUMEL, SQRT, add, broadcast, div, mul, scalar_like, sub
 from .shape import reshape, sum_to
 
@@ -43,12 +47,7 @@ class BatchNorm(Op):
         tracked = param("num_batches_tracked", "zeros", TensorType("i32", ()))
         per_channel = lambda v: broadcast(b, reshape(b, v, (c, 1, 1)), shape)
         if b.fn.kind == "train":
-            stat_shape = (1, c, 1, 1)
-            count = b.node(NUMEL, [], shape=(shape[0],) + shape[2:], dtype=dt)
-            mean = div(b, sum_to(b, x, stat_shape), broadcast(b, count, stat_shape))
-            centered = sub(b, x, broadcast(b, mean, shape))
-            var = div(b, sum_to(b, mul(b, centered, centered), stat_shape),
-                      broadcast(b, count, stat_shape))
+            count, mean, centered, var = moments(b, x, (1, c, 1, 1))
             if any(t is running_mean for t, _ in b.fn.assigns):
                 raise OpError(f"batchnorm layer '{name}' is used twice in train block "
                               f"'{b.fn.name}'; its running statistics can take one update per step")
@@ -64,11 +63,48 @@ class BatchNorm(Op):
         else:
             centered = sub(b, x, per_channel(running_mean))
             var = reshape(b, running_var, (1, c, 1, 1))
-        inv_std = div(b, scalar_like(b, 1.0, var), b.node(SQRT, [add(b, var, scalar_like(b, eps, var))]))
-        y = mul(b, centered, broadcast(b, reshape(b, inv_std, (1, c, 1, 1)), shape))
-        y = add(b, mul(b, y, per_channel(weight)), per_channel(bias))
+        y = add(b, mul(b, normalized(b, centered, var, eps), per_channel(weight)), per_channel(bias))
         b.layer(name, self.name, y)
         return y
 
 
-BATCHNORM = register(BatchNorm())
+class LayerNorm(Op):
+    name = "layernorm"
+    owns_params = True
+    signature = (Arg("x", "tensor"), Arg("eps", "float", 1e-5), Arg("name", "str", None))
+
+    def build(self, b: Builder, args) -> Value:
+        x, name = args["x"], args["name"]
+        need_float("layernorm", x.type)
+        if x.type.rank == 0 or not isinstance(x.type.shape[-1], int):
+            raise OpError(f"'layernorm' needs a fixed size of the last axis, got {x.type}", arg="x")
+        shape = x.type.shape
+        vec = TensorType(x.type.dtype, shape[-1:])
+        weight = b.param(f"{name}.weight", vec, Init("ones"), layer=name)
+        bias = b.param(f"{name}.bias", vec, Init("zeros"), layer=name)
+        _, _, centered, var = moments(b, x, shape[:-1] + (1,))
+        y = add(b, mul(b, normalized(b, centered, var, args["eps"]), broadcast(b, weight, shape)),
+                broadcast(b, bias, shape))
+        b.layer(name, self.name, y)
+        return y
+
+
+def moments(b: Builder, x: Value, stat_shape: tuple) -> tuple[Value, Value, Value, Value]:
+    """The count, mean, x - mean and biased variance over the axes where
+    stat_shape is 1 (mean and variance of shape stat_shape)."""
+    shape = x.type.shape
+    count = b.node(NUMEL, [], shape=tuple(d for d, s in zip(shape, stat_shape) if s == 1),
+                   dtype=x.type.dtype)
+    n = broadcast(b, count, stat_shape)
+    mean = div(b, sum_to(b, x, stat_shape), n)
+    centered = sub(b, x, broadcast(b, mean, shape))
+    return count, mean, centered, div(b, sum_to(b, mul(b, centered, centered), stat_shape), n)
+
+
+def normalized(b: Builder, centered: Value, var: Value, eps: float) -> Value:
+    """centered / sqrt(var + eps), var broadcast."""
+    inv_std = div(b, scalar_like(b, 1.0, var), b.node(SQRT, [add(b, var, scalar_like(b, eps, var))]))
+    return mul(b, centered, broadcast(b, inv_std, centered.type.shape))
+
+
+BATCHNORM, LAYERNORM = register(BatchNorm()), register(LayerNorm())

@@ -1,11 +1,12 @@
-"""Sequences: embedding, recurrent layers (tanh RNN, LSTM) and picking steps.
+"""Sequences: embedding, recurrent layers (RNN with tanh or relu, LSTM, GRU)
+and picking steps.
 
 Tensors are [batch, time, features]; `time` may be a symbol, so one program
 runs any length. Parameters follow PyTorch: `embedding` owns `<name>.weight`
 [vocab, dim] ~ N(0, 1) (nn.Embedding); `rnn` and `lstm` own
 `<name>.weight_ih` [G*hidden, features], `<name>.weight_hh` [G*hidden, hidden],
-`<name>.bias_ih` and `<name>.bias_hh` [G*hidden], G = 1 (rnn) or 4 (lstm,
-gates in PyTorch's order i, f, g, o), all ~ U(-1/sqrt(hidden), 1/sqrt(hidden)),
+`<name>.bias_ih` and `<name>.bias_hh` [G*hidden], G = 1 (rnn), 4 (lstm,
+gates in PyTorch's order i, f, g, o) or 3 (gru: r, z, n), all ~ U(-1/sqrt(hidden), 1/sqrt(hidden)),
 so torch.nn.LSTM's `*_l0` weights load by name (`*_l0_reverse` onto
 `<name>.*_reverse` when bidirectional).
 
@@ -15,7 +16,12 @@ A recurrent layer is two nodes:
 - a scan over time (`recurrence`, lowered by `lower_kernel` as one kernel)
   that per step adds the biases and h_{t-1} @ W_hh^T and applies the gates.
   Its output packs, per step, what the backward pass needs: for the LSTM
-  [h | c | i f g o] (6*hidden), for the RNN h alone. `slice_last` exposes h.
+  [h | c | i f g o] (6*hidden), for the GRU [h | r z n | W_hn h + b_hn]
+  (5*hidden), for the RNN h alone. `slice_last` exposes h. The cells differ
+  only in their per-unit update and its gradient (`Cell`).
+h0 / c0 are the scan's optional inputs; h_n / c_n pick each example's state
+at its last valid step from the packed output (the reverse direction's, run
+over the reversed sequence, has read back to step 0: PyTorch's h_n).
 Its gradient is a reverse-time scan (`recurrence_grad`) producing the
 gradient of the pre-activation gates, from which the input, W_ih and the
 biases get theirs by products and sums, and W_hh by one product with the
@@ -31,6 +37,8 @@ entry without the runtime.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -372,7 +380,8 @@ def _length(ctx, ins, node, b: L.Expr, time_axis_len) -> L.Expr:
 
 
 class ShiftTime(Op):
-    """out[b, t] = x[b, t - 1], zero at t = 0: the states h_{t-1}."""
+    """out[b, t] = x[b, t - 1], at t = 0 first[b] (the optional second
+    input) or zero: the states h_{t-1}, from h0."""
     name = "shift_time"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -381,11 +390,14 @@ class ShiftTime(Op):
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         b, t, *rest = idx
         prev = ins[0]([b, L.maximum(t - 1, 0)] + rest)
-        return L.Select(L.cmp(">", t, 0), prev, L.const_like(0, node.out.type.dtype))
+        first = ins[1]([b] + rest) if len(ins) > 1 else L.const_like(0, node.out.type.dtype)
+        return L.Select(L.cmp(">", t, 0), prev, first)
 
-    def reference(self, x):
+    def reference(self, x, first=None):
         out = np.zeros_like(x)
         out[:, 1:] = x[:, :-1]
+        if first is not None:
+            out[:, 0] = first
         return out
 
 
@@ -419,9 +431,17 @@ class ReverseTime(Op):
 
 # ------------------------------------------------------------ picking steps
 
+def _picked(ctx, ins, node, b: L.Expr, time) -> L.Expr:
+    """The step pick_time takes (place_time fills) for example b: its
+    length - 1, or 0 with attr first."""
+    if node.attrs.get("first"):
+        return L.Const(0, L.INDEX)
+    return _length(ctx, ins, node, b, time) - 1
+
+
 class PickTime(Op):
     """out[b, :] = h[b, n - 1, :] for example b's length n (NaN if n is not
-    in [1, time])."""
+    in [1, time]); with attr first, h[b, 0, :]."""
     name = "pick_time"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -438,17 +458,17 @@ class PickTime(Op):
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         b, *rest = idx
         steps = ctx.dim(node.inputs[0].type.shape[1])
-        t = _length(ctx, ins, node, b, node.inputs[0].type.shape[1]) - 1
+        t = _picked(ctx, ins, node, b, node.inputs[0].type.shape[1])
         safe = L.minimum(L.maximum(t, 0), steps - 1)
         return L.Select(_in_range(t, 0, steps), ins[0]([b, safe] + rest), _nan(node.out.type.dtype))
 
-    def reference(self, h, lengths=None, **attrs):
-        n = np.full(h.shape[0], h.shape[1]) if lengths is None else lengths
+    def reference(self, h, lengths=None, first=False, **attrs):
+        n = np.full(h.shape[0], 1 if first else h.shape[1]) if lengths is None else lengths
         return h[np.arange(h.shape[0]), n - 1]
 
 
 class PlaceTime(Op):
-    """out[b, t, :] = g[b, :] at t = n - 1, else 0: pick_time's adjoint."""
+    """out[b, t, :] = g[b, :] at pick_time's step, else 0: its adjoint."""
     name = "place_time"
 
     def infer(self, ins, attrs) -> TensorType:
@@ -460,8 +480,8 @@ class PlaceTime(Op):
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
         b, t, *rest = idx
-        n = _length(ctx, ins, node, b, node.attrs["time"])
-        return L.Select(L.cmp("==", t, n - 1), ins[0]([b] + rest), L.const_like(0, node.out.type.dtype))
+        step = _picked(ctx, ins, node, b, node.attrs["time"])
+        return L.Select(L.cmp("==", t, step), ins[0]([b] + rest), L.const_like(0, node.out.type.dtype))
 
 
 class Last(Op):
@@ -491,11 +511,162 @@ def check_lengths(op: str, x: Value, lengths: Value | None) -> list[Value]:
 
 # ------------------------------------------------------------- recurrences
 
-CELLS = {"rnn": 1, "lstm": 4}   # gates per cell
+class Cell:
+    """What tells rnn, lstm and gru apart inside the shared scans
+    (`Recurrence`, `RecurrenceGrad`): per hidden unit j of one step, the
+    forward update (`forward`, given a `_Fwd`) and the gradient of the gate
+    pre-activations (`backward`, given a `_Bwd`)."""
+    gates = 1     # G: rows of weight_ih per hidden unit
+    states = 1    # S: h, or h and c (the lstm)
+    packed = 1    # the packed output's width per hidden unit (the module docstring)
+    acts = 1      # where the gate activations start in the packed output, in hidden units
+    # The gru: the hidden part of each gate's pre-activation is kept apart
+    # from the input part (its n gate takes r * (W_hn h + b_hn)), and h_{t-1}
+    # also reaches h_t directly (z * h_{t-1}).
+    split = False
+
+    def forward(self, s: _Fwd) -> list[L.Stmt]:
+        raise NotImplementedError
+
+    def backward(self, s: _Bwd, j: L.Expr) -> list[L.Stmt]:
+        raise NotImplementedError
 
 
-def packed_width(cell: str, hidden: int) -> int:
-    return hidden if cell == "rnn" else 6 * hidden
+class RnnCell(Cell):
+    """h_t = f(x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), f tanh or relu; packed: h."""
+
+    def __init__(self, relu: bool):
+        self.relu = relu
+
+    def forward(self, s):
+        f = (lambda v: L.maximum(v, 0.0)) if self.relu else _tanh
+        return [s.each(lambda j: s.store(j, f(s.pre(0, j)))), s.each(lambda j: s.set_h(j, s.out(j)))]
+
+    def backward(self, s, j):
+        h, dh = s.state(j), s.dh(j)
+        # relu's as PyTorch's threshold_backward: a NaN h passes the gradient
+        d = L.Select(L.cmp("<=", h, 0.0), L.const_like(0, h.dtype), dh) if self.relu else dh * (1.0 - h * h)
+        return [s.set_d(j, d)]
+
+
+class LstmCell(Cell):
+    """Gates i, f, g, o (PyTorch's order); packed: [h | c | i f g o]."""
+    gates, states, packed, acts = 4, 2, 6, 2
+
+    def forward(self, s):
+        H = s.H
+        units = [s.each(lambda j, q=q, f=f: s.set_act(q, j, f(s.pre(q, j))))
+                 for q, f in enumerate((_sigmoid, _sigmoid, _tanh, _sigmoid))]
+        units.append(s.each(lambda j: s.set_c(j, s.act(1, j) * s.c(j) + s.act(0, j) * s.act(2, j))))
+        if s.keep_all:
+            units.append(s.each(lambda j: s.store(H + j, s.c(j))))
+        return units + [s.each(lambda j: s.set_h(j, s.act(3, j) * _tanh(s.c(j)))),
+                        s.each(lambda j: s.store(j, s.h(j)))]
+
+    def backward(self, s, j):
+        H = s.H
+        i, f, gg, o = (s.state((2 + q) * H + j) for q in range(4))
+        tc = _tanh(s.state(H + j))
+        dh = s.dh(j)
+        # dc is stored in the carry first, then read back for each gate.
+        dc = s.carry(H + j)
+        return [s.set_carry(H + j, dc + s.g(H + j) + dh * o * (1.0 - tc * tc)),
+                s.set_d(j, dc * gg * i * (1.0 - i)),
+                s.set_d(H + j, dc * s.prev(1, j) * f * (1.0 - f)),
+                s.set_d(2 * H + j, dc * i * (1.0 - gg * gg)),
+                s.set_d(3 * H + j, dh * tc * o * (1.0 - o)),
+                s.set_carry(H + j, dc * f)]
+
+
+class GruCell(Cell):
+    """r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n),
+    h_t = (1 - z) * n + z * h_{t-1}, where x_q = x W_iq^T + b_iq and
+    h_q = h_{t-1} W_hq^T + b_hq (PyTorch's nn.GRU); packed: [h | r z n | h_n]."""
+    gates, packed, split = 3, 5, True
+
+    def forward(self, s):
+        H = s.H
+        units = [s.each(lambda j, q=q: s.set_act(q, j, _sigmoid(s.x(q, j) + s.pre(q, j)))) for q in (0, 1)]
+        if s.keep_all:   # h_n, for the gradient of r
+            units.append(s.each(lambda j: s.store(4 * H + j, s.pre(2, j))))
+        z = lambda j: s.act(1, j)
+        return units + [
+            s.each(lambda j: s.set_act(2, j, _tanh(s.x(2, j) + s.act(0, j) * s.pre(2, j)))),
+            # via the output: h_{t-1} and h_t may share their place
+            s.each(lambda j: s.store(j, (1.0 - z(j)) * s.act(2, j) + z(j) * s.h_prev(j))),
+            s.each(lambda j: s.set_h(j, s.out(j)))]
+
+    def backward(self, s, j):
+        H = s.H
+        r, z, n, hn = (s.state((1 + q) * H + j) for q in range(4))
+        dh = s.dh(j)
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        # input parts [r z n], then hidden parts [r z r*n] from 3H; the
+        # direct part dh * z of what reaches h_{t-1} waits in the carry's
+        # second half for the product with W_hh.
+        return [s.set_d(j, dn * hn * r * (1.0 - r)),
+                s.set_d(H + j, dh * (s.prev(0, j) - n) * z * (1.0 - z)),
+                s.set_d(2 * H + j, dn),
+                s.set_d(3 * H + j, s.d(j)),
+                s.set_d(4 * H + j, s.d(H + j)),
+                s.set_d(5 * H + j, dn * r),
+                s.set_carry(H + j, dh * z)]
+
+
+CELLS: dict[str, Cell] = {"rnn": RnnCell(relu=False), "rnn_relu": RnnCell(relu=True),
+                          "lstm": LstmCell(), "gru": GruCell()}
+
+
+@dataclass
+class _Fwd:
+    """One forward step for `Cell.forward`: j a unit, q a gate, col a
+    column of the packed output; functions give loads, set_* stores."""
+    H: int
+    keep_all: bool    # readers need more than h: store c and the gates too
+    each: Callable    # each(lambda j: stmt): a loop over this step's units
+    pre: Callable     # pre(q, j): gate q's pre-activation (split cells: its hidden part)
+    x: Callable       # x(q, j): gate q's input part (split cells)
+    out: Callable     # out(col), store(col, v): the packed output
+    store: Callable
+    act: Callable     # act(q, j), set_act(q, j, v): gate q's activation (in the
+    set_act: Callable  # output when kept, else over the pre-activations)
+    h_prev: Callable  # h_prev(j): h_{t-1}
+    h: Callable       # h(j), set_h(j, v): h_t, where the next step reads it
+    set_h: Callable
+    c: Callable       # c(j), set_c(j, v): c_{t-1}, replaced by c_t
+    set_c: Callable
+
+
+@dataclass
+class _Bwd:
+    """One backward step for `Cell.backward` (as `_Fwd`)."""
+    H: int
+    dh: Callable         # dh(j): the gradient reaching h_t, from the output and step t + 1
+    g: Callable          # g(col): the output's gradient at packed column col
+    state: Callable      # state(col): the packed output of step t
+    prev: Callable       # prev(k, j): state k (0: h, 1: c) before step t
+    d: Callable          # d(col), set_d(col, v): the gradient of pre-activation col
+    set_d: Callable
+    carry: Callable      # carry(k), set_carry(k, v): k < H: the gradient reaching
+    set_carry: Callable  # h_{t-1}; from H: c_{t-1}'s (lstm), the direct part (gru)
+
+
+def _initial(ins, node, first: int):
+    """initial(k, b, j): state k (0: h, 1: c) of example b before step 0,
+    the operand h0 / c0 where given (from operand `first`), else 0."""
+    given = node.attrs["init"]
+
+    def initial(k, b, j):
+        s = "hc"[k]
+        return ins[first + given.index(s)]([b, j]) if s in given else L.const_like(0, node.out.type.dtype)
+    return initial
+
+
+def grad_width(cell: Cell, hidden: int, init) -> int:
+    """RecurrenceGrad's columns: the pre-activations' gradient (split
+    cells: input parts, then hidden parts), then with an initial state
+    what reaches the states before each step."""
+    return cell.gates * hidden * (2 if cell.split else 1) + (cell.states * hidden if init else 0)
 
 
 # Examples per block of a scan: the blocks are independent (on the CPU, the
@@ -529,15 +700,17 @@ def _each(ctx, n: int, store, first=0) -> L.Stmt:
 
 class Recurrence(Op):
     """The scan over time. Inputs: the projected inputs xp [batch, time,
-    G*hidden], weight_hh, bias_ih, bias_hh and, with attr lengths, the
-    lengths. Output per step: the packed state (see the module docstring).
+    G*hidden], weight_hh, bias_ih, bias_hh, the initial states named by
+    attr init ('h', 'c': h0, c0 [batch, hidden]) and, with attr lengths,
+    the lengths. Output per step: the packed state (see the module docstring).
 
     One kernel over blocks of examples (`_example_blocks`); per block, for
     t: the G*hidden gate pre-activations of its examples as one product
-    (h_{t-1} of the block @ W_hh^T, plus inputs and biases, a plain product
-    nest that the `tile` pass register-blocks) into scratch, then per example
-    still running the gates and the cell update, past its length zeros.
-    h_{t-1} and c_{t-1} live in scratch [batch, 2*hidden], zero at t = 0.
+    (h_{t-1} of the block @ W_hh^T, plus biases and, unless the cell splits
+    them, inputs: a plain product nest that the `tile` pass register-blocks)
+    into scratch, then per example still running its cell's update
+    (`Cell.forward`), past its length zeros. h_{t-1} and c_{t-1} live in
+    scratch [batch, 2*hidden], from h0 and c0 (or zero) at t = 0.
     On the CPU a batch of one block splits each step by units over the
     thread pool instead (at batch 1, 0.18 -> 0.14 ms for the benchmark's
     LSTM on 2 threads). When every reader takes only h (an inference
@@ -546,24 +719,36 @@ class Recurrence(Op):
 
     def infer(self, ins, attrs) -> TensorType:
         xp = ins[0]
-        return TensorType(xp.dtype, xp.shape[:2] + (packed_width(attrs["cell"], attrs["hidden"]),))
+        return TensorType(xp.dtype, xp.shape[:2] + (CELLS[attrs["cell"]].packed * attrs["hidden"],))
 
     def grad(self, b, node, g):
-        xp, w_hh, b_ih, b_hh, *lengths = node.inputs
-        hidden = node.attrs["hidden"]
-        d_pre = b.node(RECURRENCE_GRAD, [g, node.out, w_hh] + lengths, **node.attrs)
-        h_prev = b.node(SHIFT_TIME, [b.node(SLICE_LAST, [node.out], start=0, size=hidden)])
-        d_bias = b.node(SUM_STEPS, [d_pre])
-        return [d_pre, b.node(SEQ_OUTER, [d_pre, h_prev]), d_bias, d_bias] + [None] * len(lengths)
+        xp, w_hh, b_ih, b_hh, *rest = node.inputs
+        cell, H, given = CELLS[node.attrs["cell"]], node.attrs["hidden"], node.attrs["init"]
+        init, lengths = rest[:len(given)], rest[len(given):]
+        GH = cell.gates * H
+        d = b.node(RECURRENCE_GRAD, [g, node.out, w_hh] + init + lengths, **node.attrs)
+        part = lambda start, size: b.node(SLICE_LAST, [d], start=start, size=size)
+        d_x = d if d.type.shape[-1] == GH else part(0, GH)
+        d_h = part(GH, GH) if cell.split else d_x
+        h0 = [init[given.index("h")]] if "h" in given else []
+        h_prev = b.node(SHIFT_TIME, [b.node(SLICE_LAST, [node.out], start=0, size=H)] + h0)
+        d_b_ih = b.node(SUM_STEPS, [d_x])
+        d_b_hh = b.node(SUM_STEPS, [d_h]) if cell.split else d_b_ih
+        # What reaches h0 (c0) is the carried gradient before step 0.
+        states = GH * (2 if cell.split else 1)
+        d_init = [b.node(PICK_TIME, [part(states + "hc".index(s) * H, H)], lengths=False, first=True)
+                  for s in given]
+        return [d_x, b.node(SEQ_OUTER, [d_h, h_prev]), d_b_ih, d_b_hh] + d_init + [None] * len(lengths)
 
     def operand_range(self, node, k):
         return _lengths_range(node, k, node.inputs[0].type.shape[1])
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        cell, H = node.attrs["cell"], node.attrs["hidden"]
-        G = CELLS[cell]
+        cell, H = CELLS[node.attrs["cell"]], node.attrs["hidden"]
+        G = cell.gates
         B, T, P = node.out.type.shape
         xp, w_hh, b_ih, b_hh = ins[:4]
+        initial = _initial(ins, node, 4)
         B_ = ctx.dim(B)
         # W_hh^T [H, G*H] in panels (`_panels`), transposed once per call, so
         # the product reads it along the gates (contiguous with its output rows).
@@ -576,49 +761,43 @@ class Recurrence(Op):
 
         def product(t, b, bi, rows, columns, h_prev):
             """The pre-activations of step t, examples b = b0 + bi (bi < rows):
-            xp + biases + h_{t-1} @ W_hh^T (h_prev(b, k) reads h_{t-1}), a
-            plain product nest that the `tile` pass register-blocks. columns =
-            ((p, panels), col, weight): for p < panels and c < PW, column
-            col(p, c), whose W_hh[col, k] is weight(k, p, c)."""
+            xp (unless the cell splits it off) + biases + h_{t-1} @ W_hh^T
+            (h_prev(b, k) reads h_{t-1}), a plain product nest that the
+            `tile` pass register-blocks. columns = ((p, panels), col,
+            weight): for p < panels and c < PW, column col(p, c), whose
+            W_hh[col, k] is weight(k, p, c)."""
             (p, n_panels), col, weight = columns
             c = ctx.var("c")
+            n = col(p, c)
+            bias = b_hh([n]) if cell.split else xp([b, t, n]) + b_ih([n]) + b_hh([n])
             return L.nest([(p, n_panels), (bi, rows), (c, L.Const(PW, L.INDEX))], L.Store(
-                pre, b * (G * H) + col(p, c), xp([b, t, col(p, c)]) + b_ih([col(p, c)]) + b_hh([col(p, c)]) + _dot(
+                pre, b * (G * H) + n, bias + _dot(
                     ctx, L.Const(H, L.INDEX), lambda k: h_prev(b, k) * weight(k, p, c))))
 
-        def step(t, b, bi, rows, pre_acts, units, h_next, c_at):
+        def step(t, b, bi, rows, pre_acts, units, h_prev, h_next, c_at):
             """Step t of examples b = b0 + bi, bi < rows: `pre_acts` (the
             nest `product` builds), then the cell update of `units` (first
-            unit, count). h_next(b, j) and c_at(b, j) are (buffer, index) of
-            h_t and of c (c_{t-1}, replaced by c_t)."""
+            unit, count). h_prev(b, j) reads h_{t-1}; h_next(b, j) and
+            c_at(b, j) are (buffer, index) of h_t and of c (c_{t-1},
+            replaced by c_t)."""
             j0, width = units
             at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
-            gate = lambda g, j: L.Load(pre, b * (G * H) + g * H + j)
+            pre_at = lambda q, j: b * (G * H) + q * H + j
+            act_at = (lambda q, j: (out, at((cell.acts + q) * H + j))) if keep_all else \
+                (lambda q, j: (pre, pre_at(q, j)))
             each = lambda store: _each(ctx, width, store, j0)
-            h_store = lambda j, v: L.Store(*h_next(b, j), v)
-            c_load = lambda j: L.Load(*c_at(b, j))
-            if cell == "rnn":
-                cell_units = [each(lambda j: L.Store(out, at(j), _tanh(gate(0, j)))),
-                              each(lambda j: h_store(j, L.Load(out, at(j))))]
-            else:
-                # The gates go to the output when a reader needs them (the
-                # backward pass), else they replace the pre-activations.
-                act_buf, act_at = (out, lambda q, j: at((2 + q) * H + j)) if keep_all else \
-                    (pre, lambda q, j: b * (G * H) + q * H + j)
-                act = lambda q, j: L.Load(act_buf, act_at(q, j))
-                cell_units = [each(lambda j, q=q, f=f: L.Store(act_buf, act_at(q, j), f(gate(q, j))))
-                              for q, f in enumerate((_sigmoid, _sigmoid, _tanh, _sigmoid))]
-                cell_units.append(each(lambda j: L.Store(
-                    *c_at(b, j), act(1, j) * c_load(j) + act(0, j) * act(2, j))))
-                if keep_all:
-                    cell_units.append(each(lambda j: L.Store(out, at(H + j), c_load(j))))
-                cell_units += [each(lambda j: h_store(j, act(3, j) * _tanh(c_load(j)))),
-                               each(lambda j: L.Store(out, at(j), L.Load(*h_next(b, j))))]
+            s = _Fwd(H, keep_all, each, pre=lambda q, j: L.Load(pre, pre_at(q, j)),
+                     x=lambda q, j: xp([b, t, q * H + j]) + b_ih([q * H + j]),
+                     out=lambda col: L.Load(out, at(col)), store=lambda col, v: L.Store(out, at(col), v),
+                     act=lambda q, j: L.Load(*act_at(q, j)), set_act=lambda q, j, v: L.Store(*act_at(q, j), v),
+                     h_prev=lambda j: h_prev(b, j), h=lambda j: L.Load(*h_next(b, j)),
+                     set_h=lambda j, v: L.Store(*h_next(b, j), v),
+                     c=lambda j: L.Load(*c_at(b, j)), set_c=lambda j, v: L.Store(*c_at(b, j), v))
             n = _length(ctx, ins, node, b, T)
             past = [each(lambda j, s=s: L.Store(out, at(s * H + j), zero))
                     for s in range(P // H if keep_all else 1)]
             return L.Seq([pre_acts, L.For(bi, rows, L.Seq([
-                L.If(L.cmp("<", t, n), L.Seq(cell_units)), L.If(L.cmp(">=", t, n), L.Seq(past))]))])
+                L.If(L.cmp("<", t, n), L.Seq(cell.forward(s))), L.If(L.cmp(">=", t, n), L.Seq(past))]))])
 
         def blocks_scan(b0, rows):
             # h_{t-1} and c_{t-1} per example in scratch [batch, 2*hidden]:
@@ -627,11 +806,15 @@ class Recurrence(Op):
             t, bi, q, p = ctx.var("t"), ctx.var("bi"), ctx.var("q"), ctx.var("p")
             b = b0 + bi
             clear = L.nest([(bi, rows), (q, L.Const(2 * H, L.INDEX))], L.Store(state, b * (2 * H) + q, zero))
+            if node.attrs["init"]:
+                clear = L.Seq([L.nest([(bi, rows), (q, L.Const(H, L.INDEX))], L.Store(
+                    state, b * (2 * H) + k * H + q, initial(k, b, q))) for k in (0, 1)])
             columns = ((p, L.Const(G * H // PW, L.INDEX)), lambda p, c: p * PW + c,
                        lambda k, p, c: L.Load(w_t, w_at(k, p, c)))
+            h_prev = lambda b, k: L.Load(state, b * (2 * H) + k)
             return L.Seq([clear, L.For(t, ctx.dim(T), step(
-                t, b, bi, rows, product(t, b, bi, rows, columns, lambda b, k: L.Load(state, b * (2 * H) + k)),
-                (0, H), lambda b, j: (state, b * (2 * H) + j), lambda b, j: (state, b * (2 * H) + H + j)))])
+                t, b, bi, rows, product(t, b, bi, rows, columns, h_prev), (0, H), h_prev,
+                lambda b, j: (state, b * (2 * H) + j), lambda b, j: (state, b * (2 * H) + H + j)))])
 
         blocks = _example_blocks(ctx, B, blocks_scan)
         parts = H // PW if PW < G * H and H % PW == 0 else 1
@@ -649,42 +832,52 @@ class Recurrence(Op):
         panel = lambda q: q * parts + u
         columns = ((q, L.Const(G, L.INDEX)), lambda q, c: panel(q) * PW + c,
                    lambda k, q, c: L.Load(w_t, w_at(k, panel(q), c)))
-        part = step(t, bi, bi, B_, product(t, bi, bi, B_, columns, lambda b, k: L.Load(hs, h_at(1 - parity, b, k))),
-                    (u * PW, PW), lambda b, j: (hs, h_at(parity, b, j)), lambda b, j: (cs, b * H + j))
-        clear = L.Seq([L.For(i, 2 * B_ * H, L.Store(hs, i, zero)), L.For(i, B_ * H, L.Store(cs, i, zero))])
-        split = L.Seq([clear, L.For(t, ctx.dim(T), L.For(u, L.Const(parts, L.INDEX), part, "parallel",
-                                                       L.Const(1, L.INDEX)))])
+        h_prev = lambda b, k: L.Load(hs, h_at(1 - parity, b, k))
+        part = step(t, bi, bi, B_, product(t, bi, bi, B_, columns, h_prev), (u * PW, PW), h_prev,
+                    lambda b, j: (hs, h_at(parity, b, j)), lambda b, j: (cs, b * H + j))
+        clear = [L.For(i, 2 * B_ * H, L.Store(hs, i, zero)), L.For(i, B_ * H, L.Store(cs, i, zero))]
+        if node.attrs["init"]:   # step 0 reads h_{-1} from the odd half
+            e, j = ctx.var("e"), ctx.var("j")
+            clear.append(L.nest([(e, B_), (j, L.Const(H, L.INDEX))], L.Seq([
+                L.Store(hs, h_at(1, e, j), initial(0, e, j)), L.Store(cs, e * H + j, initial(1, e, j))])))
+        split = L.Seq([L.Seq(clear), L.For(t, ctx.dim(T), L.For(u, L.Const(parts, L.INDEX), part, "parallel",
+                                                               L.Const(1, L.INDEX)))])
         return L.Seq([transpose, L.If(L.cmp("<=", B_, L.Const(EXAMPLE_BLOCK, L.INDEX)), split),
                       L.If(L.cmp(">", B_, L.Const(EXAMPLE_BLOCK, L.INDEX)), blocks)])
 
 
 class RecurrenceGrad(Op):
     """Backpropagation through time. Inputs: the gradient of the packed
-    output, the packed output, weight_hh and (attr lengths) the lengths.
-    Output: the gradient of the pre-activation gates [batch, time, G*hidden],
-    zero past each example's length.
+    output, the packed output, weight_hh, the initial states (attr init)
+    and (attr lengths) the lengths. Output (`grad_width`): the gradient of
+    the pre-activation gates [batch, time, G*hidden] (split cells: of the
+    input parts, then of the hidden parts), zero past each example's length;
+    with an initial state, then per step the gradient reaching the states
+    before it (at step 0: h0's and c0's).
 
     One kernel over blocks of examples (`_example_blocks`), t from last to
     first, carrying per example the gradient reaching h_{t-1} and c_{t-1} in
     scratch [batch, 2*hidden]; per step, the gate gradients of the block's
-    examples, then the gradient reaching h_{t-1}, d_pre @ W_hh, as one
-    product over the block (a plain product nest for `tile`)."""
+    examples (`Cell.backward`), then the gradient reaching h_{t-1}, d_pre @
+    W_hh, as one product over the block (a plain product nest for `tile`)."""
     name = "recurrence_grad"
 
     def infer(self, ins, attrs) -> TensorType:
         g = ins[0]
-        return TensorType(g.dtype, g.shape[:2] + (CELLS[attrs["cell"]] * attrs["hidden"],))
+        return TensorType(g.dtype, g.shape[:2] + (grad_width(CELLS[attrs["cell"]], attrs["hidden"], attrs["init"]),))
 
     def operand_range(self, node, k):
         return _lengths_range(node, k, node.inputs[0].type.shape[1])
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
-        cell, H = node.attrs["cell"], node.attrs["hidden"]
-        G = CELLS[cell]
-        B, T, GH = node.out.type.shape
+        cell, H = CELLS[node.attrs["cell"]], node.attrs["hidden"]
+        GH = cell.gates * H
+        d_h = GH if cell.split else 0   # where the hidden parts' gradients start
+        B, T, W = node.out.type.shape
         g, packed, w_hh = ins[:3]
+        initial = _initial(ins, node, 3)
         carry = ctx.scratch(out.dtype, ctx.dim(B) * (2 * H))
-        one, zero = L.const_like(1, out.dtype), L.const_like(0, out.dtype)
+        zero = L.const_like(0, out.dtype)
 
         def scan(b0, rows):
             bi, s, j, k, q, c0 = (ctx.var(v) for v in ("bi", "s", "j", "k", "q", "c"))
@@ -692,52 +885,63 @@ class RecurrenceGrad(Op):
             t = ctx.dim(T) - 1 - s
             at = lambda col: flat_index(ctx, [b, t, col], node.out.type.shape)
             carried = lambda col: b * (2 * H) + col
-            state = lambda col: packed([b, t, col])
-            dh = g([b, t, j]) + L.Load(carry, carried(j))
-            if cell == "rnn":
-                h = state(j)
-                units = L.Store(out, at(j), dh * (one - h * h))
-            else:
-                i, f, gg, o = (state((2 + q) * H + j) for q in range(4))
-                tc = _tanh(state(H + j))
-                c_prev = L.Select(L.cmp("==", t, 0), zero,
-                                  packed([b, L.maximum(t - 1, 0), H + j]))
-                # dc is stored in the carry first, then read back for each gate.
-                dc = L.Load(carry, carried(H + j))
-                units = L.Seq([
-                    L.Store(carry, carried(H + j),
-                            L.Load(carry, carried(H + j)) + g([b, t, H + j]) + dh * o * (one - tc * tc)),
-                    L.Store(out, at(j), dc * gg * i * (one - i)),
-                    L.Store(out, at(H + j), dc * c_prev * f * (one - f)),
-                    L.Store(out, at(2 * H + j), dc * i * (one - gg * gg)),
-                    L.Store(out, at(3 * H + j), dh * tc * o * (one - o)),
-                    L.Store(carry, carried(H + j), dc * f),
-                ])
+            prev = lambda k, j: L.Select(L.cmp("==", t, 0), initial(k, b, j),
+                                         packed([b, L.maximum(t - 1, 0), k * H + j]))
+            bw = _Bwd(H, dh=lambda j: g([b, t, j]) + L.Load(carry, carried(j)), g=lambda col: g([b, t, col]),
+                      state=lambda col: packed([b, t, col]), prev=prev,
+                      d=lambda col: L.Load(out, at(col)), set_d=lambda col, v: L.Store(out, at(col), v),
+                      carry=lambda k: L.Load(carry, carried(k)), set_carry=lambda k, v: L.Store(carry, carried(k), v))
             n = _length(ctx, ins, node, b, T)
             gates = L.For(bi, rows, L.Seq([
-                L.If(L.cmp("<", t, n), L.For(j, L.Const(H, L.INDEX), units)),
-                L.If(L.cmp(">=", t, n), L.For(q, L.Const(GH, L.INDEX), L.Store(out, at(q), zero)))]))
+                L.If(L.cmp("<", t, n), L.For(j, L.Const(H, L.INDEX), L.Seq(cell.backward(bw, j)))),
+                L.If(L.cmp(">=", t, n), L.For(q, L.Const(W, L.INDEX), L.Store(out, at(q), zero)))]))
             # Past an example's length d_pre is zero, so is what reaches h_{t-1}.
-            to_prev_h = L.nest([(bi, rows), (k, L.Const(H, L.INDEX))], L.Store(
-                carry, carried(k), _dot(ctx, L.Const(G * H, L.INDEX),
-                                        lambda rr: L.Load(out, at(rr)) * w_hh([rr, k]))))
+            to_h = _dot(ctx, L.Const(GH, L.INDEX), lambda rr: L.Load(out, at(d_h + rr)) * w_hh([rr, k]))
+            if cell.split:
+                to_h = L.Load(carry, carried(H + k)) + to_h
+            body = [gates, L.nest([(bi, rows), (k, L.Const(H, L.INDEX))], L.Store(carry, carried(k), to_h))]
+            if node.attrs["init"]:
+                body.append(L.nest([(bi, rows), (q, L.Const(cell.states * H, L.INDEX))], L.Store(
+                    out, at(W - cell.states * H + q), L.Load(carry, carried(q)))))
             clear = L.nest([(bi, rows), (c0, L.Const(2 * H, L.INDEX))], L.Store(carry, carried(c0), zero))
-            return L.Seq([clear, L.For(s, ctx.dim(T), L.Seq([gates, to_prev_h]))])
+            return L.Seq([clear, L.For(s, ctx.dim(T), L.Seq(body))])
 
         return _example_blocks(ctx, B, scan)
 
 
+def _concat_last(b: Builder, first: Value, second: Value) -> Value:
+    """[first | second] along the last axis."""
+    a, width = first.type.shape[-1], first.type.shape[-1] + second.type.shape[-1]
+    return add(b, b.node(PAD_LAST, [first], start=0, width=width),
+               b.node(PAD_LAST, [second], start=a, width=width))
+
+
 class Recurrent(Op):
-    """rnn(x, hidden) and lstm(x, hidden): all hidden states [batch, time, hidden]
-    (2*hidden with bidirectional=true: forward then backward direction)."""
+    """rnn(x, hidden), lstm(...) and gru(...): all hidden states [batch, time,
+    hidden] (2*hidden with bidirectional=true: forward then backward
+    direction), with the final states h_n (and the lstm's c_n) [batch,
+    hidden] (2*hidden: forward then backward) read as fields of the result,
+    `s.h_n`. h0 (and c0) give the initial states, laid out as h_n."""
     owns_params = True
-    signature = (Arg("x", "tensor"), Arg("hidden", "int"), Arg("name", "str", None),
-                 Arg("lengths", "tensor", None), Arg("bidirectional", "bool", False))
 
-    def __init__(self, cell: str):
-        self.name = self.cell = cell
+    def __init__(self, name: str, states: str, *extra: Arg):
+        self.name, self.states = name, states
+        self.signature = (Arg("x", "tensor"), Arg("hidden", "int"), Arg("name", "str", None),
+                          Arg("lengths", "tensor", None), Arg("bidirectional", "bool", False)) + \
+            tuple(Arg(f"{s}0", "tensor", None) for s in states) + extra
 
-    def build(self, b: Builder, args) -> Value:
+    def cell(self, args) -> str:
+        """The CELLS entry of this call."""
+        if self.name != "rnn":
+            return self.name
+        if args["nonlinearity"] not in ("tanh", "relu"):
+            raise OpError(f"'rnn' takes nonlinearity=\"tanh\" or \"relu\", "
+                          f"got \"{args['nonlinearity']}\"", arg="nonlinearity")
+        return "rnn" if args["nonlinearity"] == "tanh" else "rnn_relu"
+
+    def build(self, b: Builder, args) -> tuple[Value, dict[str, Value]]:
+        """The hidden states and, by name, the final states (the checker's
+        fields of a result)."""
         x, hidden, name = args["x"], args["hidden"], args["name"]
         if x.type.rank != 3:
             raise OpError(f"'{self.name}' expects a sequence [batch, time, features], got {x.type}", arg="x")
@@ -746,31 +950,51 @@ class Recurrent(Op):
             raise OpError(f"'{self.name}' needs a fixed number of features, got {x.type}", arg="x")
         if hidden < 1:
             raise OpError(f"'{self.name}' needs hidden >= 1, got {hidden}", arg="hidden")
+        cell = self.cell(args)
         lengths = check_lengths(self.name, x, args["lengths"])
-        h = self.direction(b, x, hidden, name, "", lengths)
-        if args["bidirectional"]:
-            rev = lambda v: b.node(REVERSE_TIME, [v] + lengths, lengths=bool(lengths))
-            h_rev = rev(self.direction(b, rev(x), hidden, name, "_reverse", lengths))
-            width = 2 * hidden
-            h = add(b, b.node(PAD_LAST, [h], start=0, width=width),
-                    b.node(PAD_LAST, [h_rev], start=hidden, width=width))
-        b.layer(name, self.name, h)
-        return h
+        bi = args["bidirectional"]
+        init = {}
+        for s in self.states:
+            v = args[f"{s}0"]
+            want = TensorType(x.type.dtype, (x.type.shape[0], 2 * hidden if bi else hidden))
+            if v is not None and v.type != want:
+                raise OpError(f"'{self.name}' expects {s}0 {want} (one state per example of {x.type}"
+                              f"{', forward then backward direction' if bi else ''}), got {v.type}", arg=f"{s}0")
+            if v is not None:
+                init[s] = v
 
-    def direction(self, b: Builder, x: Value, hidden: int, name: str, suffix: str,
-                  lengths: list[Value]) -> Value:
-        dtype, rows = x.type.dtype, CELLS[self.cell] * hidden
+        def run(x, suffix, start):
+            """One direction, its initial states from columns [start, start + hidden)."""
+            mine = {s: b.node(SLICE_LAST, [v], start=start, size=hidden) if bi else v for s, v in init.items()}
+            return self.direction(b, x, hidden, name, suffix, cell, mine, lengths)
+
+        h, finals = run(x, "", 0)
+        if bi:
+            rev = lambda v: b.node(REVERSE_TIME, [v] + lengths, lengths=bool(lengths))
+            h_rev, finals_rev = run(rev(x), "_reverse", hidden)
+            h = _concat_last(b, h, rev(h_rev))
+            finals = {k: _concat_last(b, v, finals_rev[k]) for k, v in finals.items()}
+        b.layer(name, self.name, h)
+        return h, finals
+
+    def direction(self, b: Builder, x: Value, hidden: int, name: str, suffix: str, cell: str,
+                  init: dict[str, Value], lengths: list[Value]) -> tuple[Value, dict[str, Value]]:
+        """The states of one direction over x and its final states (each
+        example's at its last valid step: the reverse direction's has read
+        the sequence back to step 0)."""
+        dtype, rows = x.type.dtype, CELLS[cell].gates * hidden
         bound = 1.0 / math.sqrt(hidden)
-        init = Init("uniform", -bound, bound)
-        p = lambda what, shape: b.param(f"{name}.{what}{suffix}", TensorType(dtype, shape), init, layer=name)
+        uniform = Init("uniform", -bound, bound)
+        p = lambda what, shape: b.param(f"{name}.{what}{suffix}", TensorType(dtype, shape), uniform, layer=name)
         w_ih, w_hh = p("weight_ih", (rows, x.type.shape[2])), p("weight_hh", (rows, hidden))
         b_ih, b_hh = p("bias_ih", (rows,)), p("bias_hh", (rows,))
         xp = b.node(SEQ_PROJECT, [x, w_ih], tw=True)
-        packed = b.node(RECURRENCE, [xp, w_hh, b_ih, b_hh] + lengths,
-                        cell=self.cell, hidden=hidden, lengths=bool(lengths))
-        if self.cell == "rnn":
-            return packed
-        return b.node(SLICE_LAST, [packed], start=0, size=hidden)
+        packed = b.node(RECURRENCE, [xp, w_hh, b_ih, b_hh] + list(init.values()) + lengths,
+                        cell=cell, hidden=hidden, init=tuple(init), lengths=bool(lengths))
+        state = lambda k: b.node(SLICE_LAST, [packed], start=k * hidden, size=hidden)
+        h = packed if CELLS[cell].packed == 1 else state(0)
+        final = lambda v: b.node(PICK_TIME, [v] + lengths, lengths=bool(lengths))
+        return h, {f"{s}_n": final(h if s == "h" else state(1)) for s in self.states}
 
 
 GATHER_ROWS, SCATTER_ROWS = register(Gather()), register(ScatterRows())
@@ -781,4 +1005,5 @@ SLICE_LAST, PAD_LAST = register(SliceLast()), register(PadLast())
 SHIFT_TIME, REVERSE_TIME = register(ShiftTime()), register(ReverseTime())
 PICK_TIME, PLACE_TIME, LAST = register(PickTime()), register(PlaceTime()), register(Last())
 RECURRENCE, RECURRENCE_GRAD = register(Recurrence()), register(RecurrenceGrad())
-RNN, LSTM = register(Recurrent("rnn")), register(Recurrent("lstm"))
+RNN = register(Recurrent("rnn", "h", Arg("nonlinearity", "str", "tanh")))
+LSTM, GRU = register(Recurrent("lstm", "hc")), register(Recurrent("gru", "h"))

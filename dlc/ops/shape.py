@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..ir import loops as L
-from ..ir.graph import TensorType, format_shape
+from ..ir.graph import TensorType, dim_factors, dim_product, format_shape
 from .base import Arg, Op, OpError, register
 
 
@@ -105,38 +105,44 @@ def sum_to(b, x, shape):
 # ------------------------------------------------ reshape, flatten, concat
 
 def _count(shape) -> tuple[int, list]:
-    """(product of the fixed dims, sorted symbolic dims)."""
-    fixed = 1
+    """(product of the fixed dims and factors, sorted symbols)."""
+    fixed, syms = 1, []
     for d in shape:
-        if isinstance(d, int):
-            fixed *= d
-    return fixed, sorted(d for d in shape if isinstance(d, str))
+        f, s = dim_factors(d)
+        fixed, syms = fixed * f, syms + s
+    return fixed, sorted(syms)
 
 
-def filled_dims(x: TensorType, dims: tuple[int, ...]) -> tuple:
-    """reshape's dims with its -1 inferred (the symbolic dim if x has one)."""
-    if sum(d == -1 for d in dims) > 1 or any(d < -1 or d == 0 for d in dims):
-        raise OpError(f"'reshape' dims must be positive, with at most one -1, got {dims}",
+def filled_dims(x: TensorType, dims: tuple) -> tuple:
+    """reshape's dims (sizes, fixed or symbolic) with its -1 inferred: the
+    elements of x over the other dims, symbols included ([batch, time, 64]
+    to (-1, 64) fills batch*time)."""
+    shown = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
+    if sum(d == -1 for d in dims) > 1 or any(dim_factors(d)[0] < 1 for d in dims if d != -1):
+        raise OpError(f"'reshape' dims must be positive, with at most one -1, got {shown}",
                       arg="dims")
     if -1 not in dims:
         return dims
     fixed_in, syms = _count(x.shape)
-    fixed_out = -math.prod(dims)
-    if syms:
-        fill = syms[0] if len(syms) == 1 and fixed_in == fixed_out else None
+    fixed_out, syms_out = _count([d for d in dims if d != -1])
+    for sym in syms_out:
+        if sym not in syms:
+            break
+        syms.remove(sym)
     else:
-        fill = fixed_in // fixed_out if fixed_in % fixed_out == 0 else None
-    if fill is None:
-        raise OpError(f"'reshape' can't fill the -1 of {dims}: {x} has "
-                      f"{format_shape(x.shape)} elements", arg="dims")
-    return tuple(fill if d == -1 else d for d in dims)
+        if fixed_in % fixed_out == 0:
+            fill = dim_product([fixed_in // fixed_out] + syms)
+            return tuple(fill if d == -1 else d for d in dims)
+    raise OpError(f"'reshape' can't fill the -1 of {shown}: {x} has "
+                  f"{format_shape(x.shape)} elements", arg="dims")
 
 
 class Reshape(Op):
     """Row-major reshape (a view in PyTorch; here the consumer reads through
-    it). One dim may be -1: inferred, and the symbolic dim if x has one."""
+    it). Dims may be symbols and products of them (`batch * time`); one may
+    be -1, inferred with the symbols (see filled_dims)."""
     name = "reshape"
-    signature = (Arg("x", "tensor"), Arg("dims", "ints"))
+    signature = (Arg("x", "tensor"), Arg("dims", "dims"))
     same_order_as_input = True
 
     def build(self, b, args):

@@ -38,19 +38,19 @@ from ..ir.graph import Function, Node, Program
 from ..ops.conv import CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD, PAD2D
 from ..ops.elementwise import CONSTANT, NUMEL
 from ..ops.loss import SCATTER_LAST
-from ..ops.nn import MATMUL
+from ..ops.nn import GEMM
 from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_GRAD, non_overlapping
-from ..ops.reduce import MAX_LAST, SUM_ALL, SUM_LAST
+from ..ops.reduce import MAX_LAST, REDUCE_MAX, REDUCE_MIN, REDUCE_SUM, SUM_ALL, SUM_LAST
 from ..ops.sequence import PAD_LAST, PLACE_TIME
 from ..ops.shape import BROADCAST_TO, RESHAPE, SUM_TO
 from ..ops.winograd import WINOGRAD_CONV2D
 
 CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
 POOLS = {MAXPOOL, AVGPOOL}
-REDUCTIONS = {MATMUL, SUM_LAST, MAX_LAST, SUM_ALL, SUM_TO, AVGPOOL_GRAD, MAXPOOL_GRAD,
-              MAXPOOL_ARGMAX} | CONVS | POOLS
+REDUCTIONS = {GEMM, SUM_LAST, MAX_LAST, REDUCE_SUM, REDUCE_MAX, REDUCE_MIN, SUM_ALL, SUM_TO,
+              AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS | POOLS
 # Consumers that read an input element more than once.
-REREADS = {MATMUL, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
+REREADS = {GEMM, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
 # Consumers whose most elements are a constant: a reduction inlined into them
 # would be evaluated for every element, even where it is not selected.
 REREADS |= {PLACE_TIME, PAD_LAST}

@@ -662,12 +662,16 @@ static dlc_status check_offsets(const char *path, const st_header *h, uint64_t d
   return DLC_OK;
 }
 
-/* Checks the header's tensors are exactly the program's params. */
+/* Checks the header's tensors are exactly the program's params; `partial`:
+ * any of them (param_of -1 for a tensor the program lacks, to be ignored). */
 static dlc_status match_params(const char *path, const dlc_program_desc *d,
-                               const st_header *h, int32_t *param_of) {
+                               const st_header *h, int32_t *param_of, int partial) {
   for (size_t i = 0; i < h->n; i++) {
     const st_entry *t = &h->v[i];
     int32_t p = dlc__find_param(d, t->name);
+    param_of[i] = p;
+    if (p < 0 && partial)
+      continue;
     if (p < 0) {
       dlc_sb sb;
       dlc__sb_init(&sb);
@@ -704,10 +708,8 @@ static dlc_status match_params(const char *path, const dlc_program_desc *d,
                        "expects %s",
                        path, t->name, got.buf, want.buf);
     }
-    param_of[i] = p;
   }
-  /* Names are unique on both sides, so equal counts mean every param is there. */
-  for (int32_t k = 0; k < d->n_tensors; k++) {
+  for (int32_t k = 0; !partial && k < d->n_tensors; k++) {
     if (d->tensors[k].role != DLC_ROLE_PARAM)
       continue;
     size_t i = 0;
@@ -742,8 +744,11 @@ static int read_at(FILE *f, uint64_t offset, void *dst, size_t n) {
   return fread(dst, 1, n, f) == n;
 }
 
-/* What a load allocates, freed by dlc_session_load whatever happens. */
+/* What a load allocates, freed by dlc_session_load whatever happens; and
+ * how it loads (see dlc_session_load_partial). */
 typedef struct load_state {
+  int partial;
+  uint8_t *found; /* NULL, or one flag per tensor of the table */
   FILE *f;
   char *text;
   st_header h;
@@ -789,16 +794,18 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
   ls->stage_off = (size_t *)malloc((h->n ? h->n : 1) * sizeof(size_t));
   if (ls->param_of == NULL || ls->stage_off == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
-  st = match_params(path, d, h, ls->param_of);
+  st = match_params(path, d, h, ls->param_of, ls->partial);
   if (st == DLC_OK)
     st = check_offsets(path, h, (uint64_t)fsize - data_start);
   if (st != DLC_OK)
     return st;
-  /* Staged as in the file; tensors do not overlap, so this fits in it. */
+  /* Staged as in the file, ignored tensors left out; tensors do not overlap,
+   * so this fits in it. */
   size_t total = 0;
   for (size_t i = 0; i < h->n; i++) {
     ls->stage_off[i] = total;
-    total += (size_t)h->v[i].bytes;
+    if (ls->param_of[i] >= 0)
+      total += (size_t)h->v[i].bytes;
   }
   ls->staging = (unsigned char *)malloc(total ? total : 1);
   if (ls->staging == NULL)
@@ -806,6 +813,8 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
   for (size_t i = 0; i < h->n; i++) {
     const st_entry *t = &h->v[i];
     unsigned char *at = ls->staging + ls->stage_off[i];
+    if (ls->param_of[i] < 0)
+      continue;
     if (!read_at(f, data_start + t->begin, at, (size_t)t->bytes))
       return dlc__fail(DLC_ERR_IO, "cannot read tensor '%s' from weights file '%s'",
                        t->name, path);
@@ -821,17 +830,24 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
     }
   }
   /* Everything is read and checked: commit. */
+  if (ls->found != NULL)
+    memset(ls->found, 0, (size_t)d->n_tensors);
   for (size_t i = 0; i < h->n; i++) {
+    if (ls->param_of[i] < 0)
+      continue;
     size_t bytes = param_bytes(&d->tensors[ls->param_of[i]]);
     if (bytes > 0)
       memcpy(data[ls->param_of[i]], ls->staging + ls->stage_off[i], bytes);
+    if (ls->found != NULL)
+      ls->found[ls->param_of[i]] = 1;
   }
   return DLC_OK;
 }
 
-/* Reads params from `f` (closed here) into `data`; `path` names it in messages. */
+/* Reads params from `f` (closed here) into `data`; `path` names it in
+ * messages; `partial` and `found` as in dlc_session_load_partial. */
 static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *f,
-                            const char *path) {
+                            const char *path, int partial, uint8_t *found) {
   if (!host_is_little_endian()) {
     fclose(f);
     return dlc__fail(DLC_ERR_UNAVAILABLE,
@@ -839,6 +855,8 @@ static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *
   }
   load_state ls;
   memset(&ls, 0, sizeof ls);
+  ls.partial = partial;
+  ls.found = found;
   ls.f = f;
   dlc_status st = load(d, data, path, &ls);
   fclose(ls.f);
@@ -851,7 +869,7 @@ static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *
 }
 
 static dlc_status open_and_load(const dlc_program_desc *d, void *const *data,
-                                const char *path) {
+                                const char *path, int partial, uint8_t *found) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) {
     if (errno == ENOENT)
@@ -865,19 +883,34 @@ static dlc_status open_and_load(const dlc_program_desc *d, void *const *data,
     fclose(f);
     return dlc__fail(DLC_ERR_IO, "weights file '%s' is a directory", path);
   }
-  return load_file(d, data, f, path);
+  return load_file(d, data, f, path, partial, found);
 }
 
-dlc_status dlc_session_load(dlc_session *s, const char *path) {
+static dlc_status session_load(const char *fn, dlc_session *s, const char *path,
+                               int partial, uint8_t *found) {
   if (s == NULL || path == NULL)
-    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "dlc_session_load: session and path must not be NULL");
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "%s: session and path must not be NULL",
+                     fn);
   dlc__session_lock(s);
   dlc_status st = dlc__cuda_host_access(s);
   if (st == DLC_OK)
-    st = open_and_load(s->desc, s->data, path);
+    st = open_and_load(s->desc, s->data, path, partial, found);
   dlc__session_unlock(s);
   return st;
+}
+
+dlc_status dlc_session_load(dlc_session *s, const char *path) {
+  return session_load("dlc_session_load", s, path, 0, NULL);
+}
+
+dlc_status dlc_session_load_partial(dlc_session *s, const char *path, int32_t n_found,
+                                    uint8_t *found) {
+  if (s != NULL && found != NULL && n_found < s->desc->n_tensors)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_load_partial: found has %d entries, fewer than the "
+                     "%d tensors of the program's table",
+                     (int)n_found, (int)s->desc->n_tensors);
+  return session_load("dlc_session_load_partial", s, path, 1, found);
 }
 
 dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,
@@ -885,7 +918,7 @@ dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,
   dlc_status st = dlc__check_table("dlc_tensors_load", desc, tensors, DLC_ROLE_PARAM);
   if (st == DLC_OK && path == NULL)
     st = dlc__fail(DLC_ERR_INVALID_ARGUMENT, "dlc_tensors_load: path must not be NULL");
-  return st == DLC_OK ? open_and_load(desc, tensors, path) : st;
+  return st == DLC_OK ? open_and_load(desc, tensors, path, 0, NULL) : st;
 }
 
 dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *tensors,
@@ -906,5 +939,5 @@ dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *te
   if (f == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "cannot open a buffer of %llu bytes: %s",
                      (unsigned long long)size, strerror(errno));
-  return load_file(desc, tensors, f, "(memory)");
+  return load_file(desc, tensors, f, "(memory)", 0, NULL);
 }

@@ -77,12 +77,79 @@ train g {
     optimizer = sgd(lr=0.1)
 }
 """,
+    # Growing images: a strided transposed convolution (bounds checked) and
+    # a stride-1 one (over its padded input), bilinear upsampling (a
+    # reduction in its gradient) and nearest, then a conv1d over the rows.
+    "generator": """
+model m {
+    input x: f32[batch, 2, 3, 3]
+    h = conv2d(x, 3, 1, name="c0") |> conv_transpose2d(3, 4, stride=2, padding=1, output_padding=1, name="t1")
+    h = relu(h) |> conv_transpose2d(2, 3, padding=1, name="t2") |> upsample(2, mode="bilinear") |> upsample((1, 2))
+    s = conv1d(reshape(h, (-1, 2, 392)), 3, 5, stride=4, padding=2, name="c1")
+    output y = dense(flatten(s), 4, name="out")
+}
+train g {
+    input x: f32[batch, 2, 3, 3]
+    input t: f32[batch, 4]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+""",
+    # Clamps, gelu's two forms, masks, layernorm, noise, and indexing: a
+    # gather's gradient is a scatter-add, argmax a statement-level kernel.
+    "misc": """
+model m {
+    input x: f32[batch, 5]
+    h = dense(x, 4, name="a")
+    h = abs(h) + clamp(h, -0.5, 0.5) + gelu(h) + gelu(h, approximate="tanh")
+    output y = layernorm(where(one_hot(argmax(h, 1), 4), h, h * 0.5), name="ln")
+}
+train g {
+    input x: f32[batch, 5]
+    input i: i32[batch, 4]
+    input t: f32[batch, 4]
+    loss = mse(gather(gaussian_noise(m(x), 0.1), i, 1), t)
+    optimizer = sgd(lr=0.1)
+}
+""",
     # Recurrences (statement-level kernels), both directions, stacked.
+    "tensor": """
+model m {
+    input x: f32[batch, 5]
+    h = reshape(dense(x, 12, name="a"), (-1, 3, 4))
+    p = matmul(h, reshape(dense(x, 12, name="b"), (batch, 4, 3)))
+    q = max(p, axis=1) + min(p, axis=1) + mean(p, axis=(1, 2), keepdim=true)[:, 0]
+    output y = q * sum(h[:, 1:3, -1], axis=1, keepdim=true)
+}
+train g {
+    input x: f32[batch, 5]
+    input t: i32[batch]
+    loss = cross_entropy(m(x), t, ignore_index=-100) + smooth_l1(m(x), m(x) * 0.5, beta=0.5)
+    optimizer = sgd(lr=0.1)
+}
+""",
     "sequence": """
 model m {
     input x: f32[batch, 4, 5]
     h = lstm(x, 3, name="l", bidirectional=true) |> rnn(4, name="r")
     output y = last(h)
+}
+train g {
+    input x: f32[batch, 4, 5]
+    input t: f32[batch, 4]
+    loss = mse(m(x), t)
+    optimizer = sgd(lr=0.1)
+}
+""",
+    # Recurrent state: initial states (h0, c0) and final ones (h_n, c_n),
+    # a bidirectional gru, an rnn with relu.
+    "sequence_state": """
+model m {
+    input x: f32[batch, 4, 5]
+    a = gru(x, 3, name="g", bidirectional=true, h0=dense(last(x), 6, name="z") |> tanh)
+    b = lstm(a, 2, name="l", h0=a.h_n |> dense(2, name="hl"), c0=last(a) |> dense(2, name="cl"))
+    r = rnn(b, 4, name="r", nonlinearity="relu", h0=dense(b.c_n, 4, name="hr"))
+    output y = r.h_n + dense(b.h_n, 4, name="out")
 }
 train g {
     input x: f32[batch, 4, 5]

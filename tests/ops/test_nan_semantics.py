@@ -133,6 +133,14 @@ ELEMENTWISE = {
     "log": ("log(e)", torch.log),
     "sqrt": ("sqrt(e)", torch.sqrt),
     "arithmetic": ("(e - 1) * (e + 2) / 3", lambda z: (z - 1) * (z + 2) / 3),
+    "abs": ("abs(e)", torch.abs),
+    "clamp": ("clamp(e, -0.5, 0.5)", lambda z: z.clamp(-0.5, 0.5)),
+    "clamp_lo": ("clamp(e, lo=-0.5)", lambda z: z.clamp(min=-0.5)),
+    # torch's f64 (and scalar f32) kernel: gelu(+inf) = +inf; its vectorized
+    # f32 kernel gives NaN there.
+    "gelu": ("gelu(e)", lambda z: F.gelu(z.double()).float()),
+    "gelu_tanh": ('gelu(e, approximate="tanh")', lambda z: F.gelu(z, approximate="tanh")),
+    "where": ("where(e, e, e * 2)", lambda z: torch.where(z.bool(), z, z * 2)),
 }
 
 
@@ -178,6 +186,11 @@ LAYERS = {
                       e.reshape(-1, 2, 4, 8), P["bn.running_mean"].detach().clone(),
                       P["bn.running_var"].detach().clone(), P["bn.weight"], P["bn.bias"], training, 0.1, 1e-5),
                   channel_specials),
+    "layernorm": ('layernorm(e, name="ln")', (B, T, D),
+                  lambda e, P, training: F.layer_norm(e, (D,), P["ln.weight"], P["ln.bias"])),
+    # Each row's maximum (its first NaN, if any), by argmax and gather.
+    "argmax_gather": (f"gather(e, reshape(argmax(e, 2), ({B}, {T}, 1)), 2)", (B, T, 1),
+                      lambda e, P, training: torch.gather(e, 2, e.argmax(2, keepdim=True))),
     "rnn": ('rnn(e, 5, name="r")', (B, T, 5), recurrent("rnn", "r"), sequence_specials),
     "lstm": ('lstm(e, 5, name="l")', (B, T, 5), recurrent("lstm", "l"), sequence_specials),
     "lstm_last": ('last(lstm(e, 5, name="l"))', (B, 5), recurrent("lstm", "l", last=True), sequence_specials),
@@ -285,6 +298,14 @@ def test_dropout_keeps_nan():
     g = prog.grads("g", tok=TOKENS, t=t)["e.weight"]
     assert np.isnan(g[np.isnan(specials())]).all()
     assert np.isnan(prog.train("g", tok=TOKENS, t=t))
+
+
+def test_gaussian_noise_keeps_nan_and_inf():
+    prog = dlc.compile(SRC.format(B=B, T=T, V=V, D=D, body="e", t_type=f"f32[{B}, {T}, {D}]", loss="mse")
+                       .replace("loss = mse(m(tok), t)", "loss = mse(gaussian_noise(m(tok), 0.1), t)"))
+    prog.params["e.weight"][...] = specials()
+    g = prog.grads("g", tok=TOKENS, t=np.zeros((B, T, D), np.float32))["e.weight"]
+    assert np.isnan(g[np.isnan(specials())]).all() and np.isposinf(g[specials() == inf]).all()
 
 
 LSTM_CLASSIFIER = """

@@ -79,6 +79,8 @@ static void test_nulls(dlc_program *p, dlc_session *s) {
   CHECK_ERR(dlc_session_save(s, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
   CHECK_ERR(dlc_session_load(NULL, "w"), DLC_ERR_INVALID_ARGUMENT, "NULL");
   CHECK_ERR(dlc_session_load(s, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_load_partial(NULL, "w", 0, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
+  CHECK_ERR(dlc_session_load_partial(s, NULL, 0, NULL), DLC_ERR_INVALID_ARGUMENT, "NULL");
   dlc_program_release(NULL);
   dlc_session_release(NULL);
 }
@@ -308,6 +310,50 @@ static void test_weights(dlc_session *s, const char *dir) {
   CHECK_ERR(dlc_session_save(s, missing), DLC_ERR_IO, "cannot write");
 }
 
+/* A file holding W and a tensor the program lacks: a partial load takes W,
+ * ignores the other and flags what it loaded; a strict one refuses it. */
+static void test_partial_load(dlc_session *s, const dlc_program_desc *d, const char *dir) {
+  static const char header[] =
+      "{\"W\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+      "\"head.weight\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[24,28]}}";
+  const float w_file[6] = {1, 2, 3, 4, 5, 6};
+  unsigned char len8[8] = {0};
+  for (int i = 0; i < 8; i++)
+    len8[i] = (unsigned char)((sizeof header - 1) >> (8 * i));
+  char path[4096];
+  snprintf(path, sizeof path, "%s/partial.safetensors", dir);
+  FILE *f = fopen(path, "wb");
+  CHECK(f != NULL);
+  fwrite(len8, 1, 8, f);
+  fwrite(header, 1, sizeof header - 1, f);
+  fwrite(w_file, 1, sizeof w_file, f);
+  fwrite("\1\2\3\4", 1, 4, f);
+  fclose(f);
+
+  dlc_tensor w, b;
+  dlc_session_param(s, "W", &w);
+  dlc_session_param(s, "b", &b);
+  float *wd = (float *)w.data, *bd = (float *)b.data, b0 = bd[0];
+  wd[0] = 9.0f;
+  CHECK_ERR(dlc_session_load(s, path), DLC_ERR_FORMAT, "'head.weight' is not a param");
+  CHECK(wd[0] == 9.0f);
+  uint8_t found[64];
+  memset(found, 7, sizeof found);
+  CHECK_ERR(dlc_session_load_partial(s, path, d->n_tensors - 1, found),
+            DLC_ERR_INVALID_ARGUMENT, "fewer than the");
+  CHECK(found[0] == 7 && wd[0] == 9.0f);
+  CHECK(dlc_session_load_partial(s, path, (int32_t)sizeof found, found) == DLC_OK);
+  for (int k = 0; k < 6; k++)
+    CHECK(wd[k] == w_file[k]);
+  CHECK(bd[0] == b0);
+  CHECK(strcmp(d->tensors[0].name, "W") == 0 && d->tensors[0].role == DLC_ROLE_PARAM);
+  for (int32_t i = 0; i < d->n_tensors; i++)
+    CHECK(found[i] == (i == 0));
+  CHECK(found[d->n_tensors] == 7); /* nothing past the table */
+  wd[0] = 9.0f;
+  CHECK(dlc_session_load_partial(s, path, 0, NULL) == DLC_OK && wd[0] == 1.0f);
+}
+
 /* The descriptor a program library exports, read without the runtime. */
 static const dlc_program_desc *desc_of(const char *path, void **handle) {
   *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -489,6 +535,7 @@ int main(int argc, char **argv) {
   test_ranges(s);
   test_threads(s);
   test_weights(s, argv[3]);
+  test_partial_load(s, d, argv[3]);
   dlc_session_release(s);
   test_caller_memory(argv[1], argv[2], argv[3]);
   printf("%d passed, %d failed\n", g_passed, g_failed);

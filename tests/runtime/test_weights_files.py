@@ -313,3 +313,75 @@ def test_random_corruption_never_crashes(session, tmp_path):
             assert_params(session, before)
         else:  # a corruption that kept the file valid, e.g. inside a name's case
             session.load(path)
+
+
+def subset_file(s, path, keep, extra=True):
+    """The session's params named in `keep`, plus (with `extra`) tensors the
+    program lacks, one in a dtype dlc does not have."""
+    header, data = good_header(s)
+    header = {k: v for k, v in header.items() if k in keep}
+    if extra:
+        header["head.weight"] = {"dtype": "BF16", "shape": [2], "data_offsets": [len(data), len(data) + 4]}
+        header["head.bias"] = {"dtype": "F32", "shape": [1], "data_offsets": [len(data) + 4, len(data) + 8]}
+        data += b"\0" * 8
+    return st_file(path, header, data)
+
+
+def test_not_strict_loads_what_the_file_holds(program, tmp_path):
+    a = program.session(seed=1)
+    b = program.session(seed=2)
+    before = snapshot(b)
+    path = subset_file(a, tmp_path / "part.safetensors", {"W", "count"})
+    # Strict, the default: refused, as before (the extra tensor is named first).
+    with pytest.raises(FormatError, match="tensor 'head.weight' is not a param of the program"):
+        b.load(path)
+    assert_params(b, before)
+    assert b.load(path, strict=False) == ["b", "emb.weight", "scale"]
+    np.testing.assert_array_equal(b.params["W"], a.params["W"])
+    np.testing.assert_array_equal(b.params["count"], a.params["count"])
+    for k in ("b", "emb.weight", "scale"):
+        np.testing.assert_array_equal(b.params[k], before[k])
+    # Only missing tensors (no extra): strict names the first missing one.
+    path = subset_file(a, tmp_path / "few.safetensors", {"scale"}, extra=False)
+    with pytest.raises(FormatError, match="has no tensor 'W'"):
+        b.load(path)
+    assert b.load(path, strict=False) == ["W", "b", "count", "emb.weight"]
+    # A whole file: nothing missing either way.
+    a.save(tmp_path / "all.safetensors")
+    assert b.load(tmp_path / "all.safetensors", strict=False) == []
+    assert b.load(tmp_path / "all.safetensors") == []
+    assert_params(b, snapshot(a))
+    # No param at all: loads nothing, every param missing.
+    path = subset_file(a, tmp_path / "none.safetensors", set())
+    assert b.load(path, strict=False) == ["W", "b", "count", "emb.weight", "scale"]
+    assert_params(b, snapshot(a))
+
+
+def test_not_strict_still_refuses_mismatched_and_malformed_files(session, tmp_path):
+    header, data = good_header(session)
+    before = snapshot(session)
+    cases = [(h, m) for h, m in mismatches(header) if "not a param" not in m and "has no tensor" not in m]
+    cases += [(h, m) for h, m, *_ in malformed(header)]
+    for i, (h, message) in enumerate(cases):
+        path = st_file(tmp_path / f"m{i}.safetensors", h, data)
+        with pytest.raises(FormatError, match=message):
+            session.load(path, strict=False)
+        assert_params(session, before)
+
+
+def test_fine_tune_a_pretrained_trunk_with_a_new_head(tmp_path):
+    import dlc
+    trunk = """
+model net {{
+    input x: f32[batch, 4]
+    h = dense(x, 8, name="trunk") |> relu
+    output y = dense(h, {n}, name="{head}")
+}}
+"""
+    old = dlc.compile(trunk.format(n=3, head="head"), seed=1)
+    old.save(tmp_path / "pre.safetensors")
+    new = dlc.compile(trunk.format(n=2, head="new_head"), seed=2)
+    head = new.params["new_head.weight"].copy()
+    assert new.load(tmp_path / "pre.safetensors", strict=False) == ["new_head.bias", "new_head.weight"]
+    np.testing.assert_array_equal(new.params["trunk.weight"], old.params["trunk.weight"])
+    np.testing.assert_array_equal(new.params["new_head.weight"], head)

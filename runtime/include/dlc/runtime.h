@@ -233,6 +233,17 @@ DLC_API dlc_status dlc_session_save(const dlc_session *session, const char *path
  * IO, FORMAT (a malformed file or one that does not match the program). */
 DLC_API dlc_status dlc_session_load(dlc_session *session, const char *path);
 
+/* dlc_session_load for a file that may lack some params (they keep their
+ * values) and hold tensors the program does not have (ignored, though the
+ * file must still be well formed). The params it holds must have the
+ * program's dtypes and shapes; the load is all-or-nothing as before. On
+ * success, unless `found` is NULL, found[i] is 1 for each tensor i of the
+ * descriptor's table loaded from the file, 0 for every other; `n_found` is
+ * its length, at least the table's (else INVALID_ARGUMENT). Errors: those of
+ * dlc_session_load. */
+DLC_API dlc_status dlc_session_load_partial(dlc_session *session, const char *path,
+                                            int32_t n_found, uint8_t *found);
+
 /* ---- memory the caller owns (no-malloc use) ---------------------------- */
 /* Without a session: the caller holds the program's tensors in its own
  * memory and calls the descriptor's entries itself (see program.h, and the
