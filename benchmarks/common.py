@@ -32,10 +32,10 @@ BLOCKS = 8          # interleaved blocks per function
 SETTLE_S = 0.05     # idle time before each block
 
 
-def medians_ms(*fs, budget_s: float = 2.0) -> list[float]:
-    """Median time of each of fs over runs in interleaved blocks (a load
-    change on a shared machine hits all of them alike), as many runs as fit
-    budget_s per function (at least 3 per block), after a warm-up. Each block
+def medians_ms(*fs, budget_s: float = 2.0, blocks: int = BLOCKS, least: int = 3) -> list[float]:
+    """Median time of each of fs over runs in `blocks` interleaved blocks (a
+    load change on a shared machine hits all of them alike), as many runs as
+    fit budget_s per function (at least `least` per block), after a warm-up. Each block
     starts after SETTLE_S idle: ONNX Runtime's and PyTorch's thread pools
     spin for milliseconds after a run and would hold a core during the next
     framework's runs."""
@@ -44,9 +44,9 @@ def medians_ms(*fs, budget_s: float = 2.0) -> list[float]:
         t0 = time.perf_counter()
         f()
         firsts.append(time.perf_counter() - t0)
-    per_block = [int(min(500, max(3, budget_s / BLOCKS / max(t, 1e-6)))) for t in firsts]
+    per_block = [int(min(500, max(least, budget_s / blocks / max(t, 1e-6)))) for t in firsts]
     times: list[list[float]] = [[] for _ in fs]
-    for _ in range(BLOCKS):
+    for _ in range(blocks):
         for f, n, ts in zip(fs, per_block, times):
             time.sleep(SETTLE_S)
             f()   # warm: caches and the pool's threads

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import EXAMPLES  # noqa: E402  (first: the checkout's dlc)
+import common  # noqa: E402  (first: the checkout's dlc)
+from common import EXAMPLES  # noqa: E402
 import dlc  # noqa: E402
 from dlc.runtime import _check, _runtime, ffi  # noqa: E402
 from cnn import CifarCNN, LeNet  # noqa: E402
@@ -36,27 +37,13 @@ from mlp import SRC as MLP_SRC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = float(os.environ.get("DLC_BENCH_BUDGET_S", "1"))   # per figure
-BLOCKS = 4
 DEV = torch.device("cuda")
 
 
 def medians_ms(*fs) -> list[float]:
-    """Median wall time of each of fs (each ends synchronised: numpy out)."""
-    firsts = []
-    for f in fs:
-        f()
-        t0 = time.perf_counter()
-        f()
-        firsts.append(time.perf_counter() - t0)
-    per_block = [int(min(1000, max(1, BUDGET_S / BLOCKS / max(t, 1e-6)))) for t in firsts]
-    times: list[list[float]] = [[] for _ in fs]
-    for _ in range(BLOCKS):
-        for f, n, ts in zip(fs, per_block, times):
-            for _ in range(n):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) * 1e3 for ts in times]
+    """Median wall time of each of fs (each ends synchronised: numpy out);
+    few blocks, one run each at least: a slow kernel's figure still fits."""
+    return common.medians_ms(*fs, budget_s=BUDGET_S, blocks=4, least=1)
 
 
 class MLP(torch.nn.Module):
@@ -177,13 +164,13 @@ def kernel_rows():
     yield f"FP32 peak: {peak:.1f} TFLOP/s"
     t0 = time.perf_counter()
     cifar = dlc.compile(EXAMPLES / "cifar_cnn.dl", target="cuda")
-    yield (f"compile of cifar_cnn.dl for cuda: {time.perf_counter() - t0:.1f} s")
+    yield f"compile of cifar_cnn.dl for cuda: {time.perf_counter() - t0:.1f} s"
     x = torch.randn(128, 3, 32, 32, device=DEV)
     convs = [(3, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16)]   # (in, out, side), 3x3
     flops = 128 * (sum(2 * i * o * 9 * s * s for i, o, s in convs) + 2 * (4096 * 512 + 512 * 10))
     ms = device_io_ms(cifar, "cifar_cnn", x)
     yield (f"CIFAR CNN inference b128, device-resident: {ms:.3f} ms, "
-                 f"{flops / ms / 1e9:.2f} TFLOP/s = {flops / ms / 1e9 / peak:.1%} of peak")
+           f"{flops / ms / 1e9:.2f} TFLOP/s = {flops / ms / 1e9 / peak:.1%} of peak")
     n = 4096
     dense = dlc.compile(f"model big {{ input x: f32[batch, {n}]\n output y = dense(x, {n}) }}",
                         target="cuda")
@@ -203,8 +190,8 @@ def kernel_rows():
     torch_ms = t0.elapsed_time(t1) / 10
     flops = 2 * n ** 3
     yield (f"dense {n}x{n} at batch {n}, device-resident: dlc {ms:.3f} ms, "
-                 f"{flops / ms / 1e9:.2f} TFLOP/s = {flops / ms / 1e9 / peak:.1%} of peak; "
-                 f"cuBLAS fp32 (no TF32) {torch_ms:.3f} ms = {flops / torch_ms / 1e9 / peak:.1%}")
+           f"{flops / ms / 1e9:.2f} TFLOP/s = {flops / ms / 1e9 / peak:.1%} of peak; "
+           f"cuBLAS fp32 (no TF32) {torch_ms:.3f} ms = {flops / torch_ms / 1e9 / peak:.1%}")
 
 
 def main() -> None:

@@ -79,17 +79,22 @@ class _Param:
         b = self.b
         return add(b, mul(b, self.c(beta), avg), mul(b, self.c(1 - beta), x))
 
+    def descend(self, h: dict, step: Value) -> "Pairs":
+        """p - lr * step, through a momentum buffer when h has momentum
+        (torch's SGD and RMSprop alike: buf = momentum * buf + step)."""
+        b, out = self.b, []
+        if h["momentum"]:
+            buf = self.state("momentum")
+            step = add(b, mul(b, self.c(h["momentum"]), buf), step)
+            out.append((buf, step))
+        return out + [(self.p, sub(b, self.start, mul(b, self.c(h["lr"]), step)))]
+
 
 Pairs = list[tuple[Value, Value]]
 
 
 def _sgd(q: _Param, h: dict, _: dict) -> Pairs:
-    b, g, out = q.b, q.g, []
-    if h["momentum"]:
-        buf = q.state("momentum")
-        g = add(b, mul(b, q.c(h["momentum"]), buf), g)
-        out.append((buf, g))
-    return out + [(q.p, sub(b, q.start, mul(b, q.c(h["lr"]), g)))]
+    return q.descend(h, q.g)
 
 
 def _adam_scalars(b: Builder, h: dict, t: Value) -> dict:
@@ -119,12 +124,7 @@ def _rmsprop(q: _Param, h: dict, _: dict) -> Pairs:
         ga2 = q.ema(ga, h["alpha"], g)
         out.append((ga, ga2))
         sq2 = sub(b, sq2, mul(b, ga2, ga2))
-    step = div(b, g, add(b, b.node(SQRT, [sq2]), q.c(h["eps"])))
-    if h["momentum"]:
-        buf = q.state("momentum")
-        step = add(b, mul(b, q.c(h["momentum"]), buf), step)
-        out.append((buf, step))
-    return out + [(q.p, sub(b, q.start, mul(b, q.c(h["lr"]), step)))]
+    return out + q.descend(h, div(b, g, add(b, b.node(SQRT, [sq2]), q.c(h["eps"]))))
 
 
 def _adagrad_scalars(b: Builder, h: dict, t: Value) -> dict:

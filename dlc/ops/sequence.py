@@ -46,7 +46,7 @@ from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
 from ..lower import IndexRange, flat_index, size_of
 from .base import Arg, Op, OpError, need_float, register
-from .elementwise import add
+from .elementwise import add, horner
 
 
 def _nan(dtype: str) -> L.Expr:
@@ -87,19 +87,12 @@ TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
             1.19825839466702e-06)
 
 
-def _poly(x2: L.Expr, coefs) -> L.Expr:
-    out: L.Expr = L.const_like(coefs[-1], x2.dtype)
-    for c in reversed(coefs[:-1]):
-        out = out * x2 + c
-    return out
-
-
 def _tanh(x: L.Expr) -> L.Expr:
     if x.dtype != "f32":   # f64: exactly, through exp (inf and 0 saturate it)
         return 1.0 - 2.0 / (L.call("exp", x * 2.0) + 1.0)
     xc = L.maximum(L.minimum(x, TANH_CLAMP), -TANH_CLAMP)
     x2 = xc * xc
-    return L.maximum(L.minimum(xc * _poly(x2, TANH_NUM) / _poly(x2, TANH_DEN), 1.0), -1.0)
+    return L.maximum(L.minimum(xc * horner(x2, TANH_NUM) / horner(x2, TANH_DEN), 1.0), -1.0)
 
 
 def _sigmoid(x: L.Expr) -> L.Expr:

@@ -111,6 +111,11 @@ def _unflatten(index: L.Expr, extents: list[L.Expr]) -> list[L.Expr]:
     return ([index] if extents else []) + out[::-1]
 
 
+def _recovered(loops: list[L.For], index: L.Expr) -> dict:
+    """Each loop's variable as recovered from one flat index over them all."""
+    return dict(zip((lp.var for lp in loops), _unflatten(index, [lp.extent for lp in loops])))
+
+
 def _product(extents: list[L.Expr]) -> L.Expr:
     n: L.Expr = L.Const(1, L.INDEX)
     for e in extents:
@@ -187,18 +192,14 @@ def _block_reduction(chain: list[L.For], found, counter) -> L.Stmt:
     in shared memory adds the BLOCK partial sums (a fixed order: the result
     is deterministic), and thread 0 adds init and runs the epilogue."""
     acc, init, loops, term, epilogue = found
-    out, tid, j = L.Var("out"), L.Var("tid"), L.Var("tj")
+    out, tid = L.Var("out"), L.Var("tid")
     zero = L.Const(0, L.INDEX)
-    env = dict(zip((lp.var for lp in chain), _unflatten(out, [lp.extent for lp in chain])))
-    n = _product([lp.extent for lp in loops])
-    flat = tid + j * BLOCK
-    term = L.substitute(L.substitute(term, dict(zip((lp.var for lp in loops),
-                                                     _unflatten(flat, [lp.extent for lp in loops])))), env)
+    env = _recovered(chain, out)
     partial = L.Buffer(f"partial{next(counter)}", acc.dtype, "shared", -1, L.Const(BLOCK, L.INDEX))
-    count = L.binop("/", n - tid + (BLOCK - 1), L.Const(BLOCK, L.INDEX))
+    add_term = L.Store(acc, zero, L.Load(acc, zero) + L.substitute(term, env))
     stages = [L.For(tid, L.Const(BLOCK, L.INDEX), L.Allocate(acc, L.Seq([
         L.Store(acc, zero, L.const_like(0, acc.dtype)),
-        L.For(j, count, L.Store(acc, zero, L.Load(acc, zero) + term)),
+        _strided(tid, loops, add_term),
         L.Store(partial, tid, L.Load(acc, zero))])), THREADS), L.Barrier()]
     half = BLOCK // 2
     while half >= 1:
@@ -218,7 +219,7 @@ def map_kernel(body: L.Stmt, counter=None) -> L.Stmt:
     body = _independent_loops_outside(body)
     chain, inner = _parallel_prefix(body)
     extents = [loop.extent for loop in chain]
-    found = _long_reduction(chain, body if not chain else inner)
+    found = _long_reduction(chain, inner)
     if found is not None:
         return _block_reduction(chain, found, counter or itertools.count())
     if not chain and not isinstance(body, (L.For, L.Seq, L.If)):
@@ -226,11 +227,18 @@ def map_kernel(body: L.Stmt, counter=None) -> L.Stmt:
         return L.For(L.Var("gid"), L.Const(1, L.INDEX), body, GRID)
     if chain and not _spreadable(inner):
         gid = L.Var("gid")
-        env = dict(zip((loop.var for loop in chain), _unflatten(gid, extents)))
-        return L.For(gid, _product(extents), L.substitute_stmt(inner, env), GRID)
+        return L.For(gid, _product(extents), L.substitute_stmt(inner, _recovered(chain, gid)), GRID)
     blk = L.Var("blk")
-    env = dict(zip((loop.var for loop in chain), _unflatten(blk, extents)))
-    return L.For(blk, _product(extents), _spread_over_block(L.substitute_stmt(inner, env)), BLOCKS)
+    return L.For(blk, _product(extents), _spread_over_block(L.substitute_stmt(inner, _recovered(chain, blk))),
+                 BLOCKS)
+
+
+def _strided(tid: L.Var, loops: list[L.For], body: L.Stmt) -> L.For:
+    """body for thread tid's share of the loops' iterations, flattened:
+    tid, tid + BLOCK, ... < n (n - tid + BLOCK - 1 >= 0 as tid < BLOCK)."""
+    j = L.Var("tj")
+    count = L.binop("/", _product([lp.extent for lp in loops]) - tid + (BLOCK - 1), L.Const(BLOCK, L.INDEX))
+    return L.For(j, count, L.substitute_stmt(body, _recovered(loops, tid + j * BLOCK)))
 
 
 def _spread_over_block(s: L.Stmt) -> L.Stmt:
@@ -244,12 +252,7 @@ def _spread_over_block(s: L.Stmt) -> L.Stmt:
     chain, inner = _parallel_prefix(s)
     tid = L.Var("tid")
     if chain:
-        n, j = _product([lp.extent for lp in chain]), L.Var("tj")
-        flat = tid + j * BLOCK
-        env = dict(zip((lp.var for lp in chain), _unflatten(flat, [lp.extent for lp in chain])))
-        # Iterations tid, tid + BLOCK, ... < n (n - tid + BLOCK - 1 >= 0 as tid < BLOCK).
-        count = L.binop("/", n - tid + (BLOCK - 1), L.Const(BLOCK, L.INDEX))
-        return L.For(tid, L.Const(BLOCK, L.INDEX), L.For(j, count, L.substitute_stmt(inner, env)), THREADS)
+        return L.For(tid, L.Const(BLOCK, L.INDEX), _strided(tid, chain, inner), THREADS)
     if isinstance(s, L.For) and s.kind == "serial":
         # An iteration's threads read what others wrote in the one before.
         body = _spread_over_block(s.body)
