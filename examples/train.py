@@ -8,6 +8,12 @@
     python examples/train.py sentiment # examples/sentiment.dl on a synthetic grammar, 20% held out
     python examples/train.py autoencoder  # examples/autoencoder.dl: the digits through 8 numbers
     python examples/train.py gan       # examples/gan.dl: a GAN drawing points of make_moons
+    python examples/train.py caption   # examples/caption.{dl,py}: a CNN starts an LSTM that describes a digit
+    python examples/train.py translate # examples/translate.{dl,py}: encoder-decoder LSTMs with attention
+    python examples/train.py dqn       # examples/dqn.{dl,py}: deep Q-learning in a grid world
+    python examples/train.py dcgan     # examples/dcgan.{dl,py}: a convolutional GAN drawing digits
+    python examples/train.py denoise   # examples/denoise.{dl,py}: a stacked denoising autoencoder
+    python examples/train.py adversarial  # examples/adversarial.py: fast-gradient-sign attacks on digits_mlp.dl
 
 Prints the loss as it trains and the held-out accuracy reached (adding: mean
 squared error; autoencoder: reconstruction error; gan: how the generated
@@ -16,6 +22,8 @@ points match real ones).
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 import time
 from pathlib import Path
 
@@ -24,36 +32,9 @@ import numpy as np
 import dlc
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # the examples' own modules, also when a test loads this file
 
-
-def moons_data(seed: int):
-    from sklearn.datasets import make_moons
-    x, y = make_moons(1000, noise=0.2, random_state=seed)
-    return x.astype(np.float32), y.astype(np.int32)
-
-
-def digits_data(seed: int):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
-
-
-def digit_images(seed: int):
-    x, y = digits_data(seed)
-    return x.reshape(-1, 1, 8, 8), y
-
-
-def held_out_split(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(test, training) indices of n examples: a random 20% held out."""
-    order = rng.permutation(n)
-    return order[:n // 5], order[n // 5:]
-
-
-def shuffled_batches(indices: np.ndarray, size: int, rng) -> list[np.ndarray]:
-    """An epoch: the indices in a random order, in batches of `size` (the
-    last may be smaller)."""
-    order = rng.permutation(indices)
-    return [order[i:i + size] for i in range(0, len(order), size)]
+from example_data import digit_images, digits_data, held_out_split, moons_data, shuffled_batches  # noqa: E402
 
 
 TASKS = {  # name: (program, model, data, epochs, batch)
@@ -64,10 +45,13 @@ TASKS = {  # name: (program, model, data, epochs, batch)
 }
 
 
-def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu") -> float:
-    """Train `task` on `target` (cpu or cuda) and return the held-out accuracy."""
+def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu"):
+    """Train `task` on `target` (cpu or cuda) and return the held-out
+    accuracy (a dict of figures for the tasks with their own loop)."""
     if task in OWN_LOOP_TASKS:
         return OWN_LOOP_TASKS[task](seed=seed, verbose=verbose, target=target)
+    if task in MODULE_TASKS:
+        return importlib.import_module(task).train(seed=seed, verbose=verbose, target=target)
     file, model, data, epochs, batch = TASKS[task]
     x, y = data(seed)
     rng = np.random.default_rng(seed)
@@ -264,10 +248,15 @@ def train_gan(seed: int = 0, verbose: bool = True, steps: int = 3000, batch: int
 OWN_LOOP_TASKS = {"adding": train_adding, "sentiment": train_sentiment,
                   "autoencoder": train_autoencoder, "gan": train_gan}
 
+# Tasks whose loop lives in examples/TASK.py (a `train(seed, verbose, target)`
+# returning a dict of figures), their program in examples/TASK.dl
+# (adversarial attacks digits_mlp.dl).
+MODULE_TASKS = ("caption", "translate", "dqn", "dcgan", "denoise", "adversarial")
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=list(TASKS) + list(OWN_LOOP_TASKS), nargs="?", default="moons")
+    ap.add_argument("task", choices=list(TASKS) + list(OWN_LOOP_TASKS) + list(MODULE_TASKS), nargs="?", default="moons")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
