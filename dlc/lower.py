@@ -29,10 +29,12 @@ ENTRY_KIND = {"model": "infer", "train": "train", "grads": "grads"}
 @dataclass(frozen=True)
 class IndexRange:
     """The values an integer tensor must hold: lo <= v <= hi, plus the value
-    of symbol `sym` when given (lengths go up to `time`, tokens to vocab - 1)."""
+    of symbol `sym` when given (lengths go up to `time`, tokens to vocab - 1),
+    or v == `extra` when given (a loss's ignore_index outside the classes)."""
     lo: int
     hi: int
     sym: str | None = None
+    extra: int | None = None
 
     @staticmethod
     def upto(lo: int, end: Dim, offset: int = 0) -> IndexRange:
@@ -46,7 +48,8 @@ class IndexRange:
         if other is None:
             return self
         hi = min(self.hi, other.hi) if self.sym == other.sym else self.hi
-        return IndexRange(max(self.lo, other.lo), hi, self.sym)
+        extra = self.extra if self.extra == other.extra else None
+        return IndexRange(max(self.lo, other.lo), hi, self.sym, extra)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ typedef struct dlc_tensor_desc {
   int32_t hi_sym;
   int64_t lo;
   int64_t hi;
+  int32_t has_extra;
+  int64_t extra;
 } dlc_tensor_desc;
 typedef int32_t (*dlc_entry_fn)(void *const *tensors, const int64_t *syms,
                                 void *workspace);

@@ -149,10 +149,17 @@ class Interface:
     def range_text(t: TensorSlot) -> str:
         """An integer input's valid values (TensorSlot.valid): "[1, time]"."""
         v = t.valid
+        extra = f" or {v.extra}" if v.extra is not None else ""
         if v.sym is None:
-            return f"[{v.lo}, {v.hi}]"
+            return f"[{v.lo}, {v.hi}]{extra}"
         offset = f" + {v.hi}" if v.hi > 0 else f" - {-v.hi}" if v.hi < 0 else ""
-        return f"[{v.lo}, {v.sym}{offset}]"
+        return f"[{v.lo}, {v.sym}{offset}]{extra}"
+
+    @staticmethod
+    def unless_extra(a) -> str:
+        """The C condition's exception for an input's extra valid value."""
+        extra = a.slot.valid.extra
+        return f" && {a.c_name}[i_] != {extra}" if extra is not None else ""
 
     def hi_expr(self, e: Entry, t: TensorSlot) -> str:
         """A C expression of an integer input's largest valid value."""
@@ -431,7 +438,7 @@ size_t {e.c_name}_workspace_bytes({syms}) {{
         # Integer inputs outside their ranges (tokens, labels, lengths), as
         # dlc_session_run refuses them.
         ranges = "".join(f"""  for (size_t i_ = 0; i_ < {itf.numel_expr(e, a.slot)}; i_++)
-    if ({a.c_name}[i_] < {a.slot.valid.lo} || {a.c_name}[i_] > {itf.hi_expr(e, a.slot)})
+    if (({a.c_name}[i_] < {a.slot.valid.lo} || {a.c_name}[i_] > {itf.hi_expr(e, a.slot)}){itf.unless_extra(a)})
       return DLC_ERR_INVALID_ARGUMENT;
 """ for a in e.args if a.slot is not None and a.slot.valid is not None)
         set_tensors = "".join(f"  tensors_[{a.index}] = (void *){a.c_name};\n"

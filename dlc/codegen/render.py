@@ -18,7 +18,7 @@ from ..errors import InternalError
 from ..ir import loops as L
 from ..passes.loop_memory import layout
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 PTR = ir.PointerType()
 I32, I64 = ir.IntType(32), ir.IntType(64)
 TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": I32, L.INDEX: I64,
@@ -791,7 +791,7 @@ class Renderer:
     def descriptor(self, entries) -> None:
         sym_index = {v.name: k for k, v in enumerate(self.prog.syms)}
         tensor_t = ir.LiteralStructType([PTR, I32, I32, I32, I32, PTR, ir.DoubleType(), ir.DoubleType(),
-                                         I32, I32, I64, I64])
+                                         I32, I32, I64, I64, I32, I64])
         rows = []
         for k, t in enumerate(self.prog.tensors):
             dims = [I64(d if isinstance(d, int) else -(sym_index[d] + 1)) for d in t.dims]
@@ -802,9 +802,11 @@ class Renderer:
                 I32(len(t.dims)), I32(INIT_CODE[init]), self.array(f"dlc.dims.{k}", I64, dims),
                 ir.Constant(ir.DoubleType(), t.init.a if t.init else 0.0),
                 ir.Constant(ir.DoubleType(), t.init.b if t.init else 0.0),
-                # bounded, hi_sym, lo, hi (program.h)
+                # bounded, hi_sym, lo, hi, has_extra, extra (program.h)
                 I32(int(v is not None)), I32(sym_index[v.sym] if v and v.sym else -1),
-                I64(v.lo if v else 0), I64(v.hi if v else 0)]))
+                I64(v.lo if v else 0), I64(v.hi if v else 0),
+                I32(int(v is not None and v.extra is not None)),
+                I64(v.extra if v and v.extra is not None else 0)]))
         entry_t = ir.LiteralStructType([PTR, I32, I32, PTR, I32, PTR, PTR, PTR])
         erows = []
         for k, (slots, run, ws) in enumerate(entries):

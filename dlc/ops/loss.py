@@ -18,15 +18,12 @@ REDUCTIONS = ("mean", "sum")
 
 
 def label_range(classes, ignore: int | None) -> IndexRange:
-    """Labels in [0, classes - 1], widened to hold the ignore value. A range is
-    one interval: labels between the two (-5 with -100) pass the runtime check
-    and give a NaN loss (PickLast's guard). With a symbolic number of classes
-    a non-negative ignore value must be below it."""
-    if ignore is not None and ignore < 0:
-        return IndexRange.upto(ignore, classes, -1)
-    if ignore is not None and isinstance(classes, int):
-        return IndexRange(0, max(classes - 1, ignore))
-    return IndexRange.upto(0, classes, -1)
+    """Labels in [0, classes - 1], or the ignore value. With a symbolic number
+    of classes a non-negative ignore value must be below it."""
+    valid = IndexRange.upto(0, classes, -1)
+    if ignore is None or ignore >= 0 and (isinstance(classes, str) or ignore < classes):
+        return valid
+    return IndexRange(valid.lo, valid.hi, valid.sym, extra=ignore)
 
 
 class PickLast(Op):

@@ -481,6 +481,8 @@ static dlc_status check_ranges(const dlc_session *s, int32_t ei, const dlc_tenso
     dlc_sb range;
     dlc__sb_init(&range);
     describe_range(&range, s, t, &hi);
+    if (t->has_extra)
+      dlc__sb_printf(&range, " or %lld", (long long)t->extra);
     const void *host;
     void *copy;
     dlc_status st = dlc__cuda_input_on_host(s, v->data, (size_t)numel * sizeof(int32_t),
@@ -489,7 +491,7 @@ static dlc_status check_ranges(const dlc_session *s, int32_t ei, const dlc_tenso
       return st;
     const int32_t *x = (const int32_t *)host;
     int64_t i = 0;
-    while (i < numel && x[i] >= t->lo && x[i] <= hi)
+    while (i < numel && ((x[i] >= t->lo && x[i] <= hi) || (t->has_extra && x[i] == t->extra)))
       i++;
     int32_t bad = i < numel ? x[i] : 0;
     free(copy);

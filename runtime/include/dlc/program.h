@@ -17,7 +17,7 @@
 extern "C" {
 #endif
 
-#define DLC_ABI_VERSION 3
+#define DLC_ABI_VERSION 4
 
 typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
 
@@ -43,8 +43,10 @@ typedef enum dlc_init_kind {
  * An i32 INPUT that the program uses as indices (tokens, class labels,
  * sequence lengths) is `bounded`: an entry is run only if every element v
  * satisfies lo <= v <= hi + (hi_sym >= 0 ? the value of symbol hi_sym : 0)
- * (tokens below the vocabulary: [0, vocab - 1]; lengths: [1, time] with
- * hi = 0 and hi_sym the symbol `time`). Zero (unbounded) for other tensors. */
+ * or, when has_extra, v == extra (tokens below the vocabulary: [0, vocab - 1];
+ * lengths: [1, time] with hi = 0 and hi_sym the symbol `time`; labels of a
+ * loss with ignore_index=-100: [0, classes - 1] or -100). Zero (unbounded)
+ * for other tensors. */
 typedef struct dlc_tensor_desc {
   const char *name;
   int32_t role;  /* dlc_role */
@@ -58,6 +60,8 @@ typedef struct dlc_tensor_desc {
   int32_t hi_sym; /* a symbol number, or -1 */
   int64_t lo;
   int64_t hi;
+  int32_t has_extra;
+  int64_t extra;
 } dlc_tensor_desc;
 
 /* A chunk of a parallel loop: iterations [begin, end) of the loop whose
