@@ -97,6 +97,15 @@ class Op:
     # into its consumers, and producers with reductions are not inlined into it.
     lower_kernel: Callable | None = None
 
+    # -- fusion (passes/graph_fuse.py). `reduces`: an output element combines
+    # several input elements (a sum, a max, a dot product), so computing this
+    # op inside a consumer that re-reads its elements repeats that work.
+    # `rereads`: some input element is read for several output elements, so
+    # a producer inlined into it would be computed once per read; None: as
+    # its lowering says (a statement kernel is taken to, an expression not).
+    reduces: bool = False
+    rereads: bool | None = None
+
     # -- the values integer operand k must hold (an IndexRange of dlc.lower:
     # tokens below the vocabulary, lengths in [1, time]), or None for any;
     # the runtime checks each integer input against its readers' ranges

@@ -173,6 +173,8 @@ def convolve(b: Builder, x: Value, w: Value, attrs: dict) -> Value:
 
 class Conv2d(Op):
     name = "conv2d"
+    rereads = True
+    reduces = True
     owns_params = True
     signature = (Arg("x", "tensor"), Arg("filters", "int"), Arg("kernel", "pair"),
                  Arg("stride", "pair", 1), Arg("padding", "pair", 0), Arg("dilation", "pair", 1),
@@ -341,6 +343,8 @@ class Conv2dInputGrad(Op):
     convolution. attrs: conv2d's, plus the input's spatial `size` and
     `gpad`: None, or the zero padding g comes with (see `input_grad`)."""
     name = "conv2d_input_grad"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         g, w = ins
@@ -400,6 +404,8 @@ class Conv2dInputGrad(Op):
 class Conv2dWeightGrad(Op):
     """dw of conv2d from the output gradient g and the input x."""
     name = "conv2d_weight_grad"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         g, x = ins
@@ -438,6 +444,7 @@ class Pad2d(Op):
     is read once and the border not at all, so `fuse` may inline a producer
     with a reduction (a pooling) into it."""
     name = "pad2d"
+    rereads = False
 
     def infer(self, ins, attrs) -> TensorType:
         x, (ph, pw) = ins[0], attrs["padding"]

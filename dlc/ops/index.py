@@ -40,6 +40,10 @@ class Gather(Op):
     along `axis`; index has x's rank, and along the other axes its sizes
     are at most x's (equal, where symbolic)."""
     name = "gather"
+    # An inlined producer is computed only where picked: less work than the
+    # whole of it when the index is the smaller (Q(s)[a]), more only where
+    # the index repeats an element.
+    rereads = False
     signature = (Arg("x", "tensor"), Arg("index", "tensor"), Arg("axis", "int"))
 
     def build(self, b: Builder, args) -> Value:

@@ -65,6 +65,7 @@ class ScatterLast(Op):
     adjoint. A select, not a product, so an infinite g (the mean over no
     labels) still gives 0 to ignored elements, as PyTorch's."""
     name = "scatter_last"
+    rereads = True
 
     def infer(self, ins, attrs) -> TensorType:
         g, i = ins

@@ -24,6 +24,8 @@ class Gemm(Op):
     layers and the batched one of `matmul`; graph_fuse and the loop passes
     treat it as the product it is."""
     name = "gemm"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         a, b = ins

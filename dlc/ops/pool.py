@@ -77,6 +77,7 @@ class Pool(Op):
     """maxpool(x, size, stride=size, padding=0) or avgpool(...)."""
     signature = (Arg("x", "tensor"), Arg("size", "pair"), Arg("stride", "pair", None),
                  Arg("padding", "pair", 0))
+    reduces = True   # rereads its input where windows overlap: see graph_fuse
 
     def __init__(self, kind: str):
         self.kind, self.name = kind, f"{kind}pool"
@@ -148,6 +149,8 @@ class GlobalAvgPool(Op):
 class AvgPoolGrad(Op):
     """dx of avgpool: each output gradient spread evenly over its window."""
     name = "avgpool_grad"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         return TensorType(ins[0].dtype, ins[0].shape[:2] + tuple(attrs["size"]))
@@ -172,6 +175,8 @@ class MaxPoolArgmax(Op):
     """The first-max position in each window, from x and the pooled y: i32,
     output-sized (what PyTorch saves as indices, relative to the window)."""
     name = "maxpool_argmax"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         return TensorType("i32", ins[1].shape)
@@ -196,6 +201,8 @@ class MaxPoolGrad(Op):
     """dx of maxpool: g routed to each window's first maximum. Inputs
     (x, y, g) with saved='recompute', or (argmax, g) with saved='indices'."""
     name = "maxpool_grad"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         if attrs["saved"] == "recompute":

@@ -16,6 +16,7 @@ class ReduceAxes(Op):
     """sum, max or min over `axes` (sorted, in [0, rank)), kept as size 1.
     The gradient of max / min is torch.amax's: shared evenly by the elements
     equal to the result."""
+    reduces = True
 
     def __init__(self, kind: str):
         self.kind, self.name = kind, f"reduce_{kind}"
@@ -79,6 +80,7 @@ class EqualMask(Elementwise):
 
 class SumAll(Op):
     name = "sum_all"
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         return TensorType(ins[0].dtype, ())

@@ -134,6 +134,7 @@ def _panels(ctx, dtype: str, w, K: int, N: int):
 class Gather(Op):
     """out[b, t, :] = weight[tokens[b, t], :] (NaN for tokens out of range)."""
     name = "gather_rows"
+    rereads = True
 
     def infer(self, ins, attrs) -> TensorType:
         w, tok = ins
@@ -254,6 +255,7 @@ class SumSteps(Op):
     """out[n] = sum over b, t of a[b, t, n]: a bias's gradient, accumulated
     along contiguous rows (a sum_to would read each column with a stride)."""
     name = "sum_steps"
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         return TensorType(ins[0].dtype, ins[0].shape[-1:])
@@ -280,6 +282,7 @@ class SeqOuter(Op):
     the product walks its rows, and rows strided by the packed width would
     collide in cache."""
     name = "seq_outer"
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         a, x = ins
@@ -336,6 +339,7 @@ class SliceLast(Op):
 class PadLast(Op):
     """x placed at [start, start + size) of a zero last axis of `width`."""
     name = "pad_last"
+    rereads = True   # most elements are a constant: an inlined reduction would be evaluated for each
 
     def infer(self, ins, attrs) -> TensorType:
         return TensorType(ins[0].dtype, ins[0].shape[:-1] + (attrs["width"],))
@@ -463,6 +467,7 @@ class PickTime(Op):
 class PlaceTime(Op):
     """out[b, t, :] = g[b, :] at pick_time's step, else 0: its adjoint."""
     name = "place_time"
+    rereads = True   # most elements are a constant: an inlined reduction would be evaluated for each
 
     def infer(self, ins, attrs) -> TensorType:
         g = ins[0]

@@ -15,6 +15,7 @@ from .base import Arg, Op, OpError, register
 class BroadcastTo(Op):
     """NumPy broadcasting of x to `shape`, made explicit."""
     name = "broadcast_to"
+    rereads = True
 
     def infer(self, ins, attrs) -> TensorType:
         (x,), shape = ins, tuple(attrs["shape"])
@@ -40,6 +41,7 @@ class SumTo(Op):
     """Sums x over the axes that broadcasting to x's shape from `shape` added
     or stretched: the adjoint of broadcast_to."""
     name = "sum_to"
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         (x,), shape = ins, tuple(attrs["shape"])

@@ -61,6 +61,7 @@ def matrix(size: int, s: int, mode: str) -> np.ndarray:
 
 class Upsample(Op):
     name = "upsample"
+    rereads = True
     signature = (Arg("x", "tensor"), Arg("scale", "pair"), Arg("mode", "str", "nearest"))
 
     def build(self, b: Builder, args) -> Value:
@@ -99,6 +100,8 @@ class Upsample(Op):
 class UpsampleGrad(Op):
     """dx of upsample for an input of spatial `size` (see the module doc)."""
     name = "upsample_grad"
+    rereads = True
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         return TensorType(ins[0].dtype, ins[0].shape[:2] + tuple(attrs["size"]))

@@ -148,6 +148,8 @@ class WinogradConv2d(Op):
     pool, rows (tile rows per chunk). See the module docstring; no gradient
     rule (forward values only)."""
     name = "winograd_conv2d"
+    rereads = False   # a chunk's two edge rows twice: cheap
+    reduces = True
 
     def infer(self, ins, attrs) -> TensorType:
         x, w = ins[:2]

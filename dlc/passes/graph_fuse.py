@@ -37,23 +37,12 @@ from collections import Counter
 from ..ir.graph import Function, Node, Program
 from ..ops.conv import CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD, PAD2D
 from ..ops.elementwise import CONSTANT, NUMEL
-from ..ops.loss import SCATTER_LAST
-from ..ops.nn import GEMM
-from ..ops.pool import AVGPOOL, AVGPOOL_GRAD, MAXPOOL, MAXPOOL_ARGMAX, MAXPOOL_GRAD, non_overlapping
-from ..ops.reduce import MAX_LAST, REDUCE_MAX, REDUCE_MIN, REDUCE_SUM, SUM_ALL, SUM_LAST
-from ..ops.sequence import PAD_LAST, PLACE_TIME
-from ..ops.shape import BROADCAST_TO, RESHAPE, SUM_TO
+from ..ops.pool import AVGPOOL, MAXPOOL, non_overlapping
+from ..ops.shape import BROADCAST_TO, RESHAPE
 from ..ops.winograd import WINOGRAD_CONV2D
 
 CONVS = {CONV2D, CONV2D_INPUT_GRAD, CONV2D_WEIGHT_GRAD}
 POOLS = {MAXPOOL, AVGPOOL}
-REDUCTIONS = {GEMM, SUM_LAST, MAX_LAST, REDUCE_SUM, REDUCE_MAX, REDUCE_MIN, SUM_ALL, SUM_TO,
-              AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS | POOLS
-# Consumers that read an input element more than once.
-REREADS = {GEMM, BROADCAST_TO, SCATTER_LAST, AVGPOOL_GRAD, MAXPOOL_GRAD, MAXPOOL_ARGMAX} | CONVS
-# Consumers whose most elements are a constant: a reduction inlined into them
-# would be evaluated for every element, even where it is not selected.
-REREADS |= {PLACE_TIME, PAD_LAST}
 TRIVIAL = {CONSTANT, NUMEL, BROADCAST_TO}
 # Consumers whose index forms (a pooling window, a flattened index, a copy of
 # rows) would keep a convolution inlined into them from being register-blocked
@@ -63,12 +52,12 @@ MAX_CHAIN = 64
 
 
 def rereads(n: Node) -> bool:
-    """Whether n reads some element of its inputs more than once."""
+    """Whether n reads some element of its inputs more than once (Op.rereads)."""
     if n.op in POOLS:
         return not non_overlapping(n.attrs)
-    if n.op in (PAD2D, WINOGRAD_CONV2D):
-        return False
-    return n.op in REREADS or n.op.lower_kernel is not None
+    if n.op.rereads is None:
+        return n.op.lower_kernel is not None
+    return n.op.rereads
 
 
 def fuse(program: Program) -> Program:
@@ -91,7 +80,7 @@ def plan(fn: Function) -> set[int]:
     for n in fn.nodes:  # producers first: a value's cost includes its inlined inputs
         key = id(n.out)
         chain[key] = 1 + max((chain[id(v)] for v in n.inputs if id(v) in inlined), default=0)
-        has_reduce[key] = n.op in REDUCTIONS or any(
+        has_reduce[key] = n.op.reduces or any(
             has_reduce.get(id(v), False) for v in n.inputs if id(v) in inlined)
         has_conv[key] = n.op in CONVS or any(
             has_conv.get(id(v), False) for v in n.inputs if id(v) in inlined)
