@@ -34,6 +34,7 @@ REQUIRED = object()
 # Kinds of non-tensor arguments and the Python types they accept.
 ARG_KINDS: dict[str, tuple[type, ...]] = {
     "tensor": (Value,),
+    "operand": (Value, int, float),   # a tensor, or a number that becomes one
     "int": (int,),
     "float": (int, float),
     "bool": (bool,),
@@ -43,7 +44,7 @@ ARG_KINDS: dict[str, tuple[type, ...]] = {
     "axes": (int, tuple),   # an int or a tuple of ints, as sum's axis
     "dims": (tuple,),       # a tuple of ints and Sizes, as reshape's dims
 }
-ARG_KIND_WORDS = {"tensor": "a tensor", "int": "an integer", "float": "a number",
+ARG_KIND_WORDS = {"tensor": "a tensor", "operand": "a tensor or a number", "int": "an integer", "float": "a number",
                   "bool": "true or false", "str": "a string", "pair": "an integer or a pair (h, w)",
                   "ints": "a tuple of integers", "axes": "an integer or a tuple of integers",
                   "dims": "a tuple of sizes (integers, or symbols such as batch)"}
@@ -160,7 +161,7 @@ def bind(op_name: str, signature: tuple[Arg, ...], positional: list[Any],
             out[a.name] = a.default
             continue  # defaults are trusted, and may be None ('not given')
         v = out[a.name]
-        ok = isinstance(v, ARG_KINDS[a.kind]) and not (a.kind in ("int", "float", "axes") and isinstance(v, bool))
+        ok = isinstance(v, ARG_KINDS[a.kind]) and not (a.kind in ("int", "float", "axes", "operand") and isinstance(v, bool))
         if a.kind == "pair" and isinstance(v, tuple):
             ok = len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
         if ok and (a.kind == "ints" or (a.kind == "axes" and isinstance(v, tuple))):

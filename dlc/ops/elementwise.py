@@ -305,17 +305,30 @@ class Where(Elementwise):
     """torch.where(cond, a, b), its three operands broadcast together. cond
     is a tensor of any dtype, true where nonzero (NaN included, as
     torch's bool()); the language has no comparisons, so a mask is a float
-    or integer tensor (one_hot, a data input)."""
+    or integer tensor (one_hot, a data input). One of a and b may be a
+    number, of the other's dtype (`where(mask, scores, -1e9)`)."""
     name = "where"
-    signature = (Arg("cond", "tensor"), Arg("a", "tensor"), Arg("b", "tensor"))
+    signature = (Arg("cond", "tensor"), Arg("a", "operand"), Arg("b", "operand"))
 
     def build(self, b, args):
         c, x, y = args["cond"], args["a"], args["b"]
+        if not isinstance(x, Value) and not isinstance(y, Value):
+            raise OpError("'where' needs a tensor for a or b, got two numbers", arg="a")
+        x, y = self.tensor(b, x, y, "a"), self.tensor(b, y, x, "b")
         if x.type.dtype != y.type.dtype:
             raise OpError(f"'where' needs a and b of one dtype, got {x.type} and {y.type}", arg="b")
         shape = broadcast_shapes(broadcast_shapes(c.type.shape, x.type.shape, "operands of 'where'"),
                                  y.type.shape, "operands of 'where'")
         return b.node(self, [broadcast(b, v, shape) for v in (c, x, y)])
+
+    @staticmethod
+    def tensor(b, v, other: Value, arg: str) -> Value:
+        """Operand v, a number made a scalar of the other operand's dtype."""
+        if isinstance(v, Value):
+            return v
+        if other.type.dtype == "i32" and v != int(v):
+            raise OpError(f"'where' can't put the number {v:g} in the integer tensor {other.type}", arg=arg)
+        return b.node(CONSTANT, [], value=float(v), dtype=other.type.dtype)
 
     def infer(self, ins, attrs) -> TensorType:
         c, x, y = ins

@@ -69,6 +69,11 @@ CASES = {
         h * 0.01, (5,), P["ln.weight"], P["ln.bias"], 0.1)),
     "where": ("where(c, h, h * 0.5 - 1)", lambda h, c, P: torch.where(c.bool(), h, h * 0.5 - 1),
               "f32[batch, 5]", lambda n, rng: rng.choice([0, 1, -2, np.nan], size=(n, 5)).astype(np.float32)),
+    "where_number": ("where(c, h * 2, -1e4) |> softmax", lambda h, c, P: torch.softmax(torch.where(
+        c.bool(), h * 2, -1e4), -1), "f32[batch, 5]",
+        lambda n, rng: np.concatenate([np.ones((n, 1)), rng.integers(0, 2, size=(n, 4))], 1).astype(np.float32)),
+    "where_number_first": ("where(c, 0, h)", lambda h, c, P: torch.where(c.bool(), 0, h),
+                           "i32[batch, 5]", lambda n, rng: rng.integers(0, 2, size=(n, 5)).astype(np.int32)),
     "where_broadcast": ("where(c, h, sigmoid(h))", lambda h, c, P: torch.where(c.bool(), h, torch.sigmoid(h)),
                         "i32[batch, 1]", lambda n, rng: rng.integers(0, 2, size=(n, 1)).astype(np.int32)),
     "gather": ("gather(h, c, 1)", lambda h, c, P: torch.gather(h, 1, c.long()),
@@ -174,6 +179,8 @@ def test_gather_refuses_an_index_outside_the_axis():
     ('gelu(h, approximate="fast")', 'approximate="fast"', "'gelu' approximate must be"),
     ("gaussian_noise(h, -1)", "-1", "'gaussian_noise' needs std >= 0"),
     ("one_hot(c, 0)", "0", "'one_hot' needs n >= 1"),
+    ("where(c, 1, 2)", "1", "'where' needs a tensor for a or b, got two numbers"),
+    ("where(h, c, 0.5)", "0.5", "'where' can't put the number 0.5 in the integer tensor"),
 ])
 def test_bad_arguments_are_located_errors(source, where, message):
     src = f"model m {{\n    input x: f32[batch, 6]\n    input c: i32[batch, 2]\n" \
