@@ -86,12 +86,37 @@ class CompiledProgram:
         out.pop("loss")
         return {k: v for k, v in out.items() if k not in floats or k in wrt}
 
-    def save(self, path: str | os.PathLike) -> None:
-        self._session.save(str(path))
+    @property
+    def state(self):
+        """name -> writable numpy view of the optimizer state (`fit.step`,
+        `fit.lr`, `fit.fc1.weight.exp_avg`, ...; dlc/ops/optim.py names
+        them), as `params` (cuda: the same refresh)."""
+        if self.target == "cuda":
+            self._session.refresh_params()
+        return self._session.states
+
+    def get_lr(self, block: str) -> float:
+        """The learning rate of train block `block`'s next step."""
+        return float(self._lr(block))
+
+    def set_lr(self, block: str, lr: float) -> None:
+        """Sets the learning rate of `block`'s next steps (a schedule's
+        step), with no recompilation."""
+        self._lr(block)[...] = lr
+
+    def _lr(self, block: str) -> np.ndarray:
+        self._entry(block, ("train",), "train block")
+        return self.state[f"{block}.lr"]
+
+    def save(self, path: str | os.PathLike, optimizer: bool = False) -> None:
+        """Writes the params as safetensors; with `optimizer`, the optimizer
+        state too, so that `load` resumes training exactly."""
+        self._session.save(str(path), optimizer)
 
     def load(self, path: str | os.PathLike, strict: bool = True) -> list[str]:
-        """Loads params from safetensors (see dlc.runtime.Session.load): with
-        strict=False, the names of the params the file lacks, sorted."""
+        """Loads params from safetensors (see dlc.runtime.Session.load), and
+        the optimizer state a checkpoint holds: with strict=False, the names
+        of the params the file lacks, sorted."""
         return self._session.load(str(path), strict)
 
     def init_params(self, seed: int) -> None:

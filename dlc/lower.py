@@ -156,7 +156,7 @@ def lower(program: Program, target: str = "cpu") -> tuple[L.LoopProgram, list[En
         tensors.append(TensorSlot(p.name, "param", p.type.dtype, p.type.shape, p.init))
     for s in program.states.values():
         global_index[s.name] = len(tensors)
-        tensors.append(TensorSlot(s.name, "state", s.type.dtype, s.type.shape, Init("zeros")))
+        tensors.append(TensorSlot(s.name, "state", s.type.dtype, s.type.shape, s.init))
     entries, slots = [], []
     for fn in program.functions.values():
         entry, es = FunctionLowering(ctx, fn, tensors, global_index).run()

@@ -45,7 +45,8 @@ typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
 typedef enum dlc_role { DLC_ROLE_PARAM = 0, DLC_ROLE_STATE = 1,
                         DLC_ROLE_INPUT = 2, DLC_ROLE_OUTPUT = 3 } dlc_role;
 typedef enum dlc_init_kind { DLC_INIT_ZEROS = 0, DLC_INIT_ONES = 1,
-                             DLC_INIT_UNIFORM = 2, DLC_INIT_NORMAL = 3 } dlc_init_kind;
+                             DLC_INIT_UNIFORM = 2, DLC_INIT_NORMAL = 3,
+                             DLC_INIT_CONSTANT = 4 } dlc_init_kind;
 typedef struct dlc_tensor_desc {
   const char *name;
   int32_t role;
@@ -120,6 +121,9 @@ dlc_status dlc_session_init_params(dlc_session *session, uint64_t seed);
 dlc_status dlc_session_param_count(const dlc_session *session, int32_t *out_count);
 dlc_status dlc_session_param_at(dlc_session *session, int32_t i,
                                 const char **out_name, dlc_tensor *out_view);
+dlc_status dlc_session_state_count(const dlc_session *session, int32_t *out_count);
+dlc_status dlc_session_state_at(dlc_session *session, int32_t i,
+                                const char **out_name, dlc_tensor *out_view);
 dlc_status dlc_session_param(dlc_session *session, const char *name,
                              dlc_tensor *out_view);
 dlc_status dlc_session_set_param(dlc_session *session, const char *name,
@@ -134,6 +138,7 @@ dlc_status dlc_session_run_into(dlc_session *session, const char *entry,
                                 const dlc_tensor *outputs);
 dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabled);
 dlc_status dlc_session_save(const dlc_session *session, const char *path);
+dlc_status dlc_session_save_checkpoint(const dlc_session *session, const char *path);
 dlc_status dlc_session_load(dlc_session *session, const char *path);
 dlc_status dlc_session_load_partial(dlc_session *session, const char *path,
                                     int32_t n_found, uint8_t *found);
@@ -452,21 +457,27 @@ class Session:
         self._scratch = {}
         self._into = True   # outputs written into arrays we allocate (not for cuda)
         self._large_outputs = set()   # entries whose last outputs were (INTO_MIN_BYTES)
-        params = {}
+        self._params = self._views(lib.dlc_session_param_count, lib.dlc_session_param_at)
+        self.params = types.MappingProxyType(self._params)
+        self._states = self._views(lib.dlc_session_state_count, lib.dlc_session_state_at)
+        self.states = types.MappingProxyType(self._states)
+
+    def _views(self, count_fn, at_fn) -> dict[str, np.ndarray]:
+        """name -> numpy view of each session tensor that count_fn/at_fn list."""
+        views = {}
         view = ffi.new("dlc_tensor *")
         name = ffi.new("const char **")
         count = ffi.new("int32_t *")
-        _check(lib.dlc_session_param_count(self._ptr, count))
+        _check(count_fn(self._ptr, count))
         for i in range(count[0]):
-            _check(lib.dlc_session_param_at(self._ptr, i, name, view))
+            _check(at_fn(self._ptr, i, name, view))
             shape = tuple(view.dims[0:view.rank])
             # The views hold the session handle, not the Session, so dropping
             # the Session frees it at once unless a view is still in use.
-            params[ffi.string(name[0]).decode()] = np.asarray(_View(
+            views[ffi.string(name[0]).decode()] = np.asarray(_View(
                 self._ptr, int(ffi.cast("uintptr_t", view.data)), shape,
                 _NP_DTYPES[view.dtype]))
-        self._params = params
-        self.params = types.MappingProxyType(params)
+        return views
 
     def refresh_params(self):
         """CUDA sessions: asking the runtime for the params copies them back
@@ -477,7 +488,7 @@ class Session:
             _check(_lib.dlc_session_param_at(self._ptr, i, name, view))
 
     def init_params(self, seed: int):
-        """Re-initialises the params from `seed` and zeroes the optimizer state."""
+        """Re-initialises the params from `seed` and the optimizer state."""
         _check(_lib.dlc_session_init_params(self._ptr, _seed(seed)))
 
     def set_param(self, name: str, value):
@@ -490,9 +501,11 @@ class Session:
         _fill(t, a, f"param '{name}'")
         _check(_lib.dlc_session_set_param(self._ptr, name.encode(), t))
 
-    def save(self, path):
-        """Writes the params as safetensors."""
-        _check(_lib.dlc_session_save(self._ptr, _path(path)))
+    def save(self, path, optimizer: bool = False):
+        """Writes the params as safetensors; with `optimizer`, the optimizer
+        state too (a checkpoint that `load` resumes exactly)."""
+        save = _lib.dlc_session_save_checkpoint if optimizer else _lib.dlc_session_save
+        _check(save(self._ptr, _path(path)))
 
     def load(self, path, strict: bool = True) -> list[str]:
         """Reads the params from safetensors; on any error they are unchanged.

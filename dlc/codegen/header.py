@@ -281,7 +281,10 @@ dlc_status {e.c_name}(dlc_session *session, {", ".join(itf.params(e))});
 """)
     for i, off in itf.offsets.items():
         t = itf.tensors[i]
-        out.append(f"#define {m}_{itf.offset_macros[i]}_OFFSET {off} /* {t.role} {itf.shape(t)} */\n")
+        # A state that does not start at zero (a learning rate) says its value:
+        # an application that fills the weights itself must write it.
+        start = f", starts at {t.init.a!r}" if t.role == "state" and t.init.kind == "constant" else ""
+        out.append(f"#define {m}_{itf.offset_macros[i]}_OFFSET {off} /* {t.role} {itf.shape(t)}{start} */\n")
     out.append("""
 /* Sizes in bytes of the inputs and outputs, from the symbolic sizes. */
 """)
@@ -298,8 +301,8 @@ dlc_status {e.c_name}(dlc_session *session, {", ".join(itf.params(e))});
 void {p}_weights_table(void *weights, void *table[{m}_N_TENSORS]);
 
 /* Fills the params of the weights region by their init rules from `seed`,
- * with the values a session gets, and zeroes the optimizer state. Allocates
- * nothing; needs the runtime. */
+ * with the values a session gets, and the optimizer state (zero moments,
+ * the program's learning rates). Allocates nothing; needs the runtime. */
 dlc_status {p}_init_weights(void *weights, uint64_t seed);
 
 /* Loads the params of the weights region from a safetensors file (as saved

@@ -25,7 +25,7 @@ TYPES = {"f32": ir.FloatType(), "f64": ir.DoubleType(), "i32": I32, L.INDEX: I64
          "bool": ir.IntType(1)}
 DTYPE_CODE = {"f32": 0, "f64": 1, "i32": 2}
 ROLE_CODE = {"param": 0, "state": 1, "input": 2, "output": 3}
-INIT_CODE = {"zeros": 0, "ones": 1, "uniform": 2, "normal": 3}
+INIT_CODE = {"zeros": 0, "ones": 1, "uniform": 2, "normal": 3, "constant": 4}
 ENTRY_CODE = {"infer": 0, "train": 1, "grads": 2}
 # contract allows FMA. No nnan/ninf: NaN must flow through. reassoc only on
 # a reduction's accumulating add (ACCUMULATE), which LLVM needs to vectorize

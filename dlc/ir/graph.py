@@ -118,7 +118,7 @@ class Node:
 @dataclass(frozen=True)
 class Init:
     """A parameter's initialisation rule; kinds mirror dlc_init_kind."""
-    kind: str  # 'zeros' | 'ones' | 'uniform' (a, b) | 'normal' (mean a, std b)
+    kind: str  # 'zeros' | 'ones' | 'uniform' (a, b) | 'normal' (mean a, std b) | 'constant' (a)
     a: float = 0.0
     b: float = 0.0
 
@@ -177,9 +177,11 @@ class Function:
 
 @dataclass
 class StateDecl:
-    """Optimizer state owned by the session (momenta, moments, step count)."""
+    """Optimizer state owned by the session (momenta, moments, step count,
+    learning rate), zeros unless `init` says otherwise."""
     name: str
     type: TensorType
+    init: Init = field(default_factory=lambda: Init("zeros"))
 
 
 @dataclass
@@ -252,8 +254,8 @@ class Builder:
         """Record a layer's output type for summaries (first definition wins)."""
         self.program.layers.setdefault(name, Layer(name, op, self.fn.name, out.type))
 
-    def state(self, name: str, type: TensorType) -> Value:
-        self.program.states.setdefault(name, StateDecl(name, type))
+    def state(self, name: str, type: TensorType, init: Init | None = None) -> Value:
+        self.program.states.setdefault(name, StateDecl(name, type, init or Init("zeros")))
         if name not in self.fn.states:
             self.fn.states[name] = Value(type, "state", name)
         return self.fn.states[name]
@@ -309,7 +311,8 @@ def print_program(program: Program) -> str:
     for p in program.params.values():
         out.append(f"param {p.name}: {p.type} = {p.init.kind}({p.init.a:g}, {p.init.b:g})")
     for s in program.states.values():
-        out.append(f"state {s.name}: {s.type}")
+        init = f" = {s.init.kind}({s.init.a:g})" if s.init.kind != "zeros" else ""
+        out.append(f"state {s.name}: {s.type}{init}")
     for fn in program.functions.values():
         names.clear()
         ins = ", ".join(f"%{v.name}: {v.type}" for v in fn.inputs)

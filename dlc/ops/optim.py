@@ -11,14 +11,16 @@ State names follow torch.optim's state dicts, under the train block:
 `<block>.<param>.momentum` (sgd's and rmsprop's momentum buffer),
 `.exp_avg` / `.exp_avg_sq` (adam, adamw), `.square_avg` / `.grad_avg`
 (rmsprop), `.sum` (adagrad: the squared gradients summed, without
-initial_accumulator_value, since states start at zero), and one step count
-`<block>.step` (adam, adamw, adagrad).
+initial_accumulator_value, since states start at zero), one step count
+`<block>.step` (adam, adamw, adagrad), and the learning rate `<block>.lr`,
+a state set to the program's lr, so that a schedule can change it between
+steps without recompiling.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from ..ir.graph import Builder, OptimizerSpec, TensorType, Value
+from ..ir.graph import Builder, Init, OptimizerSpec, TensorType, Value
 from .base import Arg
 from .elementwise import EXP_BASE, RELU, SQRT, add, broadcast, div, mul, scalar_like, sub
 from .reduce import SUM_ALL
@@ -79,7 +81,7 @@ class _Param:
         b = self.b
         return add(b, mul(b, self.c(beta), avg), mul(b, self.c(1 - beta), x))
 
-    def descend(self, h: dict, step: Value) -> "Pairs":
+    def descend(self, h: dict, k: dict, step: Value) -> "Pairs":
         """p - lr * step, through a momentum buffer when h has momentum
         (torch's SGD and RMSprop alike: buf = momentum * buf + step)."""
         b, out = self.b, []
@@ -87,22 +89,21 @@ class _Param:
             buf = self.state("momentum")
             step = add(b, mul(b, self.c(h["momentum"]), buf), step)
             out.append((buf, step))
-        return out + [(self.p, sub(b, self.start, mul(b, self.c(h["lr"]), step)))]
+        return out + [(self.p, sub(b, self.start, mul(b, self.wide(k["lr"]), step)))]
 
 
 Pairs = list[tuple[Value, Value]]
 
 
-def _sgd(q: _Param, h: dict, _: dict) -> Pairs:
-    return q.descend(h, q.g)
+def _sgd(q: _Param, h: dict, k: dict) -> Pairs:
+    return q.descend(h, k, q.g)
 
 
-def _adam_scalars(b: Builder, h: dict, t: Value) -> dict:
+def _adam_scalars(b: Builder, h: dict, t: Value, lr: Value) -> dict:
     one = scalar_like(b, 1.0, t)
     bc1 = sub(b, one, b.node(EXP_BASE, [t], base=h["beta1"]))
     bc2 = sub(b, one, b.node(EXP_BASE, [t], base=h["beta2"]))
-    return {"step_size": div(b, scalar_like(b, h["lr"], t), bc1),
-            "sqrt_bc2": b.node(SQRT, [bc2])}
+    return {"step_size": div(b, lr, bc1), "sqrt_bc2": b.node(SQRT, [bc2])}
 
 
 def _adam(q: _Param, h: dict, k: dict) -> Pairs:
@@ -114,7 +115,7 @@ def _adam(q: _Param, h: dict, k: dict) -> Pairs:
     return [(m, m2), (v, v2), (q.p, sub(b, q.start, delta))]
 
 
-def _rmsprop(q: _Param, h: dict, _: dict) -> Pairs:
+def _rmsprop(q: _Param, h: dict, k: dict) -> Pairs:
     b, g = q.b, q.g
     sq = q.state("square_avg")
     sq2 = q.ema(sq, h["alpha"], mul(b, g, g))
@@ -124,14 +125,14 @@ def _rmsprop(q: _Param, h: dict, _: dict) -> Pairs:
         ga2 = q.ema(ga, h["alpha"], g)
         out.append((ga, ga2))
         sq2 = sub(b, sq2, mul(b, ga2, ga2))
-    return out + q.descend(h, div(b, g, add(b, b.node(SQRT, [sq2]), q.c(h["eps"]))))
+    return out + q.descend(h, k, div(b, g, add(b, b.node(SQRT, [sq2]), q.c(h["eps"]))))
 
 
-def _adagrad_scalars(b: Builder, h: dict, t: Value) -> dict:
+def _adagrad_scalars(b: Builder, h: dict, t: Value, lr: Value) -> dict:
     # lr / (1 + (t - 1) * lr_decay), t counting this step from 1.
     done = sub(b, t, scalar_like(b, 1.0, t))
     decay = add(b, scalar_like(b, 1.0, t), mul(b, scalar_like(b, h["lr_decay"], t), done))
-    return {"clr": div(b, scalar_like(b, h["lr"], t), decay)}
+    return {"clr": div(b, lr, decay)}
 
 
 def _adagrad(q: _Param, h: dict, k: dict) -> Pairs:
@@ -143,10 +144,10 @@ def _adagrad(q: _Param, h: dict, k: dict) -> Pairs:
     return [(s, s2), (q.p, sub(b, q.start, mul(b, q.wide(k["clr"]), div(b, g, std))))]
 
 
-# kind -> (per-parameter rule, per-step scalars from the step count t, or
-# None for rules that keep no step count).
+# kind -> (per-parameter rule, per-step scalars from the step count t and
+# the lr, or None for rules that keep no step count).
 RULES: dict[str, tuple[Callable[[_Param, dict, dict], Pairs],
-                       Callable[[Builder, dict, Value], dict] | None]] = {
+                       Callable[[Builder, dict, Value, Value], dict] | None]] = {
     "sgd": (_sgd, None),
     "adam": (_adam, _adam_scalars),
     "adamw": (_adam, _adam_scalars),
@@ -165,17 +166,21 @@ def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
     if "clip" in h and grads:
         grads = clip_by_global_norm(b, grads, h["clip"])
     out: Pairs = []
-    k: dict = {}
+    if not params:
+        return out
+    dtype = next(iter(params.values())).type.dtype
+    lr = b.state(f"{b.fn.name}.lr", TensorType(dtype, ()), Init("constant", h["lr"]))
+    k: dict = {"lr": lr}
     if scalars is not None:
-        dtype = next(iter(params.values())).type.dtype
         step = b.state(f"{b.fn.name}.step", TensorType(dtype, ()))
         t = add(b, step, scalar_like(b, 1.0, step))
-        k = scalars(b, h, t)
+        k.update(scalars(b, h, t, lr))
     wd = h["weight_decay"]
     for name, p in params.items():
         start, g = p, grads[name]
-        if wd and spec.kind in DECOUPLED:
-            start = mul(b, p, scalar_like(b, 1 - h["lr"] * wd, p))
+        if wd and spec.kind in DECOUPLED:   # p * (1 - lr * weight_decay)
+            keep = sub(b, scalar_like(b, 1.0, lr), mul(b, lr, scalar_like(b, wd, lr)))
+            start = mul(b, p, broadcast(b, keep, p.type.shape))
         elif wd:
             g = add(b, g, mul(b, scalar_like(b, wd, p), p))
         out += rule(_Param(b, name, p, start, g), h, k)

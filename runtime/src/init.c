@@ -88,7 +88,7 @@ static void store(void *data, int32_t dtype, int64_t i, double v, double lo,
 static void init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
                         uint64_t seed, int32_t index) {
   size_t bytes = (size_t)numel * dlc__dtype_size(t->dtype);
-  if (t->role == DLC_ROLE_STATE || t->init == DLC_INIT_ZEROS) {
+  if (t->init == DLC_INIT_ZEROS) {
     memset(data, 0, bytes);
     return;
   }
@@ -100,6 +100,9 @@ static void init_tensor(void *data, const dlc_tensor_desc *t, int64_t numel,
     switch (t->init) {
     case DLC_INIT_ONES:
       store(data, t->dtype, i, 1.0, 0, 0, 0);
+      break;
+    case DLC_INIT_CONSTANT:
+      store(data, t->dtype, i, t->init_a, 0, 0, 0);
       break;
     case DLC_INIT_UNIFORM:
       store(data, t->dtype, i, t->init_a + (t->init_b - t->init_a) * uniform01(&r),

@@ -118,8 +118,10 @@ dlc_status dlc__check_desc(const char *name, const dlc_program_desc *desc);
 /* Takes a reference for a session; dlc_program_release drops it. */
 void dlc__program_retain(dlc_program *program);
 
-/* Index of the PARAM named `name`, or -1. */
-int32_t dlc__find_param(const dlc_program_desc *desc, const char *name);
+/* Index of the tensor of `role` named `name`, or -1. */
+int32_t dlc__find_tensor(const dlc_program_desc *desc, int32_t role, const char *name);
+#define dlc__find_param(desc, name) dlc__find_tensor(desc, DLC_ROLE_PARAM, name)
+#define dlc__find_state(desc, name) dlc__find_tensor(desc, DLC_ROLE_STATE, name)
 
 /* Checks a descriptor and a caller's tensor table for `fn`: every tensor of
  * role <= max_role (DLC_ROLE_PARAM: the params; DLC_ROLE_STATE: params and

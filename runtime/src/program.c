@@ -48,7 +48,7 @@ static dlc_status check_tensor(const char *path, const dlc_program_desc *d,
       return dlc__fail(DLC_ERR_FORMAT, "program '%s': tensor '%s' is too large",
                        path, t->name);
   }
-  if (owned && (t->init < DLC_INIT_ZEROS || t->init > DLC_INIT_NORMAL))
+  if (owned && (t->init < DLC_INIT_ZEROS || t->init > DLC_INIT_CONSTANT))
     return dlc__fail(DLC_ERR_FORMAT,
                      "program '%s': tensor '%s' has unknown init rule %d", path,
                      t->name, (int)t->init);

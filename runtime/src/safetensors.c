@@ -121,7 +121,9 @@ static void put_le64(unsigned char *out, uint64_t v) {
     out[i] = (unsigned char)(v >> (8 * i));
 }
 
-static dlc_status save(const dlc_program_desc *d, void *const *data, const char *path) {
+/* Writes the PARAMs, and the STATEs too when `states` (a checkpoint). */
+static dlc_status save(const dlc_program_desc *d, void *const *data, const char *path,
+                       int states) {
   if (!host_is_little_endian())
     return dlc__fail(DLC_ERR_UNAVAILABLE,
                      "safetensors files are little-endian; this host is not");
@@ -137,7 +139,8 @@ static dlc_status save(const dlc_program_desc *d, void *const *data, const char 
   int32_t n = 0;
   for (size_t size = 8; size >= 4; size /= 2)
     for (int32_t i = 0; i < d->n_tensors; i++)
-      if (d->tensors[i].role == DLC_ROLE_PARAM && dlc__dtype_size(d->tensors[i].dtype) == size)
+      if ((d->tensors[i].role == DLC_ROLE_PARAM || (states && d->tensors[i].role == DLC_ROLE_STATE)) &&
+          dlc__dtype_size(d->tensors[i].dtype) == size)
         order[n++] = i;
   uint64_t offset = 0;
   for (int32_t o = 0; o < n; o++) {
@@ -215,16 +218,24 @@ static dlc_status save(const dlc_program_desc *d, void *const *data, const char 
   return DLC_OK;
 }
 
-dlc_status dlc_session_save(const dlc_session *s, const char *path) {
+static dlc_status session_save(const char *fn, const dlc_session *s, const char *path,
+                               int states) {
   if (s == NULL || path == NULL)
-    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "dlc_session_save: session and path must not be NULL");
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "%s: session and path must not be NULL", fn);
   dlc__session_lock(s);
   dlc_status st = dlc__cuda_host_access(s);
   if (st == DLC_OK)
-    st = save(s->desc, s->data, path);
+    st = save(s->desc, s->data, path, states);
   dlc__session_unlock(s);
   return st;
+}
+
+dlc_status dlc_session_save(const dlc_session *s, const char *path) {
+  return session_save("dlc_session_save", s, path, 0);
+}
+
+dlc_status dlc_session_save_checkpoint(const dlc_session *s, const char *path) {
+  return session_save("dlc_session_save_checkpoint", s, path, 1);
 }
 
 dlc_status dlc_tensors_save(const dlc_program_desc *desc, void *const *tensors,
@@ -232,7 +243,7 @@ dlc_status dlc_tensors_save(const dlc_program_desc *desc, void *const *tensors,
   dlc_status st = dlc__check_table("dlc_tensors_save", desc, tensors, DLC_ROLE_PARAM);
   if (st == DLC_OK && path == NULL)
     st = dlc__fail(DLC_ERR_INVALID_ARGUMENT, "dlc_tensors_save: path must not be NULL");
-  return st == DLC_OK ? save(desc, tensors, path) : st;
+  return st == DLC_OK ? save(desc, tensors, path, 0) : st;
 }
 
 /* ---- a small JSON reader for the header ------------------------------------ */
@@ -662,13 +673,17 @@ static dlc_status check_offsets(const char *path, const st_header *h, uint64_t d
   return DLC_OK;
 }
 
-/* Checks the header's tensors are exactly the program's params; `partial`:
- * any of them (param_of -1 for a tensor the program lacks, to be ignored). */
+/* Checks the header's tensors are exactly the program's params, plus any of
+ * its STATEs when `states` (a checkpoint's); `partial`: any of them
+ * (param_of -1 for a tensor the program lacks, to be ignored). */
 static dlc_status match_params(const char *path, const dlc_program_desc *d,
-                               const st_header *h, int32_t *param_of, int partial) {
+                               const st_header *h, int32_t *param_of, int partial,
+                               int states) {
   for (size_t i = 0; i < h->n; i++) {
     const st_entry *t = &h->v[i];
     int32_t p = dlc__find_param(d, t->name);
+    if (p < 0 && states)
+      p = dlc__find_state(d, t->name);
     param_of[i] = p;
     if (p < 0 && partial)
       continue;
@@ -748,6 +763,7 @@ static int read_at(FILE *f, uint64_t offset, void *dst, size_t n) {
  * how it loads (see dlc_session_load_partial). */
 typedef struct load_state {
   int partial;
+  int states;     /* the file may hold STATEs of the program too */
   uint8_t *found; /* NULL, or one flag per tensor of the table */
   FILE *f;
   char *text;
@@ -794,7 +810,7 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
   ls->stage_off = (size_t *)malloc((h->n ? h->n : 1) * sizeof(size_t));
   if (ls->param_of == NULL || ls->stage_off == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", path);
-  st = match_params(path, d, h, ls->param_of, ls->partial);
+  st = match_params(path, d, h, ls->param_of, ls->partial, ls->states);
   if (st == DLC_OK)
     st = check_offsets(path, h, (uint64_t)fsize - data_start);
   if (st != DLC_OK)
@@ -845,9 +861,10 @@ static dlc_status load(const dlc_program_desc *d, void *const *data, const char 
 }
 
 /* Reads params from `f` (closed here) into `data`; `path` names it in
- * messages; `partial` and `found` as in dlc_session_load_partial. */
+ * messages; `partial` and `found` as in dlc_session_load_partial; `states`:
+ * the STATEs a checkpoint holds are read too. */
 static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *f,
-                            const char *path, int partial, uint8_t *found) {
+                            const char *path, int partial, int states, uint8_t *found) {
   if (!host_is_little_endian()) {
     fclose(f);
     return dlc__fail(DLC_ERR_UNAVAILABLE,
@@ -856,6 +873,7 @@ static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *
   load_state ls;
   memset(&ls, 0, sizeof ls);
   ls.partial = partial;
+  ls.states = states;
   ls.found = found;
   ls.f = f;
   dlc_status st = load(d, data, path, &ls);
@@ -869,7 +887,8 @@ static dlc_status load_file(const dlc_program_desc *d, void *const *data, FILE *
 }
 
 static dlc_status open_and_load(const dlc_program_desc *d, void *const *data,
-                                const char *path, int partial, uint8_t *found) {
+                                const char *path, int partial, int states,
+                                uint8_t *found) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) {
     if (errno == ENOENT)
@@ -883,7 +902,7 @@ static dlc_status open_and_load(const dlc_program_desc *d, void *const *data,
     fclose(f);
     return dlc__fail(DLC_ERR_IO, "weights file '%s' is a directory", path);
   }
-  return load_file(d, data, f, path, partial, found);
+  return load_file(d, data, f, path, partial, states, found);
 }
 
 static dlc_status session_load(const char *fn, dlc_session *s, const char *path,
@@ -894,7 +913,7 @@ static dlc_status session_load(const char *fn, dlc_session *s, const char *path,
   dlc__session_lock(s);
   dlc_status st = dlc__cuda_host_access(s);
   if (st == DLC_OK)
-    st = open_and_load(s->desc, s->data, path, partial, found);
+    st = open_and_load(s->desc, s->data, path, partial, 1, found);
   dlc__session_unlock(s);
   return st;
 }
@@ -918,7 +937,7 @@ dlc_status dlc_tensors_load(const dlc_program_desc *desc, void *const *tensors,
   dlc_status st = dlc__check_table("dlc_tensors_load", desc, tensors, DLC_ROLE_PARAM);
   if (st == DLC_OK && path == NULL)
     st = dlc__fail(DLC_ERR_INVALID_ARGUMENT, "dlc_tensors_load: path must not be NULL");
-  return st == DLC_OK ? open_and_load(desc, tensors, path, 0, NULL) : st;
+  return st == DLC_OK ? open_and_load(desc, tensors, path, 0, 0, NULL) : st;
 }
 
 dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *tensors,
@@ -939,5 +958,5 @@ dlc_status dlc_tensors_load_memory(const dlc_program_desc *desc, void *const *te
   if (f == NULL)
     return dlc__fail(DLC_ERR_OUT_OF_MEMORY, "cannot open a buffer of %llu bytes: %s",
                      (unsigned long long)size, strerror(errno));
-  return load_file(desc, tensors, f, "(memory)", 0, NULL);
+  return load_file(desc, tensors, f, "(memory)", 0, 0, NULL);
 }

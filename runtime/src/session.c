@@ -188,29 +188,25 @@ static void view_of(const dlc_session *s, int32_t i, dlc_tensor *out) {
     out->dims[k] = t->dims[k];
 }
 
-dlc_status dlc_session_param_count(const dlc_session *s, int32_t *out_count) {
-  if (s == NULL || out_count == NULL)
-    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "dlc_session_param_count: session and out_count must not be NULL");
+static int32_t count_role(const dlc_session *s, int32_t role) {
   int32_t n = 0;
   for (int32_t i = 0; i < s->desc->n_tensors; i++)
-    n += s->desc->tensors[i].role == DLC_ROLE_PARAM;
-  *out_count = n;
-  return DLC_OK;
+    n += s->desc->tensors[i].role == role;
+  return n;
 }
 
-dlc_status dlc_session_param_at(dlc_session *s, int32_t i, const char **out_name,
-                                dlc_tensor *out_view) {
+/* The i-th tensor of `role`, for dlc_session_param_at and _state_at. */
+static dlc_status tensor_at(const char *fn, dlc_session *s, int32_t role, int32_t i,
+                            const char **out_name, dlc_tensor *out_view) {
   if (s == NULL || out_name == NULL || out_view == NULL)
     return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                     "dlc_session_param_at: session, out_name and out_view must "
-                     "not be NULL");
+                     "%s: session, out_name and out_view must not be NULL", fn);
   dlc_status access = host_access(s);
   if (access != DLC_OK)
     return access;
   int32_t n = 0;
   for (int32_t t = 0; t < s->desc->n_tensors; t++) {
-    if (s->desc->tensors[t].role != DLC_ROLE_PARAM)
+    if (s->desc->tensors[t].role != role)
       continue;
     if (n++ == i) {
       *out_name = s->desc->tensors[t].name;
@@ -218,9 +214,35 @@ dlc_status dlc_session_param_at(dlc_session *s, int32_t i, const char **out_name
       return DLC_OK;
     }
   }
-  return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
-                   "param index %d is out of range; the program has %d params",
-                   (int)i, (int)n);
+  const char *what = role == DLC_ROLE_PARAM ? "param" : "state";
+  return dlc__fail(DLC_ERR_INVALID_ARGUMENT, "%s index %d is out of range; the program has %d %ss",
+                   what, (int)i, (int)n, what);
+}
+
+dlc_status dlc_session_param_count(const dlc_session *s, int32_t *out_count) {
+  if (s == NULL || out_count == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_param_count: session and out_count must not be NULL");
+  *out_count = count_role(s, DLC_ROLE_PARAM);
+  return DLC_OK;
+}
+
+dlc_status dlc_session_state_count(const dlc_session *s, int32_t *out_count) {
+  if (s == NULL || out_count == NULL)
+    return dlc__fail(DLC_ERR_INVALID_ARGUMENT,
+                     "dlc_session_state_count: session and out_count must not be NULL");
+  *out_count = count_role(s, DLC_ROLE_STATE);
+  return DLC_OK;
+}
+
+dlc_status dlc_session_param_at(dlc_session *s, int32_t i, const char **out_name,
+                                dlc_tensor *out_view) {
+  return tensor_at("dlc_session_param_at", s, DLC_ROLE_PARAM, i, out_name, out_view);
+}
+
+dlc_status dlc_session_state_at(dlc_session *s, int32_t i, const char **out_name,
+                                dlc_tensor *out_view) {
+  return tensor_at("dlc_session_state_at", s, DLC_ROLE_STATE, i, out_name, out_view);
 }
 
 static dlc_status param_not_found(const dlc_program_desc *d, const char *name) {

@@ -129,10 +129,9 @@ void *dlc__aligned_alloc(size_t bytes) {
 
 void dlc__aligned_free(void *p) { free(p); }
 
-int32_t dlc__find_param(const dlc_program_desc *desc, const char *name) {
+int32_t dlc__find_tensor(const dlc_program_desc *desc, int32_t role, const char *name) {
   for (int32_t i = 0; i < desc->n_tensors; i++)
-    if (desc->tensors[i].role == DLC_ROLE_PARAM &&
-        strcmp(desc->tensors[i].name, name) == 0)
+    if (desc->tensors[i].role == role && strcmp(desc->tensors[i].name, name) == 0)
       return i;
   return -1;
 }

@@ -37,7 +37,7 @@ def test_cdef_functions_match_headers(tmp_path):
     conflicts with the real declaration."""
     import re
     protos = re.findall(r"^(?:const )?\w+ \*?dlc_\w+\([^;]*\);", runtime.CDEF, re.M)
-    assert len(protos) == 24
+    assert len(protos) == 27
     src = tmp_path / "protos.c"
     src.write_text('#include "dlc/runtime.h"\n' + "\n".join(protos) + "\n")
     cc = shutil.which("cc") or shutil.which("gcc")

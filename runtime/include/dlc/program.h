@@ -23,10 +23,11 @@ typedef enum dlc_dtype { DLC_F32 = 0, DLC_F64 = 1, DLC_I32 = 2 } dlc_dtype;
 
 typedef enum dlc_role {
   DLC_ROLE_PARAM = 0,  /* trainable, owned by the session, saved in weights files */
-  DLC_ROLE_STATE = 1,  /* optimizer state (momenta, Adam moments, step count)
-                          and caches of values derived from params (Winograd's
-                          transformed filters): owned by the session, zero at
-                          creation, not saved */
+  DLC_ROLE_STATE = 1,  /* optimizer state (momenta, Adam moments, step count,
+                          learning rate) and caches of values derived from
+                          params (Winograd's transformed filters): owned by
+                          the session, initialised by their rule (zeros, the
+                          learning rate its value), saved in checkpoints only */
   DLC_ROLE_INPUT = 2,  /* given by the caller on each call of an entry */
   DLC_ROLE_OUTPUT = 3  /* produced by an entry on each call */
 } dlc_role;
@@ -35,7 +36,8 @@ typedef enum dlc_init_kind {
   DLC_INIT_ZEROS = 0,
   DLC_INIT_ONES = 1,
   DLC_INIT_UNIFORM = 2, /* U(init_a, init_b) */
-  DLC_INIT_NORMAL = 3   /* N(mean = init_a, std = init_b) */
+  DLC_INIT_NORMAL = 3,  /* N(mean = init_a, std = init_b) */
+  DLC_INIT_CONSTANT = 4 /* init_a */
 } dlc_init_kind;
 
 /* A dim >= 0 is a fixed size; a dim < 0 names symbol number (-dim - 1).

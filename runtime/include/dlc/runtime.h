@@ -149,9 +149,9 @@ DLC_API dlc_status dlc_session_create(dlc_program *program,
 /* Frees the session and everything it owns (views into it become invalid). */
 DLC_API void dlc_session_release(dlc_session *session);
 
-/* Re-initialises every PARAM by its init rule and zeroes every STATE (a fresh
- * optimizer). The values of a param depend only on `seed` and its index in
- * the tensor table. */
+/* Re-initialises every PARAM and STATE by its init rule (a fresh optimizer:
+ * zero moments, the program's learning rates). The values of a param depend
+ * only on `seed` and its index in the tensor table. */
 DLC_API dlc_status dlc_session_init_params(dlc_session *session, uint64_t seed);
 
 /* The number of PARAM tensors, and the i-th of them in tensor-table order:
@@ -160,6 +160,17 @@ DLC_API dlc_status dlc_session_init_params(dlc_session *session, uint64_t seed);
 DLC_API dlc_status dlc_session_param_count(const dlc_session *session,
                                            int32_t *out_count);
 DLC_API dlc_status dlc_session_param_at(dlc_session *session, int32_t i,
+                                        const char **out_name,
+                                        dlc_tensor *out_view);
+
+/* The same for the STATE tensors: the optimizer's (named
+ * `<train block>.<param>.exp_avg`, `<train block>.step`, `<train block>.lr`
+ * ...; see dlc/ops/optim.py) and caches of values derived from params.
+ * Writing `<train block>.lr` (f32 or f64, rank 0) sets the learning rate of
+ * that block's next steps. */
+DLC_API dlc_status dlc_session_state_count(const dlc_session *session,
+                                           int32_t *out_count);
+DLC_API dlc_status dlc_session_state_at(dlc_session *session, int32_t i,
                                         const char **out_name,
                                         dlc_tensor *out_view);
 
@@ -226,8 +237,15 @@ DLC_API dlc_status dlc_session_set_device_io(dlc_session *session, int32_t enabl
  * existing file intact. Errors: IO. */
 DLC_API dlc_status dlc_session_save(const dlc_session *session, const char *path);
 
-/* Reads every PARAM from the safetensors file at `path`. The file must hold
- * exactly the program's params, each with its dtype and shape; it is read
+/* dlc_session_save, with every STATE too (the optimizer's moments, step
+ * counts and learning rates): dlc_session_load of the file then resumes
+ * training exactly where it was saved. */
+DLC_API dlc_status dlc_session_save_checkpoint(const dlc_session *session,
+                                               const char *path);
+
+/* Reads every PARAM from the safetensors file at `path`, and the STATEs a
+ * checkpoint holds. The file must hold exactly the program's params (and
+ * any of its states), each with its dtype and shape; it is read
  * into temporary memory and committed only once all of it is valid, so a
  * failed load leaves the params unchanged. Errors: NOT_FOUND (no such file),
  * IO, FORMAT (a malformed file or one that does not match the program). */
