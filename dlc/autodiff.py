@@ -8,6 +8,14 @@ parameter, named as the parameter); a block with float inputs gets a third,
 `fit.input_grads` (kind 'grads': those outputs, then the gradient of each
 float input, named as the input). Input gradients have an entry of their
 own so that `fit.grads` (and its C signature) does no work for them.
+
+The step also comes in two halves, for data-parallel training (gradients
+averaged across processes between them): `fit.apply` (kind 'apply': the
+optimizer's update from gradients given as inputs, named as the params,
+clipping included) and, when the forward pass writes something (batchnorm's
+running statistics, dropout's step), `fit.step_grads` (kind 'step_grads':
+`fit.grads` with those writes); without such writes `fit.grads` is that half.
+
 Gradients come from each op's `grad` rule, written as graph ops, so the
 backward pass is ordinary graph IR.
 """
@@ -97,7 +105,7 @@ def differentiate(program: Program) -> Program:
         b.span = fn.optimizer.span if fn.optimizer else fn.span
         # After the forward pass's own writes (batchnorm's running stats,
         # dropout's step), the optimizer's.
-        step.assigns += updates(b, fn.optimizer, {p: step.params[p] for p in grads}, grads)
+        step.assigns += updates(b, fn.optimizer, {p: step.params[p] for p in grads}, grads, fn.name)
 
         out.functions[step.name] = step
         gfn = gradient_entry(out, fn, f"{fn.name}.grads", wrt, inputs=False)
@@ -105,16 +113,23 @@ def differentiate(program: Program) -> Program:
         if any(v.type.dtype in FLOAT_DTYPES for v in fn.inputs):
             ifn = gradient_entry(out, fn, f"{fn.name}.input_grads", wrt, inputs=True)
             out.functions[ifn.name] = ifn
+        if fn.assigns:
+            sfn = gradient_entry(out, fn, f"{fn.name}.step_grads", wrt, inputs=False, writes=True)
+            out.functions[sfn.name] = sfn
+        afn = apply_entry(out, fn, step.trained)
+        out.functions[afn.name] = afn
     return out
 
 
 def gradient_entry(program: Program, fn: Function, name: str, wrt: list[str],
-                   inputs: bool) -> Function:
+                   inputs: bool, writes: bool = False) -> Function:
     """A 'grads' function of train block `fn`: the loss, the gradient of each
     param in `wrt` and, with `inputs`, of each float input (zeros where the
-    loss does not depend on it). It changes nothing."""
-    gfn = clone_function(fn, name, "grads")
-    gfn.assigns = []
+    loss does not depend on it). It changes nothing; with `writes`, a
+    'step_grads' function that keeps the forward pass's writes."""
+    gfn = clone_function(fn, name, "step_grads" if writes else "grads")
+    if not writes:
+        gfn.assigns = []
     b = Builder(program, gfn)
     # Input names never contain a dot, param names always do: no clash.
     floats = {v.name: v for v in gfn.inputs if inputs and v.type.dtype in FLOAT_DTYPES}
@@ -124,3 +139,21 @@ def gradient_entry(program: Program, fn: Function, name: str, wrt: list[str],
     gfn.outputs.update({n: grads[n] if n in grads else scalar_like(b, 0.0, v)
                         for n, v in floats.items()})
     return gfn
+
+
+def apply_entry(program: Program, fn: Function, trained: list[str]) -> Function:
+    """The 'apply' function of train block `fn`: its optimizer's update of
+    the `trained` params from gradients given as inputs named as the params
+    (the optimizer's state is the step's: `fit.lr`, `fit.step`, ...)."""
+    afn = Function(f"{fn.name}.apply", "apply", optimizer=fn.optimizer, span=fn.span)
+    grads = {}
+    for p in trained:
+        t = fn.params[p].type
+        afn.params[p] = Value(t, "param", p)
+        grads[p] = Value(t, "input", p)
+        afn.inputs.append(grads[p])
+    afn.trained = list(trained)
+    b = Builder(program, afn)
+    b.span = fn.optimizer.span
+    afn.assigns = updates(b, fn.optimizer, dict(afn.params), grads, fn.name)
+    return afn

@@ -23,7 +23,9 @@ from .ir import loops as L
 from .ir.graph import Dim, Function, Init, Node, Program, Value, dim_factors
 
 Accessor = Callable[[list[L.Expr]], L.Expr]
-ENTRY_KIND = {"model": "infer", "train": "train", "grads": "grads"}
+# A step's halves write params and state, as a step does: 'train' to the runtime.
+ENTRY_KIND = {"model": "infer", "train": "train", "grads": "grads", "apply": "train",
+              "step_grads": "train"}
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,12 @@ KIND_TEXT = {
     "input_grads": "gradients of train block {base}: the loss, the gradient of each param "
                    "it trains (named as the param) and of each float input (named as the "
                    "input), without updating anything.",
+    "step_grads": "the first half of a step of train block {base}: the loss and the gradient "
+                  "of each param it trains, with the forward pass's writes (batchnorm's "
+                  "running statistics, dropout's step) but no update.",
+    "apply": "the second half of a step of train block {base}: the optimizer's update of "
+             "the params from the given gradients (named as the params), e.g. averaged "
+             "across processes.",
 }
 # C and C++ keywords, and the generated functions' own parameter and local names.
 RESERVED = set("""auto break case char const continue default do double else enum extern
@@ -197,7 +203,7 @@ def _doc_args(itf: Interface, e: Entry) -> list[str]:
 def _kind_text(e: Entry) -> str:
     """The entry's description, wrapped for a comment opened with '/* '."""
     base, _, suffix = e.slots.name.rpartition(".")
-    kind = "input_grads" if suffix == "input_grads" else e.slots.kind
+    kind = suffix if suffix in ("input_grads", "step_grads", "apply") else e.slots.kind
     text = KIND_TEXT[kind].format(name=e.slots.name, base=base or e.slots.name)
     return "\n * ".join(textwrap.wrap(text, 74))
 

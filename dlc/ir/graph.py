@@ -148,7 +148,7 @@ class Function:
     each trained param to the node values that hold its new value and the new
     values of its optimizer states."""
     name: str
-    kind: str                                  # 'model' | 'train' | 'grads'
+    kind: str                                  # 'model' | 'train' | 'grads' | 'apply' | 'step_grads'
     inputs: list[Value] = field(default_factory=list)
     params: dict[str, Value] = field(default_factory=dict)   # param name -> its value here
     nodes: list[Node] = field(default_factory=list)

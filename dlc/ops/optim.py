@@ -63,8 +63,8 @@ class _Param:
     from (`start`: p, or p decayed for adamw), its gradient `g` (clipped,
     plus the L2 term for the others), its states and constants."""
 
-    def __init__(self, b: Builder, name: str, p: Value, start: Value, g: Value):
-        self.b, self.name, self.p, self.start, self.g = b, name, p, start, g
+    def __init__(self, b: Builder, block: str, name: str, p: Value, start: Value, g: Value):
+        self.b, self.block, self.name, self.p, self.start, self.g = b, block, name, p, start, g
 
     def c(self, v: float) -> Value:
         return scalar_like(self.b, v, self.p)
@@ -74,7 +74,7 @@ class _Param:
         return broadcast(self.b, s, self.p.type.shape)
 
     def state(self, what: str) -> Value:
-        return self.b.state(f"{self.b.fn.name}.{self.name}.{what}", self.p.type)
+        return self.b.state(f"{self.block}.{self.name}.{what}", self.p.type)
 
     def ema(self, avg: Value, beta: float, x: Value) -> Value:
         """beta * avg + (1 - beta) * x."""
@@ -160,7 +160,8 @@ DECOUPLED = {"adamw"}
 
 
 def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
-            grads: dict[str, Value]) -> list[tuple[Value, Value]]:
+            grads: dict[str, Value], block: str) -> list[tuple[Value, Value]]:
+    """The update of train block `block` (its states' names start with it)."""
     h = spec.hparams
     rule, scalars = RULES[spec.kind]
     if "clip" in h and grads:
@@ -169,10 +170,10 @@ def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
     if not params:
         return out
     dtype = next(iter(params.values())).type.dtype
-    lr = b.state(f"{b.fn.name}.lr", TensorType(dtype, ()), Init("constant", h["lr"]))
+    lr = b.state(f"{block}.lr", TensorType(dtype, ()), Init("constant", h["lr"]))
     k: dict = {"lr": lr}
     if scalars is not None:
-        step = b.state(f"{b.fn.name}.step", TensorType(dtype, ()))
+        step = b.state(f"{block}.step", TensorType(dtype, ()))
         t = add(b, step, scalar_like(b, 1.0, step))
         k.update(scalars(b, h, t, lr))
     wd = h["weight_decay"]
@@ -183,7 +184,7 @@ def updates(b: Builder, spec: OptimizerSpec, params: dict[str, Value],
             start = mul(b, p, broadcast(b, keep, p.type.shape))
         elif wd:
             g = add(b, g, mul(b, scalar_like(b, wd, p), p))
-        out += rule(_Param(b, name, p, start, g), h, k)
+        out += rule(_Param(b, block, name, p, start, g), h, k)
     if scalars is not None:
         out.append((step, t))
     return out
