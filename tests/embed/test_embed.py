@@ -44,7 +44,7 @@ def test_emit_lib_writes_library_archive_and_header(moons_lib):
     assert {p.name for p in moons_lib.iterdir()} == {"moons.so", "libmoons.a", "moons.h"}
     # The .so is a program library like --emit=so's: the runtime loads it.
     prog = dlc.runtime.load_program(moons_lib / "moons.so")
-    assert list(prog.entries) == ["moons", "fit", "fit.grads", "fit.input_grads"]
+    assert list(prog.entries) == ["moons", "fit", "fit.grads", "fit.input_grads", "fit.apply"]
     # The archive: the program object, exporting its descriptor under its own
     # name, and the typed functions; the no-malloc object needs no runtime.
     symbols = run(["nm", "-A", moons_lib / "libmoons.a"])

@@ -158,7 +158,7 @@ def test_deep_expressions_parse_and_print(expression):
 @pytest.mark.parametrize("expression", DEEP.values(), ids=DEEP.keys())
 def test_deep_expressions_compile_with_their_gradients(expression):
     art = driver.build(trained(expression), "deep.dl")
-    assert {e.name for e in art.loops.entries} == {"m", "fit", "fit.grads", "fit.input_grads"}
+    assert {e.name for e in art.loops.entries} == {"m", "fit", "fit.grads", "fit.input_grads", "fit.apply"}
 
 
 def test_deeply_nested_tuples_are_an_error():
