@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from . import driver
+from . import draw, driver, training
 from .codegen import compiler
 from .errors import DlcError, InvalidArgumentError, NotFoundError
 from .ir.graph import Program as GraphProgram
@@ -41,7 +42,7 @@ class CompiledProgram:
         of this property; writes to it reach the device on the next run."""
         if self.target == "cuda":
             self._session.refresh_params()
-        return self._session.params
+        return Params(self._session)
 
     @property
     def entries(self) -> list[str]:
@@ -124,6 +125,55 @@ class CompiledProgram:
 
     def summary(self) -> str:
         return summary(self.graph, self.loops)
+
+    def fit(self, block: str, data, **options) -> training.History:
+        """Trains train block `block` over a data set for some epochs, with
+        validation, metrics, callbacks and progress: see dlc.training.fit."""
+        return training.fit(self, block, data, **options)
+
+    def predict(self, model: str, data, batch_size: int | None = 256) -> dict[str, np.ndarray]:
+        """Runs `model` over a data set in batches: {output name: all rows}."""
+        return training.predict(self, model, data, batch_size)
+
+    def evaluate(self, model: str, data, metrics=("accuracy",), labels: str | np.ndarray = "t",
+                 batch_size: int | None = 256) -> dict[str, float]:
+        """{metric: value} of `model` over a data set (dlc.training.evaluate)."""
+        return training.evaluate(self, model, data, metrics, labels, batch_size)
+
+    def draw(self, path: str | os.PathLike | None = None, format: str | None = None) -> str:
+        """Each model's layers, shapes and parameter counts as a Graphviz
+        graph: the DOT text, also written to `path` (rendered by the `dot`
+        program unless the format, by default the suffix, is dot)."""
+        return draw.draw(self.graph.source, self.graph.file, path, format)
+
+    def __repr__(self) -> str:
+        entries = ", ".join(f"{n} ({fn.kind})" for n, fn in self.graph.functions.items()
+                            if fn.kind in ("model", "train"))
+        return f"<dlc.CompiledProgram {self.graph.file!r} target={self.target}: {entries}>"
+
+
+class Params(Mapping):
+    """name -> writable numpy view of a param; `params[name] = array`
+    copies the array in, checking its shape and dtype (converting within a
+    kind, f64 -> f32, as inputs are)."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._session.params[name]
+
+    def __setitem__(self, name: str, value) -> None:
+        self._session.set_param(name, value)
+
+    def __iter__(self):
+        return iter(self._session.params)
+
+    def __len__(self) -> int:
+        return len(self._session.params)
+
+    def __repr__(self) -> str:
+        return f"<dlc params: {', '.join(self._session.params)}>"
 
 
 def workspace_bytes(entry: LoopEntry, syms: dict[str, int]) -> int:

@@ -1,4 +1,5 @@
-"""The `dlc` command: compile a .dl file, stop at any stage, summarise it.
+"""The `dlc` command: compile a .dl file, stop at any stage, summarise it;
+train it or run it on arrays of .npz files; draw its models.
 
 Errors in the user's program print `file:line:col: error: ...` with the
 source line and a caret, and exit 1; no traceback reaches the user.
@@ -46,6 +47,41 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summary", help="print layers, shapes and parameter counts",
                        description="Print a program's layers, output shapes and parameter counts.")
     s.add_argument("file", help="the .dl source file")
+    t = sub.add_parser("train", help="train a program on arrays in a .npz file",
+                       description="Train a train block on the arrays of a .npz file, named as its "
+                       "inputs, with a progress bar; write the weights as safetensors.")
+    t.add_argument("file", help="the .dl source file")
+    t.add_argument("--data", required=True, help=".npz file of the training arrays")
+    t.add_argument("--block", help="the train block (default: the program's only one)")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the shuffling")
+    t.add_argument("--val", help=".npz file of validation arrays: the model's inputs and the labels")
+    t.add_argument("--model", help="the model --val runs (default: the program's only one)")
+    t.add_argument("--metric", action="append", choices=["accuracy", "mse"],
+                   help="computed on --val after each epoch (repeatable; default accuracy)")
+    t.add_argument("--labels", default="t", help="the labels' name in the --val file (default t)")
+    t.add_argument("--init", help="safetensors weights to start from")
+    t.add_argument("--log-every", type=int, default=1, metavar="N",
+                   help="print the line of the first, every N-th and the last epoch (default 1)")
+    t.add_argument("-o", "--output", required=True, help="safetensors file for the trained weights")
+    r = sub.add_parser("run", help="run a model on arrays in a .npz file",
+                       description="Run a model on the arrays of a .npz file, named as its inputs; "
+                       "write its outputs to a .npz file.")
+    r.add_argument("file", help="the .dl source file")
+    r.add_argument("--weights", help="safetensors weights (default: the initial ones of --seed)")
+    r.add_argument("--data", required=True, help=".npz file of the input arrays")
+    r.add_argument("--model", help="the model to run (default: the program's only one)")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("-o", "--output", required=True, help=".npz file for the outputs")
+    d = sub.add_parser("draw", help="draw each model's layers as a graph",
+                       description="Draw each model's layers, shapes and parameter counts as a "
+                       "Graphviz graph (svg, png, pdf, ... need the `dot` program; dot is the text).")
+    d.add_argument("file", help="the .dl source file")
+    d.add_argument("-o", "--output", help="output path (default: FILE.svg; with --format dot, "
+                   "standard output)")
+    d.add_argument("--format", help="dot, svg, png, pdf, ... (default: the output's suffix)")
     args = ap.parse_args(argv)
     source = None
     try:
@@ -54,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             art = driver.build(source, file)
             print(summary(art.graph, art.loops))
             return 0
+        if args.command == "draw":
+            return draw_command(args, source, file)
+        if args.command in ("train", "run"):
+            return (train_command if args.command == "train" else run_command)(args)
         return compile_command(args, source, file)
     except CompileError as e:
         print(e.render(), file=sys.stderr)
@@ -67,6 +107,81 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:   # writing an output: a missing directory, a full disk, no permission
         print(f"dlc: error: cannot write '{e.filename}': {e.strerror or e}", file=sys.stderr)
         return 1
+
+
+def load_npz(path: str) -> dict:
+    """The arrays of a .npz file (no pickled objects)."""
+    import zipfile
+
+    import numpy as np
+    try:
+        with open(path, "rb"):   # a missing file: OSError, not "not a .npz"
+            pass
+        if not zipfile.is_zipfile(path):
+            raise DlcError(f"data '{path}' is not a .npz file (numpy.savez writes them)")
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:   # missing, unreadable, object arrays
+        raise DlcError(f"cannot read data '{path}': {getattr(e, 'strerror', None) or e}") from None
+
+
+def only(prog, kind: str, given: str | None, what: str, option: str) -> str:
+    """`given`, or the program's only function of `kind` ('model', 'train')."""
+    if given:
+        return given
+    names = [n for n, fn in prog.graph.functions.items() if fn.kind == kind]
+    if len(names) != 1:
+        raise DlcError(f"this program has {len(names)} {what}s ({', '.join(names) or 'none'}); "
+                       f"name one with {option}")
+    return names[0]
+
+
+def train_command(args) -> int:
+    from . import api, training
+    prog = api.compile(args.file, seed=args.seed)
+    block = only(prog, "train", args.block, "train block", "--block")
+    if args.init:
+        prog.load(args.init)
+    validation, metrics = None, ()
+    if args.val:
+        model = only(prog, "model", args.model, "model", "--model")
+        validation = training.Validation(model, load_npz(args.val), args.labels)
+        metrics = args.metric or ["accuracy"]
+    history = prog.fit(block, load_npz(args.data), epochs=args.epochs, batch_size=args.batch_size,
+                       seed=args.seed, validation=validation, metrics=metrics,
+                       log_every=args.log_every)
+    prog.save(args.output)
+    figures = "".join(f", {k} {v[-1]:.4f}" for k, v in history.metrics.items())
+    print(f"trained {history.epochs} epochs in {sum(history.time):.2f} s: loss "
+          f"{history.loss[-1]:.4f}{figures}; wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_command(args) -> int:
+    import numpy as np
+    from . import api
+    prog = api.compile(args.file, seed=args.seed)
+    model = only(prog, "model", args.model, "model", "--model")
+    if args.weights:
+        prog.load(args.weights)
+    out = prog.predict(model, load_npz(args.data), batch_size=args.batch_size)
+    with open(args.output, "wb") as f:   # a path of ours: savez would add .npz to a name
+        np.savez(f, **out)
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()),
+          file=sys.stderr)
+    return 0
+
+
+def draw_command(args, source: str, file: str) -> int:
+    from . import draw
+    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "svg")
+    if fmt in ("dot", "gv") and args.output in (None, "-"):
+        sys.stdout.write(draw.dot(source, file))
+        return 0
+    out = args.output or str(Path(args.file).with_suffix("." + fmt))
+    draw.draw(source, file, out, fmt)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 def compile_command(args, source: str, file: str) -> int:

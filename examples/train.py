@@ -1,6 +1,7 @@
 """Compile a .dl program and train it on a scikit-learn data set.
 
     python examples/train.py moons     # examples/moons.dl on make_moons(1000, noise=0.2)
+    python examples/train.py moons --plot moons.png  # ... and draw its loss and accuracy curves
     python examples/train.py digits    # examples/digits_mlp.dl on load_digits, 20% held out
     python examples/train.py digits_cnn  # examples/digits_cnn.dl: the digits as 1x8x8 images
     python examples/train.py crnn      # examples/crnn.dl: a CNN feeding an LSTM, on the same images
@@ -45,9 +46,10 @@ TASKS = {  # name: (program, model, data, epochs, batch)
 }
 
 
-def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu"):
+def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu", plot: str | None = None):
     """Train `task` on `target` (cpu or cuda) and return the held-out
-    accuracy (a dict of figures for the tasks with their own loop)."""
+    accuracy (a dict of figures for the tasks with their own loop); `plot`:
+    a path for the loss and accuracy curves (the tasks of TASKS)."""
     if task in OWN_LOOP_TASKS:
         return OWN_LOOP_TASKS[task](seed=seed, verbose=verbose, target=target)
     if task in MODULE_TASKS:
@@ -62,19 +64,20 @@ def train(task: str, seed: int = 0, verbose: bool = True, target: str = "cpu"):
         print(f"compiled {file} in {time.perf_counter() - t0:.2f} s")
         print(prog.summary())
 
-    def accuracy(idx) -> float:
-        logits = prog.run(model, x=x[idx])["logits"]
-        return float((logits.argmax(axis=1) == y[idx]).mean())
-
+    # The batches come from `rng`, after the split: fit's permutation of the
+    # training rows is shuffled_batches' order, so the figures are the loop's.
+    held_out = dlc.training.Validation(model, {"x": x[test], "t": y[test]}, labels="t")
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        losses = [prog.train("fit", x=x[idx], t=y[idx]) for idx in shuffled_batches(tr, batch, rng)]
-        if verbose and (epoch % 10 == 0 or epoch == 1):
-            print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  held-out accuracy {accuracy(test):.3f}")
-    acc = accuracy(test)
+    history = prog.fit("fit", {"x": x[tr], "t": y[tr]}, epochs=epochs, batch_size=batch, seed=rng,
+                       validation=held_out, metrics=["loss", "accuracy"], verbose=int(verbose), log_every=10)
+    acc = history.metrics["val_accuracy"][-1]
     if verbose:
         print(f"trained {epochs} epochs in {time.perf_counter() - t0:.2f} s; "
               f"held-out accuracy {acc:.3f} on {len(test)} examples")
+    if plot:
+        history.plot(plot)
+        if verbose:
+            print(f"wrote {plot}")
     return acc
 
 
@@ -259,5 +262,7 @@ if __name__ == "__main__":
     ap.add_argument("task", choices=list(TASKS) + list(OWN_LOOP_TASKS) + list(MODULE_TASKS), nargs="?", default="moons")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--plot", metavar="PATH", help="draw the training curves to PATH (.png, .svg; "
+                    "needs matplotlib: pip install 'dlc[plot]'), for " + ", ".join(TASKS))
     args = ap.parse_args()
-    train(args.task, args.seed, target=args.target)
+    train(args.task, args.seed, target=args.target, plot=args.plot)

@@ -161,6 +161,8 @@ class Function:
     span: Span | None = None
     # Node values computed inside their consumers' kernels (graph_fuse).
     inlined: set[int] = field(default_factory=set)
+    # id(value) -> the layer whose call gave it, as checked (for drawings).
+    layer_values: dict[int, str] = field(default_factory=dict)
 
     def readers(self) -> dict[int, list[Node]]:
         """id(value) -> the nodes that read it, in order (none: absent)."""
@@ -251,8 +253,10 @@ class Builder:
         return self.fn.params[name]
 
     def layer(self, name: str, op: str, out: Value) -> None:
-        """Record a layer's output type for summaries (first definition wins)."""
+        """Record a layer's output type for summaries (first definition wins)
+        and, for drawings, that this call of it gave `out`."""
         self.program.layers.setdefault(name, Layer(name, op, self.fn.name, out.type))
+        self.fn.layer_values[id(out)] = name
 
     def state(self, name: str, type: TensorType, init: Init | None = None) -> Value:
         self.program.states.setdefault(name, StateDecl(name, type, init or Init("zeros")))
