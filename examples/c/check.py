@@ -3,14 +3,17 @@ same inputs (CTest runs this; see CMakeLists.txt).
 
     python check.py classify CLASSIFY_EXE MOONS_DL WORKDIR
     python check.py train TRAIN_EXE MOONS_DL WORKDIR
+    python check.py train_mpi TRAIN_MPI_EXE MOONS_DL WORKDIR   # MPIEXEC: its launcher
 
 classify: trains examples/moons.dl from Python, saves the weights, and
 checks that the C program's logits for held-out points are the Python
 API's. train: checks that training from C gives the losses, accuracy and
-weights of the same steps taken from Python.
+weights of the same steps taken from Python. train_mpi: the same, for
+train_mpi.c run by 2 processes, each on its slice of every batch.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +75,11 @@ def check_classify(exe: Path, source: Path, work: Path):
     assert accuracy > 0.9, accuracy
 
 
-def check_train(exe: Path, source: Path, work: Path):
+def check_train(exe: Path, source: Path, work: Path, launcher: tuple = ()):
     x, t = moons(400, 0.15, seed=2)
     epochs, batch, seed = 30, 32, 5
     write_points(work / "train.txt", x, t)
-    out = run([exe, work / "train.txt", epochs, batch, seed, work / "trained.safetensors"])
+    out = run([*launcher, exe, work / "train.txt", epochs, batch, seed, work / "trained.safetensors"])
     lines = out.split("\n")
     c_losses = [float(line.split()[3]) for line in lines if line.startswith("epoch")]
     c_accuracy = float(next(line for line in lines if line.startswith("accuracy")).split()[1])
@@ -89,12 +92,17 @@ def check_train(exe: Path, source: Path, work: Path):
         np.testing.assert_allclose(prog.params[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
     accuracy = float((prog.run("moons", x=x)["logits"].argmax(1) == t).mean())
     assert abs(accuracy - c_accuracy) < 1e-3, (accuracy, c_accuracy)
-    print(f"train: {epochs} epochs; losses {c_losses[0]:.4f} -> {c_losses[-1]:.4f} match the "
+    print(f"{exe.name}: {epochs} epochs; losses {c_losses[0]:.4f} -> {c_losses[-1]:.4f} match the "
           f"Python API, as do the saved weights; accuracy {c_accuracy:.3f}")
     assert c_accuracy > 0.9, c_accuracy
+
+
+def check_train_mpi(exe: Path, source: Path, work: Path):
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    check_train(exe, source, work, (os.environ["MPIEXEC"], *root, "--oversubscribe", "-n", "2"))
 
 
 if __name__ == "__main__":
     what, exe, source, work = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
     work.mkdir(parents=True, exist_ok=True)
-    {"classify": check_classify, "train": check_train}[what](exe, source, work)
+    {"classify": check_classify, "train": check_train, "train_mpi": check_train_mpi}[what](exe, source, work)
