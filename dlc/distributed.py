@@ -107,6 +107,22 @@ class DataParallel:
         fn = self.prog.graph.functions[entry]
         return [t.name for t, _ in fn.assigns if t.kind == "param" and t.type.dtype != "i32"]
 
+    def fit(self, block: str, data, **options):
+        """prog.fit (dlc.training.fit) with each batch split across the
+        processes, each training on its slice: every process must pass the
+        same data and seed, so that they cut the same batches. Only rank 0
+        reports progress. Returns the History (the losses: the batches')."""
+        from .training import fit
+        if self.rank != 0:
+            options["verbose"] = 0
+
+        def step(batch: dict) -> float:
+            n = len(next(iter(batch.values())))
+            lo, hi = n * self.rank // self.size, n * (self.rank + 1) // self.size
+            return self.train(block, **{k: v[lo:hi] for k, v in batch.items()})
+
+        return fit(self.prog, block, data, step=step, **options)
+
     def save(self, path, optimizer: bool = False) -> None:
         """Rank 0 writes the params (and with `optimizer`, the state); the
         others wait for it, so the file is whole when this returns."""

@@ -473,7 +473,7 @@ class Progress:
 def fit(prog, block: str, data, epochs: int = 1, batch_size: int = 32, shuffle: bool = True,
         seed: int | np.random.Generator = 0, validation: Validation | tuple | None = None,
         metrics=(), callbacks: Iterable[Callback] = (), verbose: int = 1, log_every: int = 1,
-        file=None) -> History:
+        file=None, step=None) -> History:
     """Trains `block` for `epochs` epochs; returns the History.
 
     data: a dict of arrays named like the block's inputs, cut into batches of
@@ -487,6 +487,8 @@ def fit(prog, block: str, data, epochs: int = 1, batch_size: int = 32, shuffle: 
     it after each epoch, as 'val_<name>'. verbose: 0 silent, 1 a progress bar on
     a TTY and a line per epoch elsewhere, 2 lines only; `log_every` keeps the
     first, every log_every-th and the last epoch's line. file: default stdout.
+    step: how a batch (a dict) is trained, returning its loss; default one
+    step of `block` (dlc.distributed.DataParallel.fit passes its own).
     """
     if epochs < 1 or batch_size < 1 or log_every < 1:
         raise InvalidArgumentError("epochs, batch_size and log_every must be at least 1")
@@ -522,7 +524,11 @@ def fit(prog, block: str, data, epochs: int = 1, batch_size: int = 32, shuffle: 
     callbacks = list(callbacks)
     per_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
     has_lr = f"{block}.lr" in prog.state
-    run_entry = prog._session.run
+    if step is None:
+        run_entry = prog._session.run
+
+        def step(b):
+            return float(run_entry(block, b)["loss"])
     history = History()
     run = TrainingRun(prog, block, history)
     for cb in callbacks:
@@ -543,7 +549,7 @@ def fit(prog, block: str, data, epochs: int = 1, batch_size: int = 32, shuffle: 
             batches = (_pick(b, names, block) for b in data)
         losses: list[float] = []
         for b in batches:
-            loss = float(run_entry(block, b)["loss"])
+            loss = step(b)
             losses.append(loss)
             for hook in per_step:
                 hook(run, loss)

@@ -23,7 +23,7 @@ from dlc.distributed import DataParallel
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from example_data import digit_images, held_out_split, shuffled_batches  # noqa: E402
+from example_data import digit_images, held_out_split  # noqa: E402
 
 
 def main(seed: int = 0, epochs: int = 15, batch: int = 32) -> float:
@@ -33,14 +33,11 @@ def main(seed: int = 0, epochs: int = 15, batch: int = 32) -> float:
     prog = dlc.compile(HERE / "digits_cnn.dl", seed=seed, num_threads=1)
     dp = DataParallel(prog)
     t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        losses = []
-        for idx in shuffled_batches(tr, batch, rng):
-            mine = np.array_split(idx, dp.size)[dp.rank]   # this process's slice
-            losses.append(dp.train("fit", x=x[mine], t=y[mine]))
-        if dp.rank == 0 and (epoch == 1 or epoch % 5 == 0):
-            print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}")
-    accuracy = float((prog.run("digits_cnn", x=x[test])["logits"].argmax(1) == y[test]).mean())
+    # Every process shuffles alike (the same seed) and trains on its slice of each batch.
+    history = dp.fit("fit", {"x": x[tr], "t": y[tr]}, epochs=epochs, batch_size=batch, seed=rng,
+                     validation=("digits_cnn", {"x": x[test], "t": y[test]}, "t"),
+                     metrics=["accuracy"], log_every=5)
+    accuracy = history.metrics["val_accuracy"][-1]
     if dp.rank == 0:
         print(f"{dp.size} processes trained {epochs} epochs in {time.perf_counter() - t0:.2f} s; "
               f"held-out accuracy {accuracy:.3f} on {len(test)} digits")

@@ -70,6 +70,25 @@ def main(opt: str, bn: bool) -> None:
     print(f"rank {rank} of {size}: {opt}{' with batchnorm' if bn else ''}: {STEPS} steps agree")
 
 
+def fitting() -> None:
+    """DataParallel.fit: 3 epochs of shuffled batches of 10 split over the
+    ranks give one process's prog.fit on the same data and seed."""
+    comm = MPI.COMM_WORLD
+    source = PROGRAM.format(opt="adam(lr=0.01)", bn="")
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(45, 1, 6, 6)).astype(np.float32),
+            "t": rng.integers(0, 3, 45).astype(np.int32)}
+    prog = dlc.compile(source, num_threads=1)
+    history = DataParallel(prog).fit("fit", data, epochs=3, batch_size=10, seed=1, verbose=0)
+    if comm.Get_rank() == 0:
+        whole = dlc.compile(source, num_threads=1)
+        want = whole.fit("fit", data, epochs=3, batch_size=10, seed=1, verbose=0)
+        np.testing.assert_allclose(history.step_loss, want.step_loss, rtol=1e-4, atol=1e-5)
+        for name, value in whole.params.items():
+            np.testing.assert_allclose(prog.params[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    print(f"rank {comm.Get_rank()}: fit: {len(history.step_loss)} steps agree")
+
+
 def failing(how: str) -> None:
     """Rank 1 fails at its third step (a shard of the wrong shape) or hangs
     there; rank 0 must not wait forever."""
@@ -88,5 +107,7 @@ def failing(how: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] in ("fail", "hang"):
         failing(sys.argv[1])
+    elif sys.argv[1] == "fit":
+        fitting()
     else:
         main(sys.argv[1], sys.argv[2] == "bn")

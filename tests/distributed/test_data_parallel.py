@@ -46,6 +46,12 @@ def test_ranks_train_as_one_process(n, opt, bn):
     assert done.stdout.count("20 steps agree") == n, done.stdout
 
 
+def test_fit_splits_each_batch_across_the_ranks():
+    done = mpiexec(2, "fit")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("15 steps agree") == 2, done.stdout
+
+
 @pytest.mark.parametrize("how,message", [
     ("fail", "rank 1 of 2 failed computing its gradients: InvalidArgumentError"),
     ("hang", "rank 0 of 2 waited 3 s for the others' gradients"),
