@@ -40,7 +40,7 @@ from ..errors import CompileError, Diagnostic, Span
 from ..ir.graph import (DTYPES, Builder, Function, OptimizerSpec, Program, TensorType, Value, dim_product,
                         type_error)
 from ..ops import OPTIMIZERS, REGISTRY
-from ..ops.base import Arg, OpError, Size, bind, describe, suggest
+from ..ops.base import Arg, ModelOutputs, OpError, Size, bind, describe, suggest
 from ..ops.slicing import subscript
 from . import ast
 
@@ -347,7 +347,8 @@ class _Checker:
             case ast.BinOp():
                 return (yield self.binop(e, s))
             case ast.Call() if e.func in self.models:
-                return self.single_output(e, (yield self.call_model(e, s)))
+                outputs = yield self.call_model(e, s)
+                return next(iter(outputs.values())) if len(outputs) == 1 else ModelOutputs(e.func, outputs)
             case ast.Call():
                 return (yield self.call_op(e, s))
             case ast.Field():
@@ -539,13 +540,6 @@ class _Checker:
                 else:
                     bound.setdefault(d, (g, decl.name))
 
-    def single_output(self, e: ast.Call, outputs: dict[str, Value]) -> Value:
-        if len(outputs) != 1:
-            names = ", ".join(outputs)
-            self.fail(e.span, f"model '{e.func}' has {len(outputs)} outputs ({names}); "
-                              f"pick one, as in {e.func}(...).{next(iter(outputs))}")
-        return next(iter(outputs.values()))
-
     def field(self, e: ast.Field, s: _Scope) -> Co[Value]:
         if isinstance(e.value, ast.Call) and e.value.func in self.models:
             outputs = yield self.call_model(e.value, s)
@@ -554,6 +548,11 @@ class _Checker:
                                   f"{suggest(e.name, outputs)}; its outputs are {', '.join(outputs)}")
             return outputs[e.name]
         v = yield self.eval(e.value, s)
+        if isinstance(v, ModelOutputs):
+            if e.name not in v.outputs:
+                self.fail(e.span, f"model '{v.model}' has no output '{e.name}'"
+                                  f"{suggest(e.name, v.outputs)}; its outputs are {', '.join(v.outputs)}")
+            return v.outputs[e.name]
         if isinstance(v, Value) and v in self.fields:
             op, fields = self.fields[v]
             if e.name not in fields:

@@ -178,9 +178,20 @@ def bind(op_name: str, signature: tuple[Arg, ...], positional: list[Any],
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class ModelOutputs:
+    """The outputs of a call of a model with several, bound to a name
+    (`enc = encoder(x)`) so that `enc.h0` and `enc.c0` share one call."""
+    model: str
+    outputs: dict[str, Value]
+
+
 def describe(v: Any) -> str:
     if isinstance(v, Value):
         return f"a tensor {v.type}"
+    if isinstance(v, ModelOutputs):
+        return (f"the {len(v.outputs)} outputs of model '{v.model}' ({', '.join(v.outputs)}); "
+                f"pick one, as in {v.model}(...).{next(iter(v.outputs))}")
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, Size):

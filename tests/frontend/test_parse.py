@@ -151,6 +151,25 @@ train fit {
                                      "eps": 1e-8, "weight_decay": 0.0}
     # Both calls use the one parameter set of `net`.
     assert list(p.params) == ["net.dense0.weight", "net.dense0.bias"]
+    assert sum(n.op.name == "dense" or n.op.name == "gemm" for n in fit.nodes) == 2
+
+
+def test_a_bound_model_call_is_made_once_for_all_its_outputs():
+    src = """
+model net {
+    input x: f32[batch, 2]
+    output logits = dense(x, 3)
+    output probs = softmax(logits)
+}
+train fit {
+    input x: f32[n, 2]
+    input t: f32[n, 3]
+    out = net(x)
+    loss = mse(out.probs, t) + mse(out.logits, t)
+    optimizer = adam(lr=2e-4)
+}"""
+    fit = parse_program(src).functions["fit"]
+    assert sum(n.op.name == "gemm" for n in fit.nodes) == 1
 
 
 def test_model_calls_model_defined_later_with_symbol_binding():
