@@ -21,6 +21,7 @@ from .errors import DlcError, InvalidArgumentError, NotFoundError
 from .ir.graph import Program as GraphProgram
 from .ir.loops import LoopEntry, LoopProgram, evaluate
 from .passes.loop_memory import layout
+from .progress import CompileProgress
 from .runtime import load_program
 
 
@@ -267,9 +268,13 @@ def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
     if arch is not None and target != "cuda":
         raise DlcError("arch applies to target 'cuda' only")
     text, file = read(source)
-    art = driver.build(text, file, target=target, arch=arch)
-    return CompiledProgram(art.graph, compiler.shared_library(art.llvm_modules), seed, num_threads,
-                           target, art.loops)
+    progress = CompileProgress(Path(file).name)
+    try:
+        art = driver.build(text, file, target=target, arch=arch, progress=progress)
+        library = compiler.shared_library(art.llvm_modules, progress=progress)
+    finally:
+        progress.done()
+    return CompiledProgram(art.graph, library, seed, num_threads, target, art.loops)
 
 
 def read(source: str | os.PathLike) -> tuple[str, str]:

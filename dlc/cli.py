@@ -17,6 +17,7 @@ from .api import read, summary
 from .codegen import compiler
 from .codegen.ptx import DEFAULT_ARCH
 from .errors import CompileError, DlcError
+from .progress import CompileProgress
 
 EMITS = ("ast", "graph", "loops", "ll", "asm", "obj", "so", "lib", "ptx")
 
@@ -195,8 +196,16 @@ def compile_command(args, source: str, file: str) -> int:
     if args.emit == "lib" and args.target != "cpu":
         raise DlcError("--emit lib builds for --target cpu only; a cuda program is a .so "
                        "(--emit so) loaded with dlc_program_load")
+    progress = CompileProgress(Path(file).name)
+    try:
+        return compile_to(args, source, file, progress)
+    finally:
+        progress.done()
+
+
+def compile_to(args, source: str, file: str, progress: CompileProgress) -> int:
     art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes,
-                       target=args.target, arch=args.arch)
+                       target=args.target, arch=args.arch, progress=progress)
     if args.emit == "ptx":
         return write(args, art.ptx.encode())
     if args.emit == "graph":
@@ -206,13 +215,13 @@ def compile_command(args, source: str, file: str) -> int:
         from .ir.loops import print_program
         return write(args, print_program(art.loops).encode())
     t0 = time.perf_counter()
-    status = native_code(args, art, file)
+    status = native_code(args, art, file, progress)
     if args.time_passes:   # LLVM and the linker: most of a big program's compile time
         print(f"{'llvm':>18}: {(time.perf_counter() - t0) * 1e3:8.2f} ms", file=sys.stderr)
     return status
 
 
-def native_code(args, art, file: str) -> int:
+def native_code(args, art, file: str, progress: CompileProgress) -> int:
     """Writes what --emit asks of LLVM: ll, asm, obj, so or lib."""
     if args.emit == "lib":
         from .codegen.library import write_library
@@ -221,7 +230,7 @@ def native_code(args, art, file: str) -> int:
         print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
         return 0
     if args.emit == "so":
-        lib = compiler.shared_library(art.llvm_modules, args.cpu)
+        lib = compiler.shared_library(art.llvm_modules, args.cpu, progress=progress)
         out = Path(args.output or Path(file).with_suffix(".so"))
         shutil.copyfile(lib, out)
         print(f"wrote {out}", file=sys.stderr)

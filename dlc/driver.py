@@ -34,6 +34,7 @@ from .ir import loops as L
 from .lower import EntrySlots, lower
 from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
+from .progress import QUIET, CompileProgress
 from .passes.graph_pooling import lower_pooling
 from .passes.graph_winograd import winograd
 from .passes.loop_memory import plan_memory
@@ -107,9 +108,11 @@ def without_gc(f):
 @without_gc
 def build(source: str, file: str = "<source>", dump_after: str | None = None,
           verify: bool | None = None, time_passes: bool = False, out=sys.stderr,
-          target: str = "cpu", arch: str | None = None, skip_passes: tuple[str, ...] = ()) -> Artifact:
+          target: str = "cpu", arch: str | None = None, skip_passes: tuple[str, ...] = (),
+          progress: CompileProgress = QUIET) -> Artifact:
     """Run the pipeline up to LLVM IR (and PTX for target 'cuda', for `arch`).
-    `skip_passes` names loop passes to leave out (tests compare the numbers)."""
+    `skip_passes` names loop passes to leave out (tests compare the numbers);
+    `progress` hears of each pass as it starts."""
     if target not in TARGETS:
         raise DlcError(f"unknown target '{target}'; targets are: {', '.join(TARGETS)}")
     if dump_after is not None and dump_after != "all" and dump_after not in PASS_NAMES:
@@ -119,6 +122,7 @@ def build(source: str, file: str = "<source>", dump_after: str | None = None,
     timings = []
 
     def timed(name, f, *args):
+        progress.stage(name)
         t0 = time.perf_counter()
         r = f(*args)
         timings.append((name, time.perf_counter() - t0))

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DlcError, InternalError, ToolError
+from ..progress import QUIET, CompileProgress
 from . import objects
 from .objects import OPT_LEVEL, host_target, target_machine
 
@@ -90,11 +91,12 @@ def balance(modules: Sequence[str], jobs: int) -> list[list[str]]:
 
 
 def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None,
-                 jobs: int | None = None) -> list[Path]:
+                 jobs: int | None = None, progress: CompileProgress = QUIET) -> list[Path]:
     """Object files of the program's modules, written in `directory`: the
     first group compiled here, each other one by a worker process at the
     same time."""
     groups = balance(modules, jobs or default_jobs(modules))
+    progress.stage(f"LLVM, {len(modules)} modules in {len(groups)} processes")
     # The workers find llvmlite where this process did, even on a sys.path
     # changed at run time; -P keeps the worker's own folder off it.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -110,7 +112,8 @@ def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None
         own = directory / "job0.o"
         mod, tm = optimize(groups[0], cpu, whole=len(groups) == 1)
         own.write_bytes(tm.emit_object(mod))
-        for out, proc in workers:
+        for done, (out, proc) in enumerate(workers, 2):
+            progress.stage(f"LLVM, {done - 1} of {len(groups)} processes done")
             _, err = proc.communicate()
             if proc.returncode != 0:
                 raise InternalError("codegen", f"an LLVM worker process failed:\n{err}")
@@ -165,7 +168,8 @@ def sealed(data: bytes) -> bool:
     return len(data) > SEAL_BYTES and seal == SEAL_TAG + hashlib.sha256(body).digest()
 
 
-def shared_library(modules: Sequence[str], cpu: str | None = None, jobs: int | None = None) -> Path:
+def shared_library(modules: Sequence[str], cpu: str | None = None, jobs: int | None = None,
+                   progress: CompileProgress = QUIET) -> Path:
     """The path of a shared library for the program's modules, built unless
     an intact one is cached (by `jobs` processes; default_jobs when None).
     Processes building the same library at once each write their own
@@ -182,7 +186,7 @@ def shared_library(modules: Sequence[str], cpu: str | None = None, jobs: int | N
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as d:
             tmp = Path(d) / "program.so"
-            link_shared(object_files(modules, Path(d), cpu, jobs), tmp)
+            link_shared(object_files(modules, Path(d), cpu, jobs, progress), tmp)
             with tmp.open("ab") as f:
                 f.write(SEAL_TAG + hashlib.sha256(tmp.read_bytes()).digest())
             os.replace(tmp, path)
