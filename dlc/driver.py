@@ -32,6 +32,7 @@ from .errors import CompileError, Diagnostic, DlcError, Span
 from .ir import graph as G
 from .ir import loops as L
 from .lower import EntrySlots, lower
+from .passes.graph_cse import eliminate_common_subexpressions
 from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
 from .progress import QUIET, CompileProgress
@@ -46,6 +47,7 @@ from .passes.loop_vectorize import vectorize
 
 GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("autodiff", differentiate),
+    ("cse", eliminate_common_subexpressions),
     ("dce", eliminate_dead_code),
     ("lower_pooling", lower_pooling),
     ("winograd", winograd),

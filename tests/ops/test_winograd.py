@@ -80,7 +80,7 @@ train g {
 """)
     # one cache for both entries: session state, zeroed with the optimizer's
     states = [(t.name, t.dims) for t in prog.loops.tensors if t.role == "state"]
-    assert states == [("c.weight.winograd", (16 * (16 * 16 + XI_PAD),)),
+    assert states == [("g.lr", ()), ("c.weight.winograd", (16 * (16 * 16 + XI_PAD),)),
                       ("c.weight.winograd_of", (16 * 16 * 9,))], states
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 16, 8, 8)).astype(np.float32)
