@@ -83,9 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("-o", "--output", help="output path (default: FILE.svg; with --format dot, "
                    "standard output)")
     d.add_argument("--format", help="dot, svg, png, pdf, ... (default: the output's suffix)")
+    e = sub.add_parser("export", help="write a model as an ONNX model",
+                       description="Write one model's inference graph, with its weights, as an ONNX "
+                       "model (needs the onnx package: pip install 'dlc[onnx]').")
+    e.add_argument("file", help="the .dl source file")
+    e.add_argument("--model", help="the model to export (default: the program's only one)")
+    e.add_argument("--weights", help="safetensors weights (default: the initial ones of --seed)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    i = sub.add_parser("import", help="translate an ONNX model to a .dl program",
+                       description="Translate an ONNX model to a .dl program (one model) and write its "
+                       "weights as safetensors beside it (needs the onnx package).")
+    i.add_argument("file", help="the .onnx file")
+    i.add_argument("-o", "--output", required=True, help="the .dl file to write; the weights go to "
+                   "the same path with suffix .safetensors")
+    i.add_argument("--model", help="the model's name (default: from the output's file name)")
+    i.add_argument("--loss", help="add a train block with this loss, e.g. cross_entropy or mse")
+    i.add_argument("--optimizer", default="sgd(lr=0.01)", help="the train block's optimizer "
+                   "(default sgd(lr=0.01))")
     args = ap.parse_args(argv)
     source = None
     try:
+        if args.command in ("export", "import"):   # import reads an .onnx file, not a .dl one
+            from .onnx.cli import export_command, import_command
+            return (export_command if args.command == "export" else import_command)(args)
         source, file = read(args.file)
         if args.command == "summary":
             art = driver.build(source, file)
