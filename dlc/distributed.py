@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -57,6 +58,7 @@ class DataParallel:
         self.prog, self.timeout = prog, timeout
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self._buffers: dict[str, tuple[np.ndarray, list[tuple[str, slice, tuple]]]] = {}
+        self._watchdog = _Watchdog(self._late)
         for arrays in (prog.params, prog.state):
             for value in arrays.values():
                 self.comm.Bcast(value, root=0)
@@ -144,14 +146,18 @@ class DataParallel:
         return self._buffers[block]
 
     def _allreduce(self, flat: np.ndarray) -> None:
-        request = self.comm.Iallreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
-        deadline = time.monotonic() + self.timeout
-        while not request.Test():
-            if time.monotonic() > deadline:
-                self._abort(f"rank {self.rank} of {self.size} waited {self.timeout:g} s for the "
-                            "others' gradients (DLC_DISTRIBUTED_TIMEOUT); one of them "
-                            "has failed or hangs")
-            time.sleep(20e-6)
+        # A blocking allreduce (MPI waits as it knows best: spinning, or
+        # yielding when the cores are oversubscribed), watched by a thread
+        # that ends the job past the timeout.
+        self._watchdog.deadline = time.monotonic() + self.timeout
+        try:
+            self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+        finally:
+            self._watchdog.deadline = None
+
+    def _late(self) -> None:
+        self._abort(f"rank {self.rank} of {self.size} waited {self.timeout:g} s for the others' "
+                    "gradients (DLC_DISTRIBUTED_TIMEOUT); one of them has failed or hangs")
 
     def _abort(self, message: str) -> Any:
         """Ends every process of the job: one that stops here would leave
@@ -159,6 +165,24 @@ class DataParallel:
         print(f"dlc.distributed: {message}; aborting all {self.size} processes",
               file=sys.stderr, flush=True)
         self.comm.Abort(1)
+
+
+class _Watchdog(threading.Thread):
+    """Calls `expired` once `deadline` (time.monotonic(), or None: not
+    watching) has passed; checks twice a second, so arming it is a store."""
+
+    def __init__(self, expired):
+        super().__init__(daemon=True, name="dlc.distributed watchdog")
+        self.expired, self.deadline = expired, None
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            time.sleep(0.5)
+            deadline = self.deadline
+            if deadline is not None and time.monotonic() > deadline:
+                self.expired()
+                return
 
 
 def _shard_size(shard: dict[str, np.ndarray]) -> int:
