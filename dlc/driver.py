@@ -37,6 +37,7 @@ from .passes.graph_dce import eliminate_dead_code
 from .passes.graph_fuse import fuse
 from .progress import QUIET, CompileProgress
 from .passes.graph_pooling import lower_pooling
+from .passes.graph_phase_split import phase_split
 from .passes.graph_winograd import winograd
 from .passes.loop_memory import plan_memory
 from .passes.loop_gpu import map_to_gpu, tile_matmuls
@@ -50,11 +51,12 @@ GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("cse", eliminate_common_subexpressions),
     ("dce", eliminate_dead_code),
     ("lower_pooling", lower_pooling),
+    ("phase_split", phase_split),
     ("winograd", winograd),
     ("fuse", fuse),
 ]
 # Graph passes that only some targets run (the rest run for all).
-GRAPH_PASS_TARGETS = {"winograd": ("cpu",)}
+GRAPH_PASS_TARGETS = {"winograd": ("cpu",), "phase_split": ("cpu",)}
 LoopPass = tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]
 # The loop passes of each target, in order.
 LOOP_PASSES: dict[str, list[LoopPass]] = {

@@ -106,6 +106,9 @@ class Op:
     # its lowering says (a statement kernel is taken to, an expression not).
     reduces: bool = False
     rereads: bool | None = None
+    # Always written to memory, never computed inside its consumers: a layout
+    # change whose point is that they then load it contiguously.
+    stored: bool = False
 
     # -- the values integer operand k must hold (an IndexRange of dlc.lower:
     # tokens below the vocabulary, lengths in [1, time]), or None for any;

@@ -510,7 +510,47 @@ class Crop2d(Op):
         return x[..., ch:h - ch, cw:w - cw]
 
 
+class PhaseSplit(Op):
+    """The stride phases of an image as channels (space to depth, for the
+    `phase_split` pass): out[n, (ry * pw + rx) * C + c, i, j] = x[n, c, sy * i
+    + ry, sx * j + rx], 0 past x's edge, for the phases ry < ph, rx < pw, at
+    output size `size`. A convolution of stride s is then one of stride 1
+    over the split input, with the split filters (kernel ceil(k / s)),
+    whose loads move by one element and so are register-blocked."""
+    name = "phase_split"
+    rereads = False
+    stored = True
+
+    def infer(self, ins, attrs) -> TensorType:
+        (x,), (ph, pw) = ins, attrs["phases"]
+        return TensorType(x.dtype, (x.shape[0], x.shape[1] * ph * pw) + tuple(attrs["size"]))
+
+    def lower(self, ctx, idx, ins, node) -> L.Expr:
+        n, q, i, j = idx
+        x_t = node.inputs[0].type
+        c_n, (h, w) = x_t.shape[1], x_t.shape[2:]
+        (sy, sx), (ph, pw), (a, b) = node.attrs["stride"], node.attrs["phases"], node.attrs["size"]
+        phase = L.binop("/", q, L.Const(c_n, L.INDEX))
+        c = q - phase * c_n
+        ry = L.binop("/", phase, L.Const(pw, L.INDEX))
+        row, col = i * sy + ry, j * sx + (phase - ry * pw)
+        # Guards only where the last row or column can pass the edge.
+        past_h, past_w = (a - 1) * sy + ph - 1 >= h, (b - 1) * sx + pw - 1 >= w
+        inside = [L.cmp("<", row, h)] * past_h + [L.cmp("<", col, w)] * past_w
+        at = [n, c, clamp(row, False, past_h, h), clamp(col, False, past_w, w)]
+        return guarded(ins[0](at), inside, 0)
+
+    def reference(self, x, *, stride, phases, size):
+        (sy, sx), (ph, pw), (a, b) = stride, phases, size
+        big = np.zeros(x.shape[:2] + (sy * a + sy, sx * b + sx), x.dtype)
+        h, w = min(x.shape[2], big.shape[2]), min(x.shape[3], big.shape[3])
+        big[:, :, :h, :w] = x[:, :, :h, :w]
+        parts = [big[:, :, ry::sy, rx::sx][:, :, :a, :b] for ry in range(ph) for rx in range(pw)]
+        return np.concatenate(parts, axis=1)
+
+
 CONV2D = register(Conv2d())
+PHASE_SPLIT = register(PhaseSplit())
 CONV1D, CONV_TRANSPOSE2D = register(Conv1d()), register(ConvTranspose2d())
 PAD2D, CROP2D = register(Pad2d()), register(Crop2d())
 CONV2D_INPUT_GRAD = register(Conv2dInputGrad())

@@ -86,7 +86,8 @@ def plan(fn: Function) -> set[int]:
             has_conv.get(id(v), False) for v in n.inputs if id(v) in inlined)
         users = consumers.get(key, [])
         n_users = len(users) + assigned[key]
-        if key in pinned or n_users == 0 or n.op.lower_kernel is not None or chain[key] >= MAX_CHAIN:
+        if key in pinned or n_users == 0 or n.op.lower_kernel is not None or n.op.stored \
+                or chain[key] >= MAX_CHAIN:
             continue
         if n.op.same_order_as_input and id(n.inputs[0]) not in inlined:
             continue   # a view
