@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import InternalError, Span
 from .loops import DTYPE_BYTES
@@ -263,6 +263,37 @@ class Builder:
         if name not in self.fn.states:
             self.fn.states[name] = Value(type, "state", name)
         return self.fn.states[name]
+
+
+def rewrite(fn: Function, replace: Callable[[Node, tuple[Value, ...]], list[Node] | Value | None]
+            ) -> Function:
+    """fn with each node n, in order, as `replace(n, its inputs as rewritten)`
+    says: None keeps it (rebuilt if an input changed); a list of nodes stands
+    in for it, the last one's value for n's (none: n is dropped, and nothing
+    may read it); a value drops it, its readers reading that value instead.
+    The graph passes' common walk."""
+    same: dict[int, Value] = {}   # id(an old value) -> the value that replaces it
+    nodes: list[Node] = []
+    for n in fn.nodes:
+        inputs = tuple(same.get(id(v), v) for v in n.inputs)
+        new = replace(n, inputs)
+        if isinstance(new, Value):
+            same[id(n.out)] = new
+            continue
+        if new is None:
+            if inputs == n.inputs:
+                nodes.append(n)
+                continue
+            new = [Node(n.op, inputs, n.attrs, n.out.type, n.span)]
+        nodes += new
+        if new:
+            same[id(n.out)] = new[-1].out
+    if not same and len(nodes) == len(fn.nodes):
+        return fn
+    m = lambda v: same.get(id(v), v)
+    return Function(**{**fn.__dict__, "nodes": nodes,
+                       "outputs": {k: m(v) for k, v in fn.outputs.items()},
+                       "assigns": [(t, m(v)) for t, v in fn.assigns]})
 
 
 def _check_type(t: TensorType) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir.graph import Function, Node, Program, Value
+from ..ir.graph import Function, Node, Program, Value, rewrite
 
 
 def eliminate_common_subexpressions(program: Program) -> Program:
@@ -27,24 +27,14 @@ def _attrs_key(attrs: dict) -> tuple:
 
 
 def _function(fn: Function) -> Function:
-    same: dict[int, Value] = {}            # id(a dropped node's value) -> the value kept
     first: dict[tuple, Value] = {}
-    nodes: list[Node] = []
-    for n in fn.nodes:
-        inputs = tuple(same.get(id(v), v) for v in n.inputs)
+
+    def merge(n: Node, inputs: tuple[Value, ...]) -> list[Node] | Value | None:
         key = (n.op.name, tuple(id(v) for v in inputs), _attrs_key(n.attrs), n.out.type)
         if key in first:
-            same[id(n.out)] = first[key]
-            continue
-        if inputs != n.inputs:
-            m = Node(n.op, inputs, n.attrs, n.out.type, n.span)
-            same[id(n.out)] = m.out
-            n = m
-        first[key] = n.out
-        nodes.append(n)
-    if not same:
-        return fn
-    new = Function(**{**fn.__dict__, "nodes": nodes})
-    new.outputs = {k: same.get(id(v), v) for k, v in fn.outputs.items()}
-    new.assigns = [(t, same.get(id(v), v)) for t, v in fn.assigns]
-    return new
+            return first[key]
+        kept = n if inputs == n.inputs else Node(n.op, inputs, n.attrs, n.out.type, n.span)
+        first[key] = kept.out
+        return None if kept is n else [kept]
+
+    return rewrite(fn, merge)

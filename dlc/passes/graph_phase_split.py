@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir.graph import Function, Node, Program
+from ..ir.graph import Node, Program, rewrite
 from ..ops.conv import CONV2D, PHASE_SPLIT
 
 
@@ -44,38 +44,20 @@ def eligible(n: Node) -> bool:
 
 def phase_split(program: Program) -> Program:
     """Replace strided convolutions (pure: returns a new program)."""
-    return replace(program, functions={name: _function(fn) for name, fn in program.functions.items()})
+    return replace(program, functions={name: rewrite(fn, _split) for name, fn in program.functions.items()})
 
 
-def _function(fn: Function) -> Function:
-    if not any(eligible(n) for n in fn.nodes):
-        return fn
-    same: dict[int, object] = {}
-    nodes: list[Node] = []
-    for n in fn.nodes:
-        inputs = tuple(same.get(id(v), v) for v in n.inputs)
-        if not eligible(n):
-            if inputs != n.inputs:
-                m = Node(n.op, inputs, n.attrs, n.out.type, n.span)
-                same[id(n.out)] = m.out
-                n = m
-            nodes.append(n)
-            continue
-        x, w = inputs
-        (sy, sx), (kh, kw) = n.attrs["stride"], n.attrs["kernel"]
-        oh, ow = n.out.type.shape[2:]
-        qh, qw = -(-kh // sy), -(-kw // sx)
-        phases = (min(sy, kh), min(sx, kw))
-        split = []
-        for v, size in ((x, (oh - 1 + qh, ow - 1 + qw)), (w, (qh, qw))):
-            attrs = {"stride": (sy, sx), "phases": phases, "size": size}
-            t = PHASE_SPLIT.infer([v.type], attrs)
-            split.append(Node(PHASE_SPLIT, (v,), attrs, t, n.span))
-        attrs = {**n.attrs, "kernel": (qh, qw), "stride": (1, 1)}
-        conv = Node(CONV2D, (split[0].out, split[1].out), attrs, n.out.type, n.span)
-        nodes += split + [conv]
-        same[id(n.out)] = conv.out
-    new = Function(**{**fn.__dict__, "nodes": nodes})
-    new.outputs = {k: same.get(id(v), v) for k, v in fn.outputs.items()}
-    new.assigns = [(t, same.get(id(v), v)) for t, v in fn.assigns]
-    return new
+def _split(n: Node, inputs: tuple) -> list[Node] | None:
+    """phase_split of the input and the filters, and the stride-1 convolution."""
+    if not eligible(n):
+        return None
+    (sy, sx), (kh, kw) = n.attrs["stride"], n.attrs["kernel"]
+    oh, ow = n.out.type.shape[2:]
+    qh, qw = -(-kh // sy), -(-kw // sx)
+    phases = (min(sy, kh), min(sx, kw))
+    split = []
+    for v, size in zip(inputs, ((oh - 1 + qh, ow - 1 + qw), (qh, qw))):
+        attrs = {"stride": (sy, sx), "phases": phases, "size": size}
+        split.append(Node(PHASE_SPLIT, (v,), attrs, PHASE_SPLIT.infer([v.type], attrs), n.span))
+    attrs = {**n.attrs, "kernel": (qh, qw), "stride": (1, 1)}
+    return split + [Node(CONV2D, (split[0].out, split[1].out), attrs, n.out.type, n.span)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from ..ir.graph import Function, Node, Program, Value
+from ..ir.graph import Node, Program, Value, rewrite
 from ..ops.pool import MAXPOOL_ARGMAX, MAXPOOL_GRAD
 
 RECOMPUTE_LIMIT = 16
@@ -33,32 +33,17 @@ def lower_pooling(program: Program) -> Program:
     """Choose each max-pooling gradient's form (pure: returns a new program)."""
     out = replace(program, functions={})
     for fn in program.functions.values():
-        out.functions[fn.name] = _function(fn)
+        out.functions[fn.name] = rewrite(fn, _indices)
     return out
 
 
-def _function(fn: Function) -> Function:
-    vmap: dict[int, Value] = {}
-    nodes: list[Node] = []
-    for n in fn.nodes:
-        ins = tuple(vmap.get(id(v), v) for v in n.inputs)
-        if (n.op is MAXPOOL_GRAD and n.attrs["saved"] == "recompute"
-                and recompute_reads(n.attrs) > RECOMPUTE_LIMIT):
-            x, y, g = ins
-            attrs = {k: v for k, v in n.attrs.items() if k != "saved"}
-            arg = Node(MAXPOOL_ARGMAX, (x, y), attrs, MAXPOOL_ARGMAX.infer([x.type, y.type], attrs),
-                       n.span)
-            attrs = {**attrs, "saved": "indices", "size": x.type.shape[2:]}
-            new = Node(MAXPOOL_GRAD, (arg.out, g), attrs, n.out.type, n.span)
-            nodes += [arg, new]
-        elif ins != n.inputs:
-            new = Node(n.op, ins, n.attrs, n.out.type, n.span)
-            nodes.append(new)
-        else:
-            nodes.append(n)
-            continue
-        vmap[id(n.out)] = new.out
-    m = lambda v: vmap.get(id(v), v)
-    return Function(**{**fn.__dict__, "nodes": nodes,
-                       "outputs": {k: m(v) for k, v in fn.outputs.items()},
-                       "assigns": [(t, m(v)) for t, v in fn.assigns]})
+def _indices(n: Node, ins: tuple[Value, ...]) -> list[Node] | None:
+    """The gradient by saved indices, where recomputing the windows costs more."""
+    if not (n.op is MAXPOOL_GRAD and n.attrs["saved"] == "recompute"
+            and recompute_reads(n.attrs) > RECOMPUTE_LIMIT):
+        return None
+    x, y, g = ins
+    attrs = {k: v for k, v in n.attrs.items() if k != "saved"}
+    arg = Node(MAXPOOL_ARGMAX, (x, y), attrs, MAXPOOL_ARGMAX.infer([x.type, y.type], attrs), n.span)
+    attrs = {**attrs, "saved": "indices", "size": x.type.shape[2:]}
+    return [arg, Node(MAXPOOL_GRAD, (arg.out, g), attrs, n.out.type, n.span)]
