@@ -57,7 +57,8 @@ class DataParallel:
         self.MPI = _mpi()
         self.prog, self.timeout = prog, timeout
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
-        self._buffers: dict[str, tuple[np.ndarray, list[tuple[str, slice, tuple]]]] = {}
+        self._plans: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._buffers: dict[str, tuple[np.ndarray, list[tuple[str, slice, tuple, bool]]]] = {}
         self._watchdog = _Watchdog(self._late)
         for arrays in (prog.params, prog.state):
             for value in arrays.values():
@@ -75,39 +76,44 @@ class DataParallel:
         """One step on the union of every process's shard; returns its mean
         loss. Every process must call it, each with its own shard (of at
         least one example)."""
-        prog = self.prog
-        prog._entry(block, ("train",), "train block")
-        entries = prog.entries
-        grads_entry = f"{block}.step_grads" if f"{block}.step_grads" in entries else f"{block}.grads"
+        grads_entry, written = self._plan(block)
+        session = self.prog._session
         try:   # on any error the others would wait for this rank forever
             n = _shard_size(shard)
-            out = prog._session.run(grads_entry, shard)
+            out = session.run(grads_entry, shard)
         except Exception as e:
             self._abort(f"rank {self.rank} of {self.size} failed computing its gradients: "
                         f"{type(e).__name__}: {e}")
         # The params the forward pass wrote (running statistics: never trained,
         # so no gradient has their name) join the gradients.
-        written = self._written(grads_entry)
-        out.update({name: prog.params[name] for name in written})
-        flat, layout = self._buffer(block, out)
+        params = self.prog.params
+        out.update({name: params[name] for name in written})
+        flat, layout = self._buffer(block, out, written)
         flat[0], flat[1] = n * out["loss"], n
-        for name, where, _ in layout:
+        for name, where, _, _ in layout:
             np.multiply(out[name].reshape(-1), n, out=flat[where])
         self._allreduce(flat)
         flat /= flat[1]
         grads = {}
-        for name, where, shape in layout:
-            if name in written:
-                prog.params[name][...] = flat[where].reshape(shape)
+        for name, where, shape, is_written in layout:
+            if is_written:
+                params[name][...] = flat[where].reshape(shape)
             else:
                 grads[name] = flat[where].reshape(shape)
-        prog._session.run(f"{block}.apply", grads)
+        session.run(f"{block}.apply", grads)
         return float(flat[0])
 
-    def _written(self, entry: str) -> list[str]:
-        """The float params that entry's forward pass writes."""
-        fn = self.prog.graph.functions[entry]
-        return [t.name for t, _ in fn.assigns if t.kind == "param" and t.type.dtype != "i32"]
+    def _plan(self, block: str) -> tuple[str, tuple[str, ...]]:
+        """The entry giving `block`'s gradients, and the float params its
+        forward pass writes; looked up once per block."""
+        if block not in self._plans:
+            self.prog._entry(block, ("train",), "train block")
+            entry = f"{block}.step_grads" if f"{block}.step_grads" in self.prog.graph.functions \
+                else f"{block}.grads"
+            fn = self.prog.graph.functions[entry]
+            written = tuple(t.name for t, _ in fn.assigns if t.kind == "param" and t.type.dtype != "i32")
+            self._plans[block] = (entry, written)
+        return self._plans[block]
 
     def fit(self, block: str, data, **options):
         """prog.fit (dlc.training.fit) with each batch split across the
@@ -132,14 +138,15 @@ class DataParallel:
             self.prog.save(path, optimizer)
         self.comm.Barrier()
 
-    def _buffer(self, block: str, out: dict[str, np.ndarray]):
+    def _buffer(self, block: str, out: dict[str, np.ndarray], written: tuple[str, ...]):
         """One contiguous buffer per block: [loss, shard size, gradients...],
-        so that a single allreduce moves everything."""
+        so that a single allreduce moves everything; its layout: (name,
+        slice, shape, a written param rather than a gradient)."""
         if block not in self._buffers:
             layout, at = [], 2
             for name, g in out.items():
                 if name != "loss":   # the gradients (named as params) and written params
-                    layout.append((name, slice(at, at + g.size), g.shape))
+                    layout.append((name, slice(at, at + g.size), g.shape, name in written))
                     at += g.size
             dtype = out["loss"].dtype
             self._buffers[block] = (np.zeros(at, dtype), layout)
