@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+NEEDS = "the ONNX tests need onnx, onnxruntime and torch: pip install '.[test]'"
+onnx = pytest.importorskip("onnx", reason=NEEDS)
+ort = pytest.importorskip("onnxruntime", reason=NEEDS)
 
 import dlc  # noqa: E402
 from dlc.errors import DlcError  # noqa: E402

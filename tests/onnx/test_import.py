@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-torch = pytest.importorskip("torch")
+NEEDS = "the ONNX tests need onnx, onnxruntime and torch: pip install '.[test]'"
+onnx = pytest.importorskip("onnx", reason=NEEDS)
+ort = pytest.importorskip("onnxruntime", reason=NEEDS)
+torch = pytest.importorskip("torch", reason=NEEDS)
 nn, F = torch.nn, torch.nn.functional
 
 import dlc  # noqa: E402
