@@ -3,9 +3,9 @@ Runtime, in one process.
 
     python benchmarks/lstm.py
 
-Inference latency at batch 1 and 32 (dlc, torch.nn.LSTM, ONNX Runtime with the
-same network exported from PyTorch) and a training step at batch 32 (dlc,
-PyTorch; Adam, loss on the last hidden state), each the median of many runs,
+Inference latency at batch 1, 32 and 128 (dlc, torch.nn.LSTM, ONNX Runtime with
+the same network exported from PyTorch) and a training step at batch 32 and 128
+(dlc, PyTorch; Adam, loss on the last hidden state), each the median of many runs,
 with ratios. Threads: every framework gets the same number (DLC_BENCH_THREADS,
 default 2).
 """
@@ -58,7 +58,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     rows = []
-    for batch in (1, 32):
+    for batch in (1, 32, 128):
         x = rng.normal(size=(batch, STEPS, FEATURES)).astype(np.float32)
         xt = torch.from_numpy(x)
         ref = net(xt).detach().numpy()
@@ -71,18 +71,19 @@ def main() -> None:
         d, t, o = medians_ms(lambda: prog.run("seq", x=x), torch_infer, lambda: sess.run(None, {"x": x}),
                              budget_s=BUDGET_S)
         rows.append((f"inference batch {batch}", d, t, o))
-    x = rng.normal(size=(32, STEPS, FEATURES)).astype(np.float32)
-    target = rng.normal(size=(32, HIDDEN)).astype(np.float32)
-    xt, tt = torch.from_numpy(x), torch.from_numpy(target)
     opt = torch.optim.Adam(net.parameters(), lr=0.001)
+    for batch in (32, 128):
+        x = rng.normal(size=(batch, STEPS, FEATURES)).astype(np.float32)
+        target = rng.normal(size=(batch, HIDDEN)).astype(np.float32)
+        xt, tt = torch.from_numpy(x), torch.from_numpy(target)
 
-    def torch_step():
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(net(xt)[:, -1], tt).backward()
-        opt.step()
+        def torch_step():
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(xt)[:, -1], tt).backward()
+            opt.step()
 
-    d, t = medians_ms(lambda: prog.train("fit", x=x, t=target), torch_step, budget_s=BUDGET_S)
-    rows.append(("train step batch 32", d, t, None))
+        d, t = medians_ms(lambda: prog.train("fit", x=x, t=target), torch_step, budget_s=BUDGET_S)
+        rows.append((f"train step batch {batch}", d, t, None))
 
     print_table(f"LSTM {FEATURES}-{HIDDEN}, {STEPS} steps", rows)
 

@@ -53,7 +53,9 @@ def cost(s: L.Stmt) -> L.Expr:
             ops = L.fold(x.value, lambda e, kids: sum(kids) + isinstance(e, (L.Bin, L.Call, L.Load)))
             return L.Const(1 + ops, L.INDEX)
         if isinstance(x, L.For):
-            return inner[0] if x.kind == "vectorized" else x.extent * inner[0]
+            # as for the first iteration: an inner extent may depend on the var (edge tiles)
+            body = L.substitute(inner[0], {x.var: L.Const(0, L.INDEX)})
+            return body if x.kind == "vectorized" else x.extent * body
         if isinstance(x, (L.Allocate, L.If)):
             return inner[0]
         if isinstance(x, L.Seq):
@@ -91,13 +93,15 @@ def independent(loops: list[L.For], body: L.Stmt) -> bool:
 
 def _nest(top: L.For) -> L.Stmt:
     chain = [top]
-    while isinstance(chain[-1].body, L.For) and chain[-1].body.kind == "serial":
+    # The nest ends at a loop whose extent depends on an outer one (a band
+    # of tiles): the fused loop's extent is a product of the others'.
+    while isinstance(chain[-1].body, L.For) and chain[-1].body.kind == "serial" and \
+            not any(L.depends_on(chain[-1].body.extent, lp.var) for lp in chain):
         chain.append(chain[-1].body)
     body = chain[-1].body
     if isinstance(body, L.Store) and len(chain) > 1:
         body = chain.pop()   # the innermost elementwise loop stays serial
-    if not independent(chain, body) or any(
-            L.depends_on(lp.extent, outer.var) for k, lp in enumerate(chain) for outer in chain[:k]):
+    if not independent(chain, body):
         return top
     if isinstance(body, L.Store):  # a lone 1-D loop: strip-mine it
         lp = chain[0]

@@ -65,6 +65,26 @@ def test_numbers_unchanged(monkeypatch, vector):
         assert_tiled_like_untiled(tiled, plain, "net", x, t)
 
 
+def test_rows_past_the_l2_band_are_tiled_in_bands(monkeypatch):
+    """a's rows are split into bands that fit L2_BAND_BYTES (here 4 rows of
+    37 floats), the band loop outermost; the bands still share the kernel
+    out to threads and give the same numbers, ragged last band included."""
+    monkeypatch.setattr(loop_tile, "L2_BAND_BYTES", 4 * 37 * 4)
+    for k in matmul_kernels(loops_after(SRC, "tile"), "net"):
+        band = loops_of(k.body)[0]
+        assert band.var.name == "ib"
+        assert any(lp.var.name == "it" and L.depends_on(lp.extent, band.var) for lp in loops_of(band.body))
+    for k in matmul_kernels(loops_after(SRC, "parallelize"), "net"):
+        assert loops_of(k.body)[0].kind == "parallel"   # bands and j tiles fused
+    tiled = compile_without(SRC, num_threads=2)
+    plain = compile_without(SRC, skip=("tile",))
+    rng = np.random.default_rng(2)
+    for batch in (3, 9, 301):
+        x = rng.normal(size=(batch, 37)).astype(np.float32)
+        t = rng.integers(0, 13, size=batch).astype(np.int32)
+        assert_tiled_like_untiled(tiled, plain, "net", x, t)
+
+
 def test_register_model_fits_the_register_file():
     for form in ("outer", "dot"):
         for regs in (16, 32):
