@@ -258,11 +258,13 @@ def summary(g: GraphProgram, loops: LoopProgram | None = None) -> str:
 
 
 def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
-            num_threads: int = 0, arch: str | None = None) -> CompiledProgram:
+            num_threads: int = 0, arch: str | None = None, cpu: str | None = None) -> CompiledProgram:
     """Compile a .dl file (a path) or source text; returns a program with
     parameters initialised from `seed`. target: 'cpu' or 'cuda' (`arch`: the
     GPU architecture, default sm_80); without a usable GPU, 'cuda' raises
-    dlc.errors.UnavailableError."""
+    dlc.errors.UnavailableError. cpu: an LLVM CPU name to build for instead
+    of this machine's (default: $DLC_CPU, else the host), e.g. 'x86-64-v3'
+    for any CPU with AVX2 and FMA."""
     if target not in driver.TARGETS:
         raise DlcError(f"target '{target}' is not available; targets: {', '.join(driver.TARGETS)}")
     if arch is not None and target != "cuda":
@@ -270,8 +272,8 @@ def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
     text, file = read(source)
     progress = CompileProgress(Path(file).name)
     try:
-        art = driver.build(text, file, target=target, arch=arch, progress=progress)
-        library = compiler.shared_library(art.llvm_modules, progress=progress)
+        art = driver.build(text, file, target=target, arch=arch, progress=progress, cpu=cpu)
+        library = compiler.shared_library(art.llvm_modules, cpu, progress=progress)
     finally:
         progress.done()
     return CompiledProgram(art.graph, library, seed, num_threads, target, art.loops)

@@ -102,6 +102,7 @@ def differentiate(program: Program) -> Program:
         if not grads:
             _nothing_to_train(program, fn)
         step.trained = list(grads)
+        step.gradients = grads
         b.span = fn.optimizer.span if fn.optimizer else fn.span
         # After the forward pass's own writes (batchnorm's running stats,
         # dropout's step), the optimizer's.

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                         "library; ll, asm, obj and so are the host side)")
     c.add_argument("--arch", help=f"CUDA architecture for --target cuda (default {DEFAULT_ARCH}), "
                    "e.g. sm_90")
-    c.add_argument("--cpu", help="LLVM CPU name for a portable build (default: this machine's)")
+    c.add_argument("--cpu", help="LLVM CPU name to build for, e.g. x86-64-v3 for any CPU with AVX2 "
+                   "and FMA (default: $DLC_CPU, else this machine's)")
     c.add_argument("--dump-ir-after", metavar="PASS", choices=driver.PASS_NAMES + ["all"],
                    help=f"print the IR after a pass to stderr: {', '.join(driver.PASS_NAMES)}, all")
     c.add_argument("--time-passes", action="store_true", help="print each pass's time to stderr")
@@ -226,7 +227,7 @@ def compile_command(args, source: str, file: str) -> int:
 
 def compile_to(args, source: str, file: str, progress: CompileProgress) -> int:
     art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes,
-                       target=args.target, arch=args.arch, progress=progress)
+                       target=args.target, arch=args.arch, progress=progress, cpu=args.cpu)
     if args.emit == "ptx":
         return write(args, art.ptx.encode())
     if args.emit == "graph":

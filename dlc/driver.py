@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import frontend
+from .codegen import compiler
 from .autodiff import differentiate
 from .codegen.ptx import DEFAULT_ARCH, render_cuda
 from .codegen.render import render
@@ -113,10 +114,21 @@ def without_gc(f):
 def build(source: str, file: str = "<source>", dump_after: str | None = None,
           verify: bool | None = None, time_passes: bool = False, out=sys.stderr,
           target: str = "cpu", arch: str | None = None, skip_passes: tuple[str, ...] = (),
-          progress: CompileProgress = QUIET) -> Artifact:
+          progress: CompileProgress = QUIET, cpu: str | None = None) -> Artifact:
     """Run the pipeline up to LLVM IR (and PTX for target 'cuda', for `arch`).
     `skip_passes` names loop passes to leave out (tests compare the numbers);
-    `progress` hears of each pass as it starts."""
+    `progress` hears of each pass as it starts; `cpu` (an LLVM CPU name)
+    sizes vectors and register blocks for that CPU (compiler.selected_cpu)."""
+    token = compiler.TARGET_CPU.set(cpu)
+    try:
+        return _build(source, file, dump_after, verify, time_passes, out, target, arch, skip_passes,
+                      progress)
+    finally:
+        compiler.TARGET_CPU.reset(token)
+
+
+def _build(source, file, dump_after, verify, time_passes, out, target, arch, skip_passes,
+           progress) -> Artifact:
     if target not in TARGETS:
         raise DlcError(f"unknown target '{target}'; targets are: {', '.join(TARGETS)}")
     if dump_after is not None and dump_after != "all" and dump_after not in PASS_NAMES:

@@ -14,6 +14,7 @@ from dlc import driver
 from dlc.api import CompiledProgram
 from dlc.codegen import compiler, library
 from dlc.errors import DlcError, InternalError
+from dlc.ir import loops as L
 
 SRC = """
 model cnn {
@@ -153,3 +154,38 @@ def test_an_unusable_cache_directory_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "file" / "cache"))
     with pytest.raises(DlcError, match="cannot use the compile cache .*DLC_CACHE_DIR"):
         compiler.shared_library(driver.build(MOONS).llvm_modules)
+
+
+PORTABLE = "x86-64-v3"   # AVX2 and FMA: every x86-64 machine of the last decade
+
+
+def test_a_named_cpu_sizes_the_vectors_and_builds_its_code(art):
+    """cpu='x86-64-v3' on any host: 32-byte vectors in the loop IR and no
+    AVX-512 instruction in the code; the host's own build uses its widest
+    registers (zmm where it has AVX-512)."""
+    assert compiler.vector_registers(PORTABLE) == (32, 16)
+    portable = driver.build(SRC, cpu=PORTABLE)
+    lanes = {lp.extent.value for e in portable.loops.entries for k in e.kernels
+             for lp in L.stmts_of(k.body) if isinstance(lp, L.For) and lp.kind == "vectorized"
+             and isinstance(lp.extent, L.Const)}
+    assert max(lanes) == 8
+    asm = compiler.emit(portable.llvm_modules, "asm", PORTABLE).decode()
+    assert "ymm" in asm and "zmm" not in asm
+    if compiler.vector_registers() == (64, 32):
+        assert "zmm" in compiler.emit(art.llvm_modules, "asm").decode()
+
+
+def test_dlc_cpu_selects_the_cpu_and_the_numbers_stay(monkeypatch):
+    """DLC_CPU is the default of dlc.compile(cpu=...): the portable library
+    computes what the host's computes (forward, one training step)."""
+    import dlc
+    host = dlc.compile(SRC)
+    monkeypatch.setenv("DLC_CPU", PORTABLE)
+    assert compiler.selected_cpu() == PORTABLE
+    portable = dlc.compile(SRC)
+    assert portable.library != host.library
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3, 12, 12)).astype(np.float32)
+    t = rng.integers(0, 4, size=5).astype(np.int32)
+    np.testing.assert_allclose(portable.run("cnn", x=x)["y"], host.run("cnn", x=x)["y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(portable.train("fit", x=x, t=t), host.train("fit", x=x, t=t), rtol=1e-5)

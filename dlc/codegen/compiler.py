@@ -11,6 +11,7 @@ Libraries are cached by a hash of the IR, the target and the options.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -18,34 +19,71 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
+
+import llvmlite.binding as llvm
 
 from ..errors import DlcError, InternalError, ToolError
 from ..progress import QUIET, CompileProgress
 from . import objects
 from .objects import OPT_LEVEL, host_target, target_machine
 
-# IR text per job of a parallel build: about 0.6 s of LLVM's time, against
-# about 0.15 s to start a worker process.
-MIN_JOB_BYTES = 1 << 20
+# IR text per job of a parallel build: about 0.2 s of LLVM's time (Zen 4),
+# against about 0.15 s to start a worker process. (At 1 MiB LeNet's 2 MB of
+# training program had been built by one process: 1.55 s, 0.82 s by two.)
+MIN_JOB_BYTES = 256 << 10
 
 
-def vector_registers() -> tuple[int, int]:
-    """(bytes per vector register, number of vector registers) of the host
-    CPU: what loop tiling sizes register blocks for."""
-    features = set(host_target()[2].split(","))
-    if "+avx512f" in features:
+# The CPU a build's code is for: an LLVM CPU name (x86-64-v3: AVX2 and FMA,
+# for a portable library), or None for this machine's. A build's explicit
+# choice (dlc.compile(cpu=...), dlc compile --cpu) holds for the passes while
+# driver.build runs; else the DLC_CPU environment variable; else the host.
+TARGET_CPU: ContextVar[str | None] = ContextVar("dlc_target_cpu", default=None)
+
+
+def selected_cpu(cpu: str | None = None) -> str | None:
+    """cpu, else the build's, else DLC_CPU's; None means the host's."""
+    return cpu or TARGET_CPU.get() or os.environ.get("DLC_CPU") or None
+
+
+def vector_registers(cpu: str | None = None) -> tuple[int, int]:
+    """(bytes per vector register, number of vector registers) of the target
+    CPU (selected_cpu): what loop tiling sizes register blocks for."""
+    return _vector_registers(selected_cpu(cpu))
+
+
+@functools.cache
+def _vector_registers(cpu: str | None) -> tuple[int, int]:
+    triple, host_cpu, features = host_target()
+    if cpu is None or cpu == host_cpu:
+        flags = set(features.split(","))
+        wide = "+avx512f" in flags, "+avx" in flags
+    else:   # a named CPU: ask LLVM which registers a 512-bit add uses
+        asm = target_machine(cpu).emit_assembly(llvm.parse_assembly(VECTOR_PROBE))
+        wide = "zmm" in asm, "ymm" in asm
+    if wide[0]:
         return 64, 32
-    if "+avx" in features:
+    if wide[1]:
         return 32, 16
     return 16, 16
+
+
+VECTOR_PROBE = """
+define void @probe(ptr %p) {
+  %v = load <16 x float>, ptr %p
+  %w = fadd <16 x float> %v, %v
+  store <16 x float> %w, ptr %p
+  ret void
+}
+"""
 
 
 def optimize(modules: str | Sequence[str], cpu: str | None = None, machine=None, whole: bool = True):
     """Parse, verify and link the modules, set the target, run O3; returns
     (module, target machine). `machine` overrides the host target (the CUDA
     target passes NVPTX's); `whole`: see objects.load."""
-    tm = machine or target_machine(cpu)
+    tm = machine or target_machine(selected_cpu(cpu))
     try:
         mod = objects.load([modules] if isinstance(modules, str) else list(modules), tm, whole)
     except RuntimeError as e:
@@ -95,6 +133,7 @@ def object_files(modules: Sequence[str], directory: Path, cpu: str | None = None
     """Object files of the program's modules, written in `directory`: the
     first group compiled here, each other one by a worker process at the
     same time."""
+    cpu = selected_cpu(cpu)
     groups = balance(modules, jobs or default_jobs(modules))
     progress.stage(f"LLVM, {len(modules)} modules in {len(groups)} processes")
     # The workers find llvmlite where this process did, even on a sys.path
@@ -176,6 +215,7 @@ def shared_library(modules: Sequence[str], cpu: str | None = None, jobs: int | N
     temporary file and rename it into place: the file seen under the cached
     name is always whole."""
     from .. import __version__
+    cpu = selected_cpu(cpu)
     triple, host_cpu, features = host_target()
     key = hashlib.sha256("\0".join(
         [__version__, triple, cpu or host_cpu, features, str(OPT_LEVEL), *modules]).encode()).hexdigest()

@@ -12,6 +12,9 @@ unrolling and vectorization off, and cold kernels (`cold_kernels`) are optnone.
 """
 from __future__ import annotations
 
+import functools
+import math
+
 from llvmlite import ir
 
 from ..errors import InternalError
@@ -94,9 +97,9 @@ class ExprEmitter:
 
     def splat_to(self, v: ir.Value, w: int) -> ir.Value:
         if isinstance(v, ir.Constant):
-            return ir.Constant(ir.VectorType(v.type, w), [v.constant] * w)
-        one = self.b.insert_element(ir.Constant(ir.VectorType(v.type, w), None), v, I32(0))
-        return self.b.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, w), [0] * w))
+            return _splat_constant(v.type, v.constant, w)
+        one = self.b.insert_element(_vector_constant(v.type, w, None), v, I32(0))
+        return self.b.shuffle_vector(one, one, _vector_constant(I32, w, 0))
 
     def matched(self, *values: ir.Value) -> list[ir.Value]:
         """values, all splatted to vectors if any of them is one."""
@@ -302,8 +305,22 @@ def _operands(e: L.Expr) -> tuple[L.Expr, ...]:
     return () if isinstance(e, L.Load) else L.children(e)
 
 
+# Vector constants, made once: an unrolled micro-kernel splats the same few
+# constants into every statement (llvmlite checks each element as it makes one).
+@functools.cache
 def _lane_ids(w: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I64, w), list(range(w)))
+
+
+@functools.cache
+def _vector_constant(t: ir.Type, w: int, value) -> ir.Constant:
+    """<w x t> with every lane `value`; None: zeroinitializer."""
+    return ir.Constant(ir.VectorType(t, w), None if value is None else [value] * w)
+
+
+def _splat_constant(t: ir.Type, value, w: int) -> ir.Constant:
+    zero = isinstance(value, (int, float)) and value == 0 and math.copysign(1, value) > 0   # not -0.0
+    return _vector_constant(t, w, None if zero else value)
 
 
 def _dtype_of(t: ir.Type) -> str:

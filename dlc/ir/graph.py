@@ -163,6 +163,19 @@ class Function:
     inlined: set[int] = field(default_factory=set)
     # id(value) -> the layer whose call gave it, as checked (for drawings).
     layer_values: dict[int, str] = field(default_factory=dict)
+    # A train step's gradient of each trained param, as the optimizer reads
+    # it. Stored (graph_fuse), not computed inside the update: the kernels
+    # then are the grads entry's and its update kernels the apply entry's,
+    # compiled once for the three entries.
+    gradients: dict[str, Value] = field(default_factory=dict)
+
+    def with_nodes(self, nodes: list[Node], m: Callable[[Value], Value]) -> Function:
+        """This function with `nodes`, its outputs, assigns and gradients
+        read through m (an old value -> the value replacing it)."""
+        return Function(**{**self.__dict__, "nodes": nodes,
+                           "outputs": {k: m(v) for k, v in self.outputs.items()},
+                           "assigns": [(t, m(v)) for t, v in self.assigns],
+                           "gradients": {k: m(v) for k, v in self.gradients.items()}})
 
     def readers(self) -> dict[int, list[Node]]:
         """id(value) -> the nodes that read it, in order (none: absent)."""
@@ -290,10 +303,7 @@ def rewrite(fn: Function, replace: Callable[[Node, tuple[Value, ...]], list[Node
             same[id(n.out)] = new[-1].out
     if not same and len(nodes) == len(fn.nodes):
         return fn
-    m = lambda v: same.get(id(v), v)
-    return Function(**{**fn.__dict__, "nodes": nodes,
-                       "outputs": {k: m(v) for k, v in fn.outputs.items()},
-                       "assigns": [(t, m(v)) for t, v in fn.assigns]})
+    return fn.with_nodes(nodes, lambda v: same.get(id(v), v))
 
 
 def _check_type(t: TensorType) -> None:

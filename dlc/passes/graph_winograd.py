@@ -138,9 +138,7 @@ def _function(fn: Function) -> Function:
             vmap[id(n.out)] = new.out
             n = new
         nodes.append(n)
-    return Function(**{**fn.__dict__, "nodes": nodes,
-                       "outputs": {k: m(v) for k, v in fn.outputs.items()},
-                       "assigns": [(t, m(v)) for t, v in fn.assigns]})
+    return fn.with_nodes(nodes, m)
 
 
 def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, pool: bool, conv: Node) -> Node:

@@ -135,15 +135,23 @@ def test_only_cold_kernels_skip_llvm_optimization():
     cold = {k.name for k in fit.kernels if id(k) in cold_kernels(fit, art.loops.syms)}
     assert {"exp", "sum_last", "scatter_last"} <= {name.rsplit("_", 1)[0] for name in cold}
     assert not any(tiled(k) for k in fit.kernels if k.name in cold)
-    optnone = set(re.findall(r'define hidden void @"dlc\.kernel\.fit\.([a-z_0-9]+)"\([^)]*\)[^\n]*optnone',
-                             "\n".join(art.llvm_modules)))
-    assert cold <= optnone and not any(tiled(k) for k in fit.kernels if k.name in optnone)
+    text = "\n".join(art.llvm_modules)
+    optnone = set(re.findall(r'define hidden void @"(dlc\.kernel\.[\w.]+)"\([^)]*\)[^\n]*optnone', text))
+    # The function each of fit's kernels runs (one that another kernel
+    # identical to it gave, if any), in order.
+    entry = text[text.index('@"dlc.entry.fit"'):]
+    called = re.findall(r'call void @"(dlc\.kernel\.[\w.]+)"', entry[:entry.index("\n}")])
+    assert len(called) == len(fit.kernels)
+    for k, fn in zip(fit.kernels, called):
+        assert (fn in optnone) == (k.name in cold), (k.name, fn)
+        assert not (fn in optnone and tiled(k))
 
 
-def test_tiled_updates_in_place_train_like_untiled():
-    """Rows of 20 (16 lanes + 4): the SGD update fused with the weight
-    gradient reads the weight it writes; its edge tile (masked lanes) must
-    update each column once. Training steps' numbers, tiled or not."""
+def test_train_step_stores_the_gradient_then_updates_like_untiled():
+    """Rows of 20 (16 lanes + 4): the weight gradient is a tiled kernel of
+    its own (the grads entry's: the train step stores its gradients), the
+    SGD update in place a plain one after it. Training steps' numbers,
+    tiled or not."""
     src = """
 model m {
     input x: f32[batch, 20]
@@ -158,8 +166,10 @@ train fit {
 """
     prog = loops_after(src, "tile")
     fit = kernels(prog, "fit")
-    assert any(tiled(k) and any(isinstance(s, L.Store) and s.buf.name == "fc.weight" for s in L.stmts_of(k.body))
-               for k in fit.values())   # the update in place is tiled
+    writes = lambda k, name: any(isinstance(s, L.Store) and s.buf.name == name for s in L.stmts_of(k.body))
+    assert [tiled(k) for k in fit.values() if writes(k, "fc.weight")] == [False]
+    grads = kernels(prog, "fit.grads")
+    assert [k for k in grads.values() if writes(k, "fc.weight") and tiled(k)]   # its output fc.weight
     fast, plain = compile_without(src), compile_without(src, skip=("tile",))
     rng = np.random.default_rng(3)
     x = rng.normal(size=(6, 20)).astype(np.float32)
