@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -272,8 +273,11 @@ def compile(source: str | os.PathLike, target: str = "cpu", seed: int = 0,
     text, file = read(source)
     progress = CompileProgress(Path(file).name)
     try:
-        art = driver.build(text, file, target=target, arch=arch, progress=progress, cpu=cpu)
-        library = compiler.shared_library(art.llvm_modules, cpu, progress=progress)
+        with tempfile.TemporaryDirectory(prefix="dlc-build-") as d, compiler.Build(Path(d), cpu) as build:
+            art = driver.build(text, file, target=target, arch=arch, progress=progress, cpu=cpu,
+                               sink=build.add if target == "cpu" else None)
+            library = compiler.shared_library(art.llvm_modules, cpu, progress=progress,
+                                              build=build if target == "cpu" else None)
     finally:
         progress.done()
     return CompiledProgram(art.graph, library, seed, num_threads, target, art.loops)

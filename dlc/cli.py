@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -226,8 +227,16 @@ def compile_command(args, source: str, file: str) -> int:
 
 
 def compile_to(args, source: str, file: str, progress: CompileProgress) -> int:
-    art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes,
-                       target=args.target, arch=args.arch, progress=progress, cpu=args.cpu)
+    with tempfile.TemporaryDirectory(prefix="dlc-build-") as d, compiler.Build(Path(d), args.cpu) as build:
+        # A library's kernels are compiled as they are rendered.
+        streamed = args.emit == "so" and args.target == "cpu"
+        art = driver.build(source, file, dump_after=args.dump_ir_after, time_passes=args.time_passes,
+                           target=args.target, arch=args.arch, progress=progress, cpu=args.cpu,
+                           sink=build.add if streamed else None)
+        return emit_artifact(args, art, file, progress, build if streamed else None)
+
+
+def emit_artifact(args, art, file: str, progress: CompileProgress, build) -> int:
     if args.emit == "ptx":
         return write(args, art.ptx.encode())
     if args.emit == "graph":
@@ -237,13 +246,13 @@ def compile_to(args, source: str, file: str, progress: CompileProgress) -> int:
         from .ir.loops import print_program
         return write(args, print_program(art.loops).encode())
     t0 = time.perf_counter()
-    status = native_code(args, art, file, progress)
+    status = native_code(args, art, file, progress, build)
     if args.time_passes:   # LLVM and the linker: most of a big program's compile time
         print(f"{'llvm':>18}: {(time.perf_counter() - t0) * 1e3:8.2f} ms", file=sys.stderr)
     return status
 
 
-def native_code(args, art, file: str, progress: CompileProgress) -> int:
+def native_code(args, art, file: str, progress: CompileProgress, build) -> int:
     """Writes what --emit asks of LLVM: ll, asm, obj, so or lib."""
     if args.emit == "lib":
         from .codegen.library import write_library
@@ -252,7 +261,7 @@ def native_code(args, art, file: str, progress: CompileProgress) -> int:
         print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
         return 0
     if args.emit == "so":
-        lib = compiler.shared_library(art.llvm_modules, args.cpu, progress=progress)
+        lib = compiler.shared_library(art.llvm_modules, args.cpu, progress=progress, build=build)
         out = Path(args.output or Path(file).with_suffix(".so"))
         shutil.copyfile(lib, out)
         print(f"wrote {out}", file=sys.stderr)

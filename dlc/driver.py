@@ -114,21 +114,24 @@ def without_gc(f):
 def build(source: str, file: str = "<source>", dump_after: str | None = None,
           verify: bool | None = None, time_passes: bool = False, out=sys.stderr,
           target: str = "cpu", arch: str | None = None, skip_passes: tuple[str, ...] = (),
-          progress: CompileProgress = QUIET, cpu: str | None = None) -> Artifact:
+          progress: CompileProgress = QUIET, cpu: str | None = None,
+          sink: Callable[[str], None] | None = None) -> Artifact:
     """Run the pipeline up to LLVM IR (and PTX for target 'cuda', for `arch`).
     `skip_passes` names loop passes to leave out (tests compare the numbers);
     `progress` hears of each pass as it starts; `cpu` (an LLVM CPU name)
-    sizes vectors and register blocks for that CPU (compiler.selected_cpu)."""
+    sizes vectors and register blocks for that CPU (compiler.selected_cpu);
+    `sink` hears of each kernel module of a cpu program as the renderer
+    makes it (compiler.Build.add)."""
     token = compiler.TARGET_CPU.set(cpu)
     try:
         return _build(source, file, dump_after, verify, time_passes, out, target, arch, skip_passes,
-                      progress)
+                      progress, sink)
     finally:
         compiler.TARGET_CPU.reset(token)
 
 
 def _build(source, file, dump_after, verify, time_passes, out, target, arch, skip_passes,
-           progress) -> Artifact:
+           progress, sink) -> Artifact:
     if target not in TARGETS:
         raise DlcError(f"unknown target '{target}'; targets are: {', '.join(TARGETS)}")
     if dump_after is not None and dump_after != "all" and dump_after not in PASS_NAMES:
@@ -169,7 +172,7 @@ def _build(source, file, dump_after, verify, time_passes, out, target, arch, ski
         ptx, llvm_modules = timed("render", render_cuda, loops, entries, Path(file).stem,
                                   arch or DEFAULT_ARCH)
     else:
-        llvm_modules = timed("render", render, loops, entries, Path(file).stem)
+        llvm_modules = timed("render", render, loops, entries, Path(file).stem, sink)
     _log(dump_after, "render", lambda: "\n".join(llvm_modules), out)
     if time_passes:
         for name, t in timings:

@@ -1,8 +1,9 @@
 """The compiler's parallel build: a program's modules (the descriptor and
-entries, one per kernel) split into groups, each optimized and compiled by
-its own process, give a library that computes what the one-module build
-computes and exports only dlc_program."""
+entries, one per kernel), each optimized and compiled by whichever process
+takes it first, as the renderer makes them, give a library that computes
+what the one-module build computes and exports only dlc_program."""
 import ctypes
+import os
 import re
 import subprocess
 import sys
@@ -37,24 +38,36 @@ def art():
     return driver.build(SRC)
 
 
-def test_balance_keeps_every_module_and_the_first_in_the_first_group():
-    modules = ["main" * 10] + [str(k) * n for k, n in enumerate([50, 10, 30, 30, 5, 40], 1)]
-    groups = compiler.balance(modules, 3)
-    assert groups[0][0] == modules[0]
-    assert sorted(t for g in groups for t in g) == sorted(modules)
-    sizes = [sum(map(len, g)) for g in groups]
-    assert max(sizes) - min(sizes) <= 10, sizes
-    assert compiler.balance(modules[:2], 4) == [[modules[0]], [modules[1]]]   # no empty groups
-
-
-def test_big_programs_are_built_by_several_processes(art, monkeypatch):
-    assert len(art.llvm_modules) > 10   # main + a module per kernel
-    assert compiler.default_jobs(art.llvm_modules) == 1   # this one is small
-    big = ["x" * compiler.MIN_JOB_BYTES] * 64
+def test_builds_use_a_process_per_core_or_dlc_compile_jobs(monkeypatch):
     monkeypatch.setenv("DLC_COMPILE_JOBS", "3")
-    assert compiler.default_jobs(big) == 3
+    assert compiler.default_jobs() == 3
     monkeypatch.setenv("DLC_COMPILE_JOBS", "1")
-    assert compiler.default_jobs(big) == 1
+    assert compiler.default_jobs() == 1
+    monkeypatch.delenv("DLC_COMPILE_JOBS")
+    assert compiler.default_jobs() == len(os.sched_getaffinity(0))
+
+
+def test_every_kernel_is_compiled_once_by_one_of_the_processes(art, tmp_path):
+    with compiler.Build(tmp_path, jobs=3) as build:
+        for text in art.llvm_modules[1:]:
+            build.add(text)
+        objects = build.objects(art.llvm_modules[0])
+        assert len(build.workers) == 2
+    assert len(objects) == len(art.llvm_modules) and all(p.stat().st_size > 0 for p in objects)
+    taken = [p.name for p in tmp_path.glob("*.ll.*")]   # n.ll.<pid of the process that took it>
+    assert sorted(int(name.split(".")[0]) for name in taken) == list(range(len(art.llvm_modules) - 1))
+
+
+def test_a_library_built_while_rendering_is_the_library_built_after(tmp_path, monkeypatch):
+    """driver.build's sink: the kernels compiled as they are made give the
+    cached library the same key, and the same numbers."""
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "build").mkdir()
+    with compiler.Build(tmp_path / "build") as build:
+        streamed = driver.build(SRC, sink=build.add)
+        assert build.count == len(streamed.llvm_modules) - 1
+        lib = compiler.shared_library(streamed.llvm_modules, build=build)
+    assert compiler.shared_library(driver.build(SRC).llvm_modules) == lib   # cached: same IR
 
 
 @pytest.mark.parametrize("jobs", [2, 3])
@@ -86,17 +99,18 @@ def test_one_module_emits_kernels_as_internal_functions(art):
     assert not any(line.startswith(("define hidden", "declare hidden")) for line in text.splitlines())
 
 
-def test_a_worker_failure_is_an_internal_error(art, tmp_path):
-    bad = art.llvm_modules + ["define void @broken() {\n  ret i32 0\n}\n"]
-    with pytest.raises(InternalError, match="LLVM worker process failed"):
-        compiler.object_files(bad, tmp_path, jobs=len(bad))
+def test_a_module_llvm_rejects_is_an_internal_error(art, tmp_path):
+    """Whichever process takes it: a worker (first in line) or this one."""
+    bad = art.llvm_modules[:1] + ["define void @broken() {\n  ret i32 0\n}\n"] + art.llvm_modules[1:]
+    with pytest.raises(InternalError, match="LLVM worker process failed|LLVM rejected a module"):
+        compiler.object_files(bad, tmp_path, jobs=3)
 
 
 def test_archive_of_a_parallel_build_exports_no_kernel(art, tmp_path, monkeypatch):
     """--emit=lib: kernels, global between the parts of a parallel build,
     are local in the archive (two programs in one binary may name kernels
     alike); the descriptor is <name>_program."""
-    monkeypatch.setattr(compiler, "default_jobs", lambda modules: 3)
+    monkeypatch.setattr(compiler, "default_jobs", lambda: 3)
     _, archive, _ = library.write_library(art, "cnn.dl", tmp_path / "cnn")
     symbols = subprocess.run(["nm", "--defined-only", str(archive)], capture_output=True, text=True,
                              check=True).stdout.splitlines()

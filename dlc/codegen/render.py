@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 from llvmlite import ir
 
@@ -674,10 +675,14 @@ def cold_kernels(entry: L.LoopEntry, syms: list[L.Var]) -> set[int]:
 
 
 class Renderer:
-    def __init__(self, prog: L.LoopProgram, entries, name: str):
+    def __init__(self, prog: L.LoopProgram, entries, name: str, sink: Callable[[str], None] | None = None):
         self.prog, self.entries = prog, entries
         self.module = ir.Module(name=name)
         self.kernel_modules: list[ir.Module] = []
+        # Hears of each kernel module's text as soon as the module is done
+        # (compiler.Build.add: LLVM starts on it while the others are made).
+        self.sink = sink
+        self.texts: dict[int, str] = {}   # id(kernel module) -> its text, once made
         self.strings: dict[str, ir.GlobalVariable] = {}
         self.kernel_fns: dict[int, ir.Function] = {}
         self.shapes: dict[tuple, int] = {}      # _Shape's table
@@ -732,6 +737,9 @@ class Renderer:
             em.pointers[buf] = arg
         em.emit_stmt(k.body)
         b.ret_void()
+        if self.sink is not None:
+            self.texts[id(module)] = str(module)
+            self.sink(self.texts[id(module)])
         self.kernel_fns[key] = declared
         return declared, bufs
 
@@ -844,7 +852,9 @@ class Renderer:
         ir.IRBuilder(fn.append_basic_block("entry")).ret(g)
 
 
-def render(prog: L.LoopProgram, entries, name: str = "dlc") -> list[str]:
+def render(prog: L.LoopProgram, entries, name: str = "dlc", sink: Callable[[str], None] | None = None) -> list[str]:
     """LLVM IR text of the program's modules (Renderer.render; triple and
-    layout set by the compiler)."""
-    return [str(m) for m in Renderer(prog, entries, name).render()]
+    layout set by the compiler); `sink` hears of each kernel module's as it
+    is made."""
+    r = Renderer(prog, entries, name, sink)
+    return [r.texts.get(id(m)) or str(m) for m in r.render()]
