@@ -1,6 +1,6 @@
 """The pipeline: one table of named passes from source to shared library.
 
-    parse+check -> autodiff -> dce -> lower_pooling -> winograd (cpu) -> fuse   (graph IR)
+    parse+check -> autodiff -> dce -> lower_pooling -> winograd (cpu) -> pack_dense (cpu) -> fuse   (graph IR)
     -> lower -> loop passes of the target:                  (loop IR)
          cpu:  tile -> lower_reductions -> parallelize -> vectorize -> plan_memory
          cuda: lower_reductions -> plan_memory -> tile_gpu -> map_gpu
@@ -39,6 +39,7 @@ from .passes.graph_fuse import fuse
 from .progress import QUIET, CompileProgress
 from .passes.graph_pooling import lower_pooling
 from .passes.graph_phase_split import phase_split
+from .passes.graph_pack_dense import pack_dense
 from .passes.graph_winograd import winograd
 from .passes.loop_memory import plan_memory
 from .passes.loop_gpu import map_to_gpu, tile_matmuls
@@ -54,10 +55,11 @@ GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("lower_pooling", lower_pooling),
     ("phase_split", phase_split),
     ("winograd", winograd),
+    ("pack_dense", pack_dense),
     ("fuse", fuse),
 ]
 # Graph passes that only some targets run (the rest run for all).
-GRAPH_PASS_TARGETS = {"winograd": ("cpu",), "phase_split": ("cpu",)}
+GRAPH_PASS_TARGETS = {"winograd": ("cpu",), "pack_dense": ("cpu",), "phase_split": ("cpu",)}
 LoopPass = tuple[str, Callable[[L.LoopProgram], L.LoopProgram]]
 # The loop passes of each target, in order.
 LOOP_PASSES: dict[str, list[LoopPass]] = {

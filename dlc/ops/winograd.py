@@ -46,11 +46,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codegen.compiler import vector_registers
 from ..ir import loops as L
 from ..ir.graph import TensorType
 from ..lower import flat_index
 from .base import Op, register
+from .cache import when_changed
 from .conv import CONV2D
 from .pool import MAXPOOL
 
@@ -116,32 +116,6 @@ def tiles(size: int) -> int:
     return (size + 1) // 2
 
 
-def _when_changed(source, seen: L.Buffer, base: L.Expr, n: int, update: L.Stmt) -> L.Stmt:
-    """`update`, then seen = source, if any of the n elements of `source`
-    (an accessor of a flat index) from `base` differs from `seen`'s. The
-    comparison is a vector of per-lane flags (not ==, so a NaN counts as a
-    change), read only: when nothing changed, no cache line is written."""
-    W = vector_registers()[0] // L.DTYPE_BYTES[seen.dtype]
-    I = lambda v: L.Const(v, L.INDEX)
-    zero, one = L.const_like(0, seen.dtype), L.const_like(1, seen.dtype)
-    flags = L.Buffer("changed", seen.dtype, "local", -1, I(W))
-    iv, lane, it, i = L.Var("iv"), L.Var("l"), L.Var("it"), L.Var("i")
-
-    def note(at: L.Expr, i: L.Expr) -> L.Stmt:
-        differs = L.Select(L.cmp("==", source(base + i), L.Load(seen, base + i)), zero, one)
-        return L.Store(flags, at, L.maximum(L.Load(flags, at), differs))
-
-    head = (n // W) * W
-    return L.Allocate(flags, L.Seq([
-        L.For(lane, I(W), L.Store(flags, lane, zero), "vectorized"),
-        L.loop(iv, I(n // W), L.For(lane, I(W), note(lane, iv * W + lane), "vectorized")),
-        L.loop(it, I(n - head), note(I(0), it + head)),
-        L.loop(lane, I(W - 1), L.Store(flags, I(0), L.maximum(L.Load(flags, I(0)),
-                                                               L.Load(flags, lane + 1)))),
-        L.If(L.cmp(">", L.Load(flags, I(0)), zero),
-             L.Seq([update, L.For(i, I(n), L.Store(seen, base + i, source(base + i)))]))]))
-
-
 class WinogradConv2d(Op):
     """y = conv2d(x, weight, padding) (+ bias) (relu) (maxpool 2x2), 3x3,
     stride 1. attrs: padding, size (the convolution's output (h, w)), relu,
@@ -194,7 +168,7 @@ class WinogradConv2d(Op):
             # `parallelize` pass may share the comparison out.
             seen = ctx.cache(f"{weight.name}.winograd_of", dtype, K * C * 9)
             flat = lambda i: w([I(0), I(0), I(0), i])   # element i of the contiguous weights
-            filt = _when_changed(flat, seen, k * (C * 9), C * 9, filt)
+            filt = when_changed(flat, seen, k * (C * 9), C * 9, filt)
         filt = L.For(k, I(K), filt)
 
         # Chunks are shared out over SLOTS parallel tasks (fewer when there are

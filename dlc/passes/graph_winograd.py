@@ -35,6 +35,7 @@ from ..ops.elementwise import ADD, RELU
 from ..ops.pool import MAXPOOL
 from ..ops.shape import BROADCAST_TO, RESHAPE
 from ..ops.winograd import CHUNK_BYTES, TILE_POOL, WINOGRAD_CONV2D, tiles
+from .graph_chains import Build, rewrite_chains, sole_reader_of
 from .graph_dce import eliminate_dead_code
 
 MIN_CHANNELS = 16
@@ -90,15 +91,8 @@ def _bias(v: Value, filters: int) -> Value | None:
 
 
 def _function(fn: Function) -> Function:
-    readers, escaping = fn.readers(), fn.escaping()
-
-    def sole_reader(v: Value, op) -> Node | None:
-        rs = readers.get(id(v), [])
-        ok = len(rs) == 1 and rs[0].op is op and id(v) not in escaping
-        return rs[0] if ok else None
-
-    # id(last node of a replaced chain) -> (the conv2d, its bias or None, relu, pool)
-    plans: dict[int, tuple[Node, Value | None, bool, bool]] = {}
+    sole_reader = sole_reader_of(fn)
+    plans: dict[int, Build] = {}   # id(last node of a replaced chain) -> its replacement's builder
     absorbed: set[int] = set()
     for n in fn.nodes:
         if n.op is not CONV2D or not eligible(n):
@@ -116,29 +110,10 @@ def _function(fn: Function) -> Function:
         pool = sole_reader(chain[-1].out, MAXPOOL)
         if pool is not None and pool.attrs == TILE_POOL:
             chain.append(pool)
-        plans[id(chain[-1])] = (n, bias, relu, chain[-1].op is MAXPOOL)
-        absorbed.update(id(m) for m in chain[:-1])
-
-    vmap: dict[int, Value] = {}
-    m = lambda v: vmap.get(id(v), v)
-    nodes: list[Node] = []
-    for n in fn.nodes:
-        if id(n) in absorbed:
-            continue
-        if id(n) in plans:
-            conv, bias, relu, pool = plans[id(n)]
-            new = _replacement(m(conv.inputs[0]), m(conv.inputs[1]), None if bias is None else m(bias),
-                               relu, pool, conv)
-            nodes.append(new)
-            vmap[id(n.out)] = new.out
-            continue
-        ins = tuple(m(v) for v in n.inputs)
-        if ins != n.inputs:
-            new = Node(n.op, ins, n.attrs, n.out.type, n.span)
-            vmap[id(n.out)] = new.out
-            n = new
-        nodes.append(n)
-    return fn.with_nodes(nodes, m)
+        plans[id(chain[-1])] = lambda m, n=n, bias=bias, relu=relu, pool=chain[-1].op is MAXPOOL: \
+            _replacement(m(n.inputs[0]), m(n.inputs[1]), None if bias is None else m(bias), relu, pool, n)
+        absorbed.update(id(c) for c in chain[:-1])
+    return rewrite_chains(fn, plans, absorbed)
 
 
 def _replacement(x: Value, w: Value, bias: Value | None, relu: bool, pool: bool, conv: Node) -> Node:

@@ -1,7 +1,7 @@
 """Parallel loops: each kernel's outer loops become one `parallel` loop run
 by the runtime's thread pool.
 
-Per top-level loop nest of a kernel:
+Per top-level loop nest of a kernel (or of a top-level If's branch):
   - the perfect nest of outer loops is fused into one loop over the product
     of their extents (so a batch-1 kernel still has the tiles along its
     other dims to share out), keeping the innermost loop serial when it is a
@@ -39,6 +39,8 @@ def parallelize(prog: L.LoopProgram) -> L.LoopProgram:
 def _kernel(s: L.Stmt) -> L.Stmt:
     if isinstance(s, L.Seq):
         return L.Seq([_kernel(b) for b in s.body])
+    if isinstance(s, L.If):   # a kernel of variants chosen at run time (packed_dense)
+        return L.If(s.cond, _kernel(s.then))
     if isinstance(s, L.For) and s.kind == "serial":
         return _nest(s)
     return s
