@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ir.graph import Function, Node, Value
+from ..ops.elementwise import ADD, RELU
 
 
 def sole_reader_of(fn: Function) -> Callable[[Value, object], Node | None]:
@@ -17,6 +18,24 @@ def sole_reader_of(fn: Function) -> Callable[[Value, object], Node | None]:
         rs = readers.get(id(v), [])
         return rs[0] if len(rs) == 1 and rs[0].op is op and id(v) not in escaping else None
     return sole_reader
+
+
+def bias_relu_chain(n: Node, sole_reader, bias_of: Callable[[Value], Value | None]
+                    ) -> tuple[list[Node], Value | None]:
+    """n, then what after it one op can absorb: the add of a bias (the
+    other operand b of an add of n's type with bias_of(b) not None), then a
+    relu, each the sole reader of the value before it. Returns the chain
+    and the bias (or None)."""
+    chain, bias = [n], None
+    add = sole_reader(n.out, ADD)
+    if add is not None and add.out.type == n.out.type:
+        bias = bias_of(add.inputs[1] if add.inputs[0] is n.out else add.inputs[0])
+        if bias is not None:
+            chain.append(add)
+    act = sole_reader(chain[-1].out, RELU)
+    if act is not None:
+        chain.append(act)
+    return chain, bias
 
 
 Build = Callable[[Callable[[Value], Value]], Node]

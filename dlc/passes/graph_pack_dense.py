@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..ir.graph import Function, Node, Program, Value
-from ..ops.elementwise import ADD, RELU
+from ..ops.elementwise import RELU
 from ..ops.nn import GEMM
 from ..ops.packed import PACKED_DENSE
 from ..ops.shape import BROADCAST_TO
-from .graph_chains import Build, rewrite_chains, sole_reader_of
+from .graph_chains import Build, bias_relu_chain, rewrite_chains, sole_reader_of
 from .graph_dce import eliminate_dead_code
 
 # Panel widths, widest first: two vectors of 16 lanes per k step (measured
@@ -65,15 +65,7 @@ def _function(fn: Function) -> Function:
         panel = _panel(n) if n.op is GEMM else None
         if panel is None:
             continue
-        chain, bias = [n], None
-        add = sole_reader(n.out, ADD)
-        if add is not None and add.out.type == n.out.type:
-            bias = _bias(add.inputs[1] if add.inputs[0] is n.out else add.inputs[0], n.out.type.shape[1])
-            if bias is not None:
-                chain.append(add)
-        act = sole_reader(chain[-1].out, RELU)
-        if act is not None:
-            chain.append(act)
+        chain, bias = bias_relu_chain(n, sole_reader, lambda v, n=n: _bias(v, n.out.type.shape[1]))
         plans[id(chain[-1])] = lambda m, n=n, bias=bias, relu=chain[-1].op is RELU, panel=panel: \
             _replacement(n, [m(v) for v in n.inputs] + ([m(bias)] if bias is not None else []), panel, relu)
         absorbed.update(id(c) for c in chain[:-1])

@@ -7,7 +7,7 @@ train entry's convolutions come from Winograd too, while their gradients
 were already built from conv2d's own rule (which reads conv2d's inputs and
 the output gradient, never its output). It absorbs what `fuse` would have
 fused into the convolution's kernel: the bias add (`add(y,
-broadcast_to(reshape(bias)))`, as conv2d builds it) and a relu after it,
+broadcast_to(reshape(bias)))`, as conv2d builds it) and a relu after it (or after the convolution),
 each only where the value before it has no other reader and is not an
 output or an assign (a train entry's relu reads its own output in the
 backward pass, so it is absorbed there too); and, on the same terms, a 2x2
@@ -31,11 +31,11 @@ from dataclasses import replace
 
 from ..ir.graph import Function, Node, Program, Value
 from ..ops.conv import CONV2D, PAD2D
-from ..ops.elementwise import ADD, RELU
+from ..ops.elementwise import RELU
 from ..ops.pool import MAXPOOL
 from ..ops.shape import BROADCAST_TO, RESHAPE
 from ..ops.winograd import CHUNK_BYTES, TILE_POOL, WINOGRAD_CONV2D, tiles
-from .graph_chains import Build, rewrite_chains, sole_reader_of
+from .graph_chains import Build, bias_relu_chain, rewrite_chains, sole_reader_of
 from .graph_dce import eliminate_dead_code
 
 MIN_CHANNELS = 16
@@ -97,15 +97,7 @@ def _function(fn: Function) -> Function:
     for n in fn.nodes:
         if n.op is not CONV2D or not eligible(n):
             continue
-        chain, bias = [n], None
-        add = sole_reader(n.out, ADD)
-        if add is not None and add.out.type == n.out.type:
-            bias = _bias(add.inputs[1] if add.inputs[0] is n.out else add.inputs[0], n.out.type.shape[1])
-            if bias is not None:
-                chain.append(add)
-                act = sole_reader(add.out, RELU)
-                if act is not None:
-                    chain.append(act)
+        chain, bias = bias_relu_chain(n, sole_reader, lambda v, n=n: _bias(v, n.out.type.shape[1]))
         relu = chain[-1].op is RELU
         pool = sole_reader(chain[-1].out, MAXPOOL)
         if pool is not None and pool.attrs == TILE_POOL:
