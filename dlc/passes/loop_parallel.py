@@ -104,6 +104,13 @@ def _nest(top: L.For) -> L.Stmt:
     if isinstance(body, L.Store) and len(chain) > 1:
         body = chain.pop()   # the innermost elementwise loop stays serial
     if not independent(chain, body):
+        # A loop that no store indexes by (the tile pass's reduction blocks,
+        # each adding into the whole output) stays serial around a nest
+        # that may be parallel.
+        stores = [st for st in L.stmts_of(top.body) if isinstance(st, L.Store) and st.buf.kind != "local"]
+        if isinstance(top.body, L.For) and top.body.kind == "serial" and stores \
+                and not any(L.depends_on(st.index, top.var) for st in stores):
+            return L.For(top.var, top.extent, _nest(top.body))
         return top
     if isinstance(body, L.Store):  # a lone 1-D loop: strip-mine it
         lp = chain[0]

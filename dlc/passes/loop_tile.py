@@ -53,6 +53,12 @@ MIN_LANES = 8
 # 2 threads: 0.73 of the FMA peak unbanded, 0.78 / 0.80 / 0.81 with 128 /
 # 256 / 512 KiB bands).
 L2_BAND_BYTES = 256 << 10
+# A reduction whose operands together pass this many bytes (a weight
+# gradient summed over batch x time) runs in blocks of its outer var that
+# fit, each adding into the output: unblocked, every tile streamed both
+# operands whole from memory (the LSTM's recurrent weight gradient at batch
+# 128: 6,400 rows of 2.5 KB for each of 340 tiles).
+L2_BLOCK_BYTES = 1 << 20
 ZERO = L.Const(0, L.INDEX)
 
 
@@ -179,6 +185,7 @@ def _ceil_div(a: L.Expr, c: int) -> L.Expr:
 class Tiler:
     def __init__(self, mt: Match, lanes: int, mr: int, nr: int):
         self.mt, self.w, self.mr, self.nr = mt, lanes, mr, nr
+        self.resume: L.Expr | None = None   # with reduction blocks: not the first block
         ext = {lp.var: lp.extent for lp in mt.loops}
         one = L.Const(1, L.INDEX)
         self.m = ext.get(mt.i, one) if mt.i is not None else one
@@ -249,7 +256,10 @@ class Tiler:
                            L.substitute(_replace(mt.store.value, mt.red, total), env),
                            mt.store.accumulate)
 
-        init = block(L.Store(acc, slot + lane, zero))
+        first = zero
+        if self.resume is not None:   # a later block of the reduction adds to the earlier ones' sums
+            first = L.Select(self.resume, L.Load(mt.store.buf, L.substitute(mt.store.index, env)), zero)
+        init = block(L.Store(acc, slot + lane, first))
         if mt.form == "outer":
             reduction = reduce_over(block(accumulate(env, slot + lane)), True)
             out = block(epilogue(L.Load(acc, slot + lane)), guard=True)
@@ -315,7 +325,42 @@ class Tiler:
             return None
         return rows // self.mr
 
+    def reduction_block(self) -> L.Expr | None:
+        """Iterations of the reduction's outer var per block (module
+        docstring, L2_BLOCK_BYTES), or None: not an outer-form plain sum
+        (an epilogue would see partial sums), constant extents that fit, or
+        non-constant output extents."""
+        mt = self.mt
+        m, n, np_ = _const(self.m), _const(self.n), _const(self.np)
+        if mt.form != "outer" or mt.store.value is not mt.red or mt.store.accumulate or None in (m, n, np_):
+            return None
+        row = (m + n * np_) * L.DTYPE_BYTES[mt.red.dtype]   # both operands' bytes per reduction step
+        inner: L.Expr = L.Const(1, L.INDEX)
+        for e in mt.red.extents[1:]:
+            inner = inner * e
+        total = inner * mt.red.extents[0] * row
+        if isinstance(total, L.Const) and total.value <= L2_BLOCK_BYTES:
+            return None
+        return L.maximum(L.Const(L2_BLOCK_BYTES // row, L.INDEX) / inner, L.Const(1, L.INDEX))
+
     def build(self) -> L.Stmt:
+        block = self.reduction_block()
+        if block is None:
+            return self.tiles()
+        # Blocks of the reduction's outer var, outermost and serial (the
+        # `parallelize` pass shares out the tiles inside).
+        mt, kb, kv = self.mt, L.Var("kb"), L.Var(self.mt.red.vars[0].name)
+        k0 = mt.red.vars[0]
+        red = L.Reduce(mt.red.kind, (kv,) + mt.red.vars[1:],
+                       (L.minimum(block, mt.red.extents[0] - kb * block),) + mt.red.extents[1:],
+                       L.substitute(mt.red.body, {k0: kb * block + kv}))
+        prod = red.body
+        a, b = (prod.a, prod.b) if mt.a is mt.red.body.a else (prod.b, prod.a)
+        self.mt = replace(mt, red=red, a=a, b=b, store=replace(mt.store, value=red))
+        self.resume = L.cmp(">", kb, ZERO)
+        return L.For(kb, (mt.red.extents[0] + block - 1) / block, self.tiles())
+
+    def tiles(self) -> L.Stmt:
         mt = self.mt
         it, jt, pt = L.Var("it"), L.Var("jt"), L.Var("pt")
         i0 = it * self.mr if mt.i is not None else ZERO

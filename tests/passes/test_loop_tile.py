@@ -85,6 +85,28 @@ def test_rows_past_the_l2_band_are_tiled_in_bands(monkeypatch):
         assert_tiled_like_untiled(tiled, plain, "net", x, t)
 
 
+def test_long_reductions_run_in_blocks_that_add_into_the_output(monkeypatch):
+    """A weight gradient's sum over the batch passing L2_BLOCK_BYTES (here 5
+    rows of both operands) runs in blocks of batch rows, the block loop
+    outermost and serial around the parallel tiles, each block after the
+    first adding to the sums before it: same numbers, ragged last block
+    included."""
+    monkeypatch.setattr(loop_tile, "L2_BLOCK_BYTES", 5 * (37 + 29) * 4)
+    blocked = [k for k in matmul_kernels(loops_after(SRC, "parallelize"), "fit")
+               if loops_of(k.body)[0].var.name == "kb"]
+    assert len(blocked) == 2   # the two weight gradients (outer form, a plain sum)
+    for k in blocked:
+        kb = loops_of(k.body)[0]
+        assert kb.kind == "serial" and loops_of(kb.body)[0].kind == "parallel"
+    tiled = compile_without(SRC, num_threads=2)
+    plain = compile_without(SRC, skip=("tile",))
+    rng = np.random.default_rng(3)
+    for batch in (3, 9, 301):
+        x = rng.normal(size=(batch, 37)).astype(np.float32)
+        t = rng.integers(0, 13, size=batch).astype(np.int32)
+        assert_tiled_like_untiled(tiled, plain, "net", x, t)
+
+
 def test_register_model_fits_the_register_file():
     for form in ("outer", "dot"):
         for regs in (16, 32):
