@@ -658,32 +658,67 @@ def _verify_stmt(s: Stmt, bound: set, locals_: set, where: str, ctx: str, allow_
 # ------------------------------------------------------------------- printer
 
 def print_expr(e: Expr) -> str:
-    return fold(e, _expr_text)
+    """e as text: operators without the parentheses their precedence makes
+    redundant, and an index's a - (a / c) * c (the remainder, as passes
+    write it) as a % c."""
+    return fold(e, _expr_text)[0]
 
 
-def _expr_text(e: Expr, kids: list[str]) -> str:
-    """e as text, given its children's."""
+# Binding strength of the infix operators (higher binds tighter); every
+# other expression prints as an atom.
+_PRECEDENCE = {**dict.fromkeys(("<", "<=", ">", ">=", "==", "!="), 1), "+": 2, "-": 2,
+               "*": 3, "/": 3, "%": 3}
+_ATOM = 4
+
+
+def _remainder(e: Bin) -> tuple[Expr, Expr] | None:
+    """(a, c) where e is the index expression a - (a / c) * c."""
+    q = e.b
+    if e.op != "-" or e.dtype != INDEX or not isinstance(q, Bin) or q.op != "*":
+        return None
+    d = q.a
+    if not isinstance(d, Bin) or d.op != "/":
+        return None
+    same = lambda x, y: x is y or print_expr(x) == print_expr(y)
+    return (e.a, q.b) if same(d.a, e.a) and same(d.b, q.b) else None
+
+
+def _expr_text(e: Expr, kids: list[tuple[str, int]]) -> tuple[str, int]:
+    """e as text and its binding strength, given its children's."""
+    text = [k[0] for k in kids]
     if isinstance(e, Const):
-        return repr(e.value)
+        return repr(e.value), _ATOM if not (isinstance(e.value, (int, float)) and e.value < 0) else 0
     if isinstance(e, Var):
-        return e.name
+        return e.name, _ATOM
     if isinstance(e, LaneSum):
-        return f"lanesum({e.buf.name}[{kids[0]} : +{e.lanes}])"
+        return f"lanesum({e.buf.name}[{text[0]} : +{e.lanes}])", _ATOM
     if isinstance(e, Load):
-        return f"{e.buf.name}[{kids[0]}]"
+        return f"{e.buf.name}[{text[0]}]", _ATOM
     if isinstance(e, Bin):
         if e.op in ("min", "max"):
-            return f"{e.op}({kids[0]}, {kids[1]})"
-        return f"({kids[0]} {e.op} {kids[1]})"
+            return f"{e.op}({text[0]}, {text[1]})", _ATOM
+        if e.op not in _PRECEDENCE:
+            return f"({text[0]} {e.op} {text[1]})", _ATOM
+        rem = _remainder(e)
+        if rem is not None:
+            op, kids = "%", [fold(x, _expr_text) for x in rem]
+        else:
+            op = e.op
+        level = _PRECEDENCE[op]
+        # operands bind at least as tightly; a right operand of the same
+        # strength keeps its parentheses (a - (b - c))
+        left = kids[0][0] if kids[0][1] >= level else f"({kids[0][0]})"
+        right = kids[1][0] if kids[1][1] > level else f"({kids[1][0]})"
+        return f"{left} {op} {right}", level
     if isinstance(e, Call):
-        return f"{e.fn}({', '.join(kids)})"
+        return f"{e.fn}({', '.join(text)})", _ATOM
     if isinstance(e, Select):
-        return f"select({kids[0]}, {kids[1]}, {kids[2]})"
+        return f"select({text[0]}, {text[1]}, {text[2]})", _ATOM
     if isinstance(e, Cast):
-        return f"{e.dtype}({kids[0]})"
+        return f"{e.dtype}({text[0]})", _ATOM
     if isinstance(e, Reduce):
-        rng = ", ".join(f"{v.name} < {x}" for v, x in zip(e.vars, kids))
-        return f"{e.kind}({rng}: {kids[-1]})"
+        rng = ", ".join(f"{v.name} < {x}" for v, x in zip(e.vars, text))
+        return f"{e.kind}({rng}: {text[-1]})", _ATOM
     raise TypeError(e)
 
 
