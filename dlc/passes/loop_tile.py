@@ -53,8 +53,8 @@ MIN_LANES = 8
 # 2 threads: 0.73 of the FMA peak unbanded, 0.78 / 0.80 / 0.81 with 128 /
 # 256 / 512 KiB bands).
 L2_BAND_BYTES = 256 << 10
-# A reduction whose operands together pass this many bytes (a weight
-# gradient summed over batch x time) runs in blocks of its outer var that
+# A reduction over a run-time extent whose operands together pass this many
+# bytes (a weight gradient summed over batch x time) runs in blocks of its outer var that
 # fit, each adding into the output: unblocked, every tile streamed both
 # operands whole from memory (the LSTM's recurrent weight gradient at batch
 # 128: 6,400 rows of 2.5 KB for each of 340 tiles).
@@ -328,20 +328,21 @@ class Tiler:
     def reduction_block(self) -> L.Expr | None:
         """Iterations of the reduction's outer var per block (module
         docstring, L2_BLOCK_BYTES), or None: not an outer-form plain sum
-        (an epilogue would see partial sums), constant extents that fit, or
-        non-constant output extents."""
+        (an epilogue would see partial sums), non-constant output extents,
+        or a reduction of constant extent (a product over a weight's inputs:
+        the bands of a keep its operands in L2; blocks measured 0.66 -> 0.54
+        of the peak on SGEMM 1024). A sum over the batch (a weight
+        gradient) is blocked, into one block when it fits."""
         mt = self.mt
         m, n, np_ = _const(self.m), _const(self.n), _const(self.np)
-        if mt.form != "outer" or mt.store.value is not mt.red or mt.store.accumulate or None in (m, n, np_):
+        if mt.form != "outer" or mt.store.value is not mt.red or mt.store.accumulate or None in (m, n, np_) \
+                or all(_const(e) is not None for e in mt.red.extents):
             return None
         row = (m + n * np_) * L.DTYPE_BYTES[mt.red.dtype]   # both operands' bytes per reduction step
         inner: L.Expr = L.Const(1, L.INDEX)
         for e in mt.red.extents[1:]:
             inner = inner * e
-        total = inner * mt.red.extents[0] * row
-        if isinstance(total, L.Const) and total.value <= L2_BLOCK_BYTES:
-            return None
-        return L.maximum(L.Const(L2_BLOCK_BYTES // row, L.INDEX) / inner, L.Const(1, L.INDEX))
+        return L.maximum(L.Const(max(L2_BLOCK_BYTES // row, 1), L.INDEX) / inner, L.Const(1, L.INDEX))
 
     def build(self) -> L.Stmt:
         block = self.reduction_block()
