@@ -256,10 +256,10 @@ class Tiler:
                            L.substitute(_replace(mt.store.value, mt.red, total), env),
                            mt.store.accumulate)
 
-        first = zero
-        if self.resume is not None:   # a later block of the reduction adds to the earlier ones' sums
-            first = L.Select(self.resume, L.Load(mt.store.buf, L.substitute(mt.store.index, env)), zero)
-        init = block(L.Store(acc, slot + lane, first))
+        # A later block of the reduction adds to the earlier ones' sums.
+        earlier = L.Select(self.resume, L.Load(mt.store.buf, L.substitute(mt.store.index, env)), zero) \
+            if self.resume is not None else None
+        init = block(L.Store(acc, slot + lane, earlier if earlier is not None and mt.form == "outer" else zero))
         if mt.form == "outer":
             reduction = reduce_over(block(accumulate(env, slot + lane)), True)
             out = block(epilogue(L.Load(acc, slot + lane)), guard=True)
@@ -275,6 +275,8 @@ class Tiler:
                                           L.cmp("<", lane, rest)),
                                active=L.minimum(L.Const(w, L.INDEX), rest)))
         total = L.LaneSum(acc, slot, w) if w > 1 else L.Load(acc, slot)
+        if earlier is not None:
+            total = total + earlier
         out = L.loop(ii, mr, L.loop(jv, nr, L.If(L.all_of(inside), epilogue(total)) if inside
                                     else epilogue(total), "unrolled"), "unrolled")
         return L.Allocate(acc, L.Seq([init, reduce_over(L.Seq(steps), False), out]))
@@ -327,22 +329,37 @@ class Tiler:
 
     def reduction_block(self) -> L.Expr | None:
         """Iterations of the reduction's outer var per block (module
-        docstring, L2_BLOCK_BYTES), or None: not an outer-form plain sum
-        (an epilogue would see partial sums), non-constant output extents,
-        or a reduction of constant extent (a product over a weight's inputs:
-        the bands of a keep its operands in L2; blocks measured 0.66 -> 0.54
-        of the peak on SGEMM 1024). A sum over the batch (a weight
-        gradient) is blocked, into one block when it fits."""
+        docstring, L2_BLOCK_BYTES), or None: an epilogue that would see
+        partial sums, non-constant output extents, a dot-form reduction of
+        one var (its vectors run along it), or a reduction of constant
+        extent (a product over a weight's inputs: the bands of a keep its
+        operands in L2; blocks measured 0.66 -> 0.54 of the peak on SGEMM
+        1024). A sum over the batch (a weight gradient) is blocked, into
+        one block when it fits."""
         mt = self.mt
-        m, n, np_ = _const(self.m), _const(self.n), _const(self.np)
-        if mt.form != "outer" or mt.store.value is not mt.red or mt.store.accumulate or None in (m, n, np_) \
+        if mt.store.value is not mt.red or mt.store.accumulate \
+                or None in (_const(lp.extent) for lp in mt.loops) \
+                or (mt.form == "dot" and len(mt.red.vars) < 2) \
                 or all(_const(e) is not None for e in mt.red.extents):
             return None
-        row = (m + n * np_) * L.DTYPE_BYTES[mt.red.dtype]   # both operands' bytes per reduction step
-        inner: L.Expr = L.Const(1, L.INDEX)
-        for e in mt.red.extents[1:]:
+        # Both operands' elements per step of the outer var: each load's span
+        # over the output loops and the inner reduction vars of constant
+        # extent (a convolution's windows overlap: spans, not products).
+        spans = {lp.var: _const(lp.extent) for lp in mt.loops}
+        symbolic = []
+        for v, e in zip(mt.red.vars[1:], mt.red.extents[1:]):
+            if _const(e) is None:
+                symbolic.append(e)
+            else:
+                spans[v] = _const(e)
+        elements = sum(_span(x.index, spans) for x in L.subexprs(mt.red.body) if isinstance(x, L.Load))
+        step = L.Const(max(L2_BLOCK_BYTES // (elements * L.DTYPE_BYTES[mt.red.dtype]), 1), L.INDEX)
+        if not symbolic:
+            return step
+        inner = symbolic[0]
+        for e in symbolic[1:]:
             inner = inner * e
-        return L.maximum(L.Const(max(L2_BLOCK_BYTES // row, 1), L.INDEX) / inner, L.Const(1, L.INDEX))
+        return L.maximum(step / inner, L.Const(1, L.INDEX))
 
     def build(self) -> L.Stmt:
         block = self.reduction_block()
@@ -421,6 +438,19 @@ def _tile_kernel(body: L.Stmt, vbytes: int, regs: int) -> L.Stmt | None:
     else:
         mr, nr = choose_blocks(mt.form, m, n, lanes if mt.form == "outer" else 1, regs)
     return Tiler(mt, lanes, mr, nr).build()
+
+
+def _span(index: L.Expr, extents: dict) -> int:
+    """Elements an affine index covers as the vars in `extents` run over
+    them; a var it uses other than by a constant stride counts whole."""
+    span, whole = 1, 1
+    for v, e in extents.items():
+        stride = L.stride_of(index, v)
+        if stride is None:
+            whole *= e
+        else:
+            span += abs(stride) * (e - 1)
+    return span * whole
 
 
 def _row_var(mt: Match, ext: dict) -> L.Var | None:

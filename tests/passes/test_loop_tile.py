@@ -107,6 +107,39 @@ def test_long_reductions_run_in_blocks_that_add_into_the_output(monkeypatch):
         assert_tiled_like_untiled(tiled, plain, "net", x, t)
 
 
+CONV_TRAIN_SRC = """
+model net {
+    input x: f32[batch, 3, 12, 20]
+    h = conv2d(x, 6, 3, padding=1, name="conv") |> relu |> flatten
+    output y = dense(h, 5, name="fc")
+}
+train fit {
+    input x: f32[batch, 3, 12, 20]
+    input t: i32[batch]
+    loss = cross_entropy(net(x), t)
+    optimizer = sgd(lr=0.1, momentum=0.9)
+}
+"""
+
+
+def test_dot_form_weight_gradients_run_in_blocks_too(monkeypatch):
+    """A convolution's weight gradient (the dot form: its rows are too
+    narrow to vectorize, the sum over batch x pixels is) blocked over the
+    batch: each block's lane sums add to the sums before it."""
+    monkeypatch.setattr(loop_tile, "L2_BLOCK_BYTES", 2 * 4 * (6 * 12 * 20 + 3 * 14 * 22))
+    blocked = [k for k in matmul_kernels(loops_after(CONV_TRAIN_SRC, "parallelize"), "fit")
+               if loops_of(k.body)[0].var.name == "kb"
+               and any(isinstance(x, L.LaneSum) for e in L.exprs_of(k.body) for x in L.subexprs(e))]
+    assert blocked
+    tiled = compile_without(CONV_TRAIN_SRC, num_threads=2)
+    plain = compile_without(CONV_TRAIN_SRC, skip=("tile",))
+    rng = np.random.default_rng(4)
+    for batch in (1, 2, 7):
+        x = rng.normal(size=(batch, 3, 12, 20)).astype(np.float32)
+        t = rng.integers(0, 5, size=batch).astype(np.int32)
+        assert_tiled_like_untiled(tiled, plain, "net", x, t)
+
+
 def test_register_model_fits_the_register_file():
     for form in ("outer", "dot"):
         for regs in (16, 32):
