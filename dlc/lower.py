@@ -269,12 +269,16 @@ class FunctionLowering:
                      stores: list[tuple[L.Buffer, Accessor]]) -> L.Kernel:
         """Loops over `shape` storing each value into its buffer. With several
         stores, every value is computed before any is written, so an update
-        may read the old value of a buffer it overwrites."""
+        may read the old value of a buffer it overwrites: where no value reads
+        a buffer stored before it, the stores follow each other (a body of
+        plain stores, which vectorizes); else through scalar temporaries."""
         idx = [L.Var(f"i{k}") for k in range(len(shape))]
         flat = flat_index(self.ctx, idx, shape)
         values = [f(idx) for _, f in stores]
-        if len(stores) == 1:
-            body: L.Stmt = L.Store(stores[0][0], flat, values[0])
+        reads = [{x.buf for x in L.subexprs(v) if isinstance(x, L.Load)} for v in values]
+        if not any(buf in reads[k] for j, (buf, _) in enumerate(stores) for k in range(j + 1, len(stores))):
+            body: L.Stmt = L.Seq([L.Store(buf, flat, v) for (buf, _), v in zip(stores, values)]) \
+                if len(stores) > 1 else L.Store(stores[0][0], flat, values[0])
         else:
             temps = [L.Buffer(f"new{k}", v.dtype, "local", -1, L.Const(1, L.INDEX))
                      for k, v in enumerate(values)]

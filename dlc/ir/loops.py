@@ -174,6 +174,12 @@ def binop(op: str, a, b) -> Expr:
         return a
     if a.dtype == INDEX and op == "+" and isinstance(a, Const) and a.value == 0:
         return b
+    # x + (y - x) -> y: a collapsed loop's (p / c) * c + p % c is p again.
+    if a.dtype == INDEX and op == "+":
+        if isinstance(b, Bin) and b.op == "-" and _same_index(b.b, a):
+            return b.a
+        if isinstance(a, Bin) and a.op == "-" and _same_index(a.b, b):
+            return a.a
     if a.dtype == INDEX and op == "*":
         if isinstance(b, Const) and b.value == 1:
             return a
@@ -182,6 +188,16 @@ def binop(op: str, a, b) -> Expr:
         if (isinstance(a, Const) and a.value == 0) or (isinstance(b, Const) and b.value == 0):
             return Const(0, INDEX)
     return Bin(op, a, b, "bool" if op in COMPARISONS else a.dtype)
+
+
+def _same_index(a: Expr, b: Expr) -> bool:
+    """a and b are the same index arithmetic of vars and constants."""
+    if a is b:
+        return True
+    if isinstance(a, Const) and isinstance(b, Const):
+        return a.value == b.value and a.dtype == b.dtype
+    return isinstance(a, Bin) and isinstance(b, Bin) and a.op == b.op \
+        and _same_index(a.a, b.a) and _same_index(a.b, b.b)
 
 
 def call(fn: str, *args: Expr) -> Call:
@@ -557,6 +573,16 @@ def vector_lanes(extent: Expr) -> tuple[int, Expr | None] | None:
         return extent.value, None
     if isinstance(extent, Bin) and extent.op == "min" and isinstance(extent.a, Const):
         return extent.a.value, extent.b
+    return None
+
+
+def plain_stores(s: Stmt) -> list[Store] | None:
+    """s's stores when s is one store or a sequence of them (an elementwise
+    loop's body: an optimizer's update of a weight and its state); else None."""
+    if isinstance(s, Store):
+        return [s]
+    if isinstance(s, Seq) and s.body and all(isinstance(x, Store) for x in s.body):
+        return list(s.body)
     return None
 
 

@@ -101,7 +101,7 @@ def _nest(top: L.For) -> L.Stmt:
             not any(L.depends_on(chain[-1].body.extent, lp.var) for lp in chain):
         chain.append(chain[-1].body)
     body = chain[-1].body
-    if isinstance(body, L.Store) and len(chain) > 1:
+    if L.plain_stores(body) and len(chain) > 1:
         body = chain.pop()   # the innermost elementwise loop stays serial
     if not independent(chain, body):
         # A loop that no store indexes by (the tile pass's reduction blocks,
@@ -112,7 +112,7 @@ def _nest(top: L.For) -> L.Stmt:
                 and not any(L.depends_on(st.index, top.var) for st in stores):
             return L.For(top.var, top.extent, _nest(top.body))
         return top
-    if isinstance(body, L.Store):  # a lone 1-D loop: strip-mine it
+    if L.plain_stores(body):  # a lone 1-D loop: strip-mine it
         lp = chain[0]
         t, r = L.Var(f"{lp.var.name}c"), L.Var(f"{lp.var.name}r")
         start = t * CHUNK

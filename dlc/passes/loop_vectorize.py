@@ -1,7 +1,8 @@
-"""Vectorization of elementwise loops: an innermost loop whose body is one
-store, contiguous in the loop's variable, is strip-mined into a loop over
-vectors (a `vectorized` loop of the host's vector width W, rendered with
-LLVM vector types) and a scalar loop over the last extent % W iterations.
+"""Vectorization of elementwise loops: an innermost loop whose body is a
+store (or a sequence of them: an optimizer's update), contiguous in the
+loop's variable, is strip-mined into a loop over vectors (a `vectorized`
+loop of the host's vector width W, rendered with LLVM vector types) and a
+scalar loop over the last extent % W iterations.
 
     for i in 0..n: out[f + i] = e(i)
 ->  for iv in 0..n / W: for vectorized l in 0..W: out[f + iv*W + l] = e(iv*W + l)
@@ -31,19 +32,23 @@ def vectorize(prog: L.LoopProgram) -> L.LoopProgram:
 
 def _stmt(s: L.Stmt, vbytes: int) -> L.Stmt:
     def innermost_store_loop(x: L.Stmt) -> L.Stmt | None:
-        if isinstance(x, L.For) and x.kind == "serial" and isinstance(x.body, L.Store):
+        if isinstance(x, L.For) and x.kind == "serial" and L.plain_stores(x.body):
             return _strip_mine(x, vbytes) or x
         return None
     return L.rewrite(s, innermost_store_loop)
 
 
 def _strip_mine(loop: L.For, vbytes: int) -> L.Stmt | None:
+    """The loop over vectors of its stores, all contiguous in its var and
+    of one element size, then the rest; None when they are not."""
+    stores = L.plain_stores(loop.body)
+    sizes = {L.DTYPE_BYTES.get(st.buf.dtype) for st in stores}
+    if None in sizes or len(sizes) > 1 or any(L.stride_of(st.index, loop.var) != 1 for st in stores):
+        return None
+    if any(isinstance(x, L.Reduce) for st in stores for x in L.subexprs(st.value)):
+        return None
     st = loop.body
-    if st.buf.dtype not in L.DTYPE_BYTES or L.stride_of(st.index, loop.var) != 1:
-        return None
-    if any(isinstance(x, L.Reduce) for x in L.subexprs(st.value)):
-        return None
-    w = vbytes // L.DTYPE_BYTES[st.buf.dtype]
+    w = vbytes // sizes.pop()
     n = loop.extent
     if isinstance(n, L.Const):
         if n.value < MIN_EXTENT:
