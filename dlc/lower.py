@@ -15,7 +15,7 @@ kernels ask for (state rows too: see `KernelCtx`).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .errors import InternalError
@@ -228,9 +228,20 @@ class FunctionLowering:
             self.kernels.append(self.store_kernel(f"copy_{len(self.kernels)}", v.type.shape,
                                                   [(self.tensor_buffer(slot, v), self.access(v))]))
         self.kernels += self.assign_kernels()
+        self.kernels = [self.after_layer(k) for k in self.kernels]
         entry = L.LoopEntry(fn.name, self.kernels, self.workspace,
                             list(range(len(self.workspace))))
         return entry, EntrySlots(fn.name, ENTRY_KIND[fn.kind], inputs, outputs)
+
+    def after_layer(self, k: L.Kernel) -> L.Kernel:
+        """k with the layer whose parameters (or their gradients) it reads
+        or writes, where there is one (Kernel.layer)."""
+        grads = {self.buffers[id(v)]: name for name, v in self.fn.gradients.items() if id(v) in self.buffers}
+        names = [grads.get(buf) or (buf.name if buf.kind == "tensor"   # a grads entry's outputs: by param
+                                    and self.tensors[buf.index].role in ("param", "output") else "")
+                 for buf in L.buffers_of(k.body)]
+        layers = {name.split(".")[0] for name in names if "." in name}
+        return replace(k, layer=layers.pop()) if len(layers) == 1 else k
 
     def workspace_buffer(self, v: Value) -> L.Buffer:
         buf = self.scratch_buffer(v.type.dtype, size_of(self.ctx, v.type.shape))

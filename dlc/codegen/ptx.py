@@ -237,7 +237,8 @@ def kernel_symbols(prog: L.LoopProgram) -> list[str]:
     names = []
     for e in prog.entries:
         for k in e.kernels:
-            names.append(re.sub(r"[^A-Za-z0-9_]", "_", f"dlc_{len(names)}_{e.name}_{k.name}"))
+            name = "_".join(filter(None, (f"dlc_{len(names)}", e.name, k.name, k.layer)))
+            names.append(re.sub(r"[^A-Za-z0-9_]", "_", name))
     return names
 
 

@@ -696,7 +696,8 @@ class Renderer:
         descs = []
         for entry, slots in zip(self.prog.entries, self.entries):
             self.entry = entry
-            kernels = [self.kernel(f"{entry.name}.{k.name}", k) for k in entry.kernels]
+            kernels = [self.kernel(".".join(filter(None, (entry.name, k.name, k.layer))), k)
+                       for k in entry.kernels]
             offsets, size = layout(entry)
             run = self.entry_function(entry, kernels, offsets)
             ws = self.workspace_function(entry, size)

@@ -321,6 +321,10 @@ class Barrier(Stmt):
 class Kernel:
     name: str
     body: Stmt
+    # The layer whose parameters (or their gradients) the kernel reads or
+    # writes, where there is one: in its symbol and printed, so a profile or
+    # an IR dump says where time goes.
+    layer: str = ""
 
 
 DTYPE_BYTES = {"f32": 4, "f64": 8, "i32": 4, INDEX: 8}
@@ -786,6 +790,6 @@ def print_program(prog: LoopProgram) -> str:
             out.append(f"# {e.name}: workspace slot {i}: {sizes}")
         out.append(f"entry {e.name}:")
         for k in e.kernels:
-            out.append(f"  kernel {k.name}:")
+            out.append(f"  kernel {k.name}{f' ({k.layer})' if k.layer else ''}:")
             out.append(print_stmt(k.body, 2).rstrip("\n"))
     return "\n".join(out) + "\n"

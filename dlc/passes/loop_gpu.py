@@ -59,7 +59,7 @@ MIN_REDUCED_TERMS = 512
 def map_to_gpu(prog: L.LoopProgram) -> L.LoopProgram:
     """Bind every kernel's loops to the grid (pure)."""
     counter = itertools.count()
-    entries = [replace(e, kernels=[L.Kernel(k.name, k.body if _mapped(k.body) else map_kernel(k.body, counter))
+    entries = [replace(e, kernels=[replace(k, body=k.body if _mapped(k.body) else map_kernel(k.body, counter))
                                    for k in split_kernels(e.kernels)])
                for e in prog.entries]
     return replace(prog, entries=entries)
@@ -71,7 +71,7 @@ def split_kernels(kernels: list[L.Kernel]) -> list[L.Kernel]:
     out = []
     for k in kernels:
         parts = k.body.body if isinstance(k.body, L.Seq) else [k.body]
-        out += [L.Kernel(k.name if len(parts) == 1 else f"{k.name}_{i}", part)
+        out += [replace(k, name=k.name if len(parts) == 1 else f"{k.name}_{i}", body=part)
                 for i, part in enumerate(parts)]
     return out
 
@@ -270,7 +270,7 @@ def tile_matmuls(prog: L.LoopProgram) -> L.LoopProgram:
     """Shared-memory tiling of every matmul-like kernel, kernels split into
     their nests first (pure)."""
     counter = itertools.count()
-    entries = [replace(e, kernels=[L.Kernel(k.name, tile_kernel(k.body, counter) or k.body)
+    entries = [replace(e, kernels=[replace(k, body=tile_kernel(k.body, counter) or k.body)
                                    for k in split_kernels(e.kernels)])
                for e in prog.entries]
     return replace(prog, entries=entries)

@@ -31,7 +31,7 @@ CHUNK = 4096         # iterations per chunk of a strip-mined 1-D loop
 
 def parallelize(prog: L.LoopProgram) -> L.LoopProgram:
     """Mark the outer loops of every kernel with enough work parallel (pure)."""
-    entries = [replace(e, kernels=[L.Kernel(k.name, _kernel(k.body)) for k in e.kernels])
+    entries = [replace(e, kernels=[replace(k, body=_kernel(k.body)) for k in e.kernels])
                for e in prog.entries]
     return replace(prog, entries=entries)
 

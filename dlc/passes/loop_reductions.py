@@ -15,7 +15,7 @@ INITS = {"sum": 0.0, "max": float("-inf")}
 def lower_reductions(prog: L.LoopProgram) -> L.LoopProgram:
     """Replace every Reduce by an accumulator loop (pure)."""
     counter = itertools.count()
-    entries = [replace(e, kernels=[L.Kernel(k.name, _stmt(k.body, counter)) for k in e.kernels])
+    entries = [replace(e, kernels=[replace(k, body=_stmt(k.body, counter)) for k in e.kernels])
                for e in prog.entries]
     return replace(prog, entries=entries)
 

@@ -65,7 +65,7 @@ ZERO = L.Const(0, L.INDEX)
 def tile(prog: L.LoopProgram) -> L.LoopProgram:
     """Rewrite every matmul-like loop nest into tiled micro-kernels (pure)."""
     vbytes, regs = vector_registers()
-    entries = [replace(e, kernels=[L.Kernel(k.name, _tile_steps(k.body, vbytes, regs))
+    entries = [replace(e, kernels=[replace(k, body=_tile_steps(k.body, vbytes, regs))
                                    for k in e.kernels])
                for e in prog.entries]
     return replace(prog, entries=entries)

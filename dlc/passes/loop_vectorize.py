@@ -25,7 +25,7 @@ MIN_EXTENT = 4  # a constant loop shorter than this stays scalar
 def vectorize(prog: L.LoopProgram) -> L.LoopProgram:
     """Strip-mine contiguous innermost store loops into vector loops (pure)."""
     vbytes, _ = vector_registers()
-    entries = [replace(e, kernels=[L.Kernel(k.name, _stmt(k.body, vbytes)) for k in e.kernels])
+    entries = [replace(e, kernels=[replace(k, body=_stmt(k.body, vbytes)) for k in e.kernels])
                for e in prog.entries]
     return replace(prog, entries=entries)
 
