@@ -35,8 +35,14 @@ it stays in L2: unchunked, the transformed tiles of a batch of 64 are
   vectorizes); or, when a 2x2 max pooling of stride 2 follows (the pass
   absorbs it: its windows are the tiles), each tile's maximum.
 
+With attr `flip`, the op is a 3x3 convolution's input gradient
+(conv2d_input_grad: the output gradient, zero-padded, convolved with the
+weight's filters transposed and turned half round): its filter g[k][c] is
+weight[c, k, 2 - a, 2 - b].
+
 The op has no gradient rule: the pass runs after autodiff and replaces
-forward values only; gradients come from conv2d's own rule.
+forward values (and input gradients) only; gradients come from conv2d's own
+rule.
 
 Rounding: the transforms add and subtract up to 16 terms of both signs,
 so fp32 results differ from a direct convolution by a few ulp of the
@@ -119,8 +125,9 @@ def tiles(size: int) -> int:
 class WinogradConv2d(Op):
     """y = conv2d(x, weight, padding) (+ bias) (relu) (maxpool 2x2), 3x3,
     stride 1. attrs: padding, size (the convolution's output (h, w)), relu,
-    pool, rows (tile rows per chunk). See the module docstring; no gradient
-    rule (forward values only)."""
+    pool, rows (tile rows per chunk), flip (weight is [C, K, 3, 3], read
+    transposed and turned: an input gradient). See the module docstring; no
+    gradient rule (forward values only)."""
     name = "winograd_conv2d"
     rereads = False   # a chunk's two edge rows twice: cheap
     reduces = True
@@ -129,11 +136,12 @@ class WinogradConv2d(Op):
         x, w = ins[:2]
         oh, ow = attrs["size"]
         size = (oh // 2, ow // 2) if attrs["pool"] else (oh, ow)
-        return TensorType(x.dtype, (x.shape[0], w.shape[0]) + size)
+        return TensorType(x.dtype, (x.shape[0], w.shape[1 if attrs["flip"] else 0]) + size)
 
     def lower_kernel(self, ctx, out, ins, node) -> L.Stmt:
         N, C, H, IW = node.inputs[0].type.shape
-        K = node.inputs[1].type.shape[0]
+        flip = node.attrs["flip"]
+        K = node.inputs[1].type.shape[1 if flip else 0]
         OH, OW = node.attrs["size"]
         ph, pw = node.attrs["padding"]
         th, tw = tiles(OH), tiles(OW)
@@ -152,7 +160,9 @@ class WinogradConv2d(Op):
         # different dies).
         su, sv, sm = K * C + XI_PAD, C * T + XI_PAD, K * T + XI_PAD   # xi strides
         weight = node.inputs[1]
-        cached = weight.kind == "param"
+        # A flipped filter's U[.][k] reads weight[:, k], not a contiguous
+        # range (and a train step changes it every call): not cached.
+        cached = weight.kind == "param" and not flip
         U = ctx.cache(f"{weight.name}.winograd", dtype, 16 * su) if cached \
             else ctx.scratch(dtype, I(16 * su))
         # Channel by channel, in scalars: it runs only when the weights
@@ -160,7 +170,7 @@ class WinogradConv2d(Op):
         # apart, were gathered lane by lane in 3,600 lines of LLVM IR per
         # kernel, a second of the CIFAR CNN's compile time).
         k, c = ctx.var("k"), ctx.var("c")
-        u = _sandwich(G, G, lambda a, b: w([k, c, I(a), I(b)]))
+        u = _sandwich(G, G, lambda a, b: w([c, k, I(2 - a), I(2 - b)]) if flip else w([k, c, I(a), I(b)]))
         filt = L.loop(c, I(C), L.Seq([L.Store(U, (i * 4 + j) * su + k * C + c, u[i][j])
                                       for i in range(4) for j in range(4)]))
         if cached:
@@ -277,7 +287,9 @@ class WinogradConv2d(Op):
                       "parallel", I(1))
         return L.Seq([filt, tasks])
 
-    def reference(self, x, w, bias=None, *, padding, size, relu, pool, rows):
+    def reference(self, x, w, bias=None, *, padding, size, relu, pool, rows, flip):
+        if flip:
+            w = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         y = CONV2D.reference(x, w, kernel=(3, 3), stride=(1, 1), padding=padding,
                              dilation=(1, 1), groups=1)
         if bias is not None:

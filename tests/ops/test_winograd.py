@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import dlc
+from dlc import driver
 from dlc.ops.winograd import WINOGRAD_CONV2D, XI_PAD
 from tests.ops.test_conv_torch import ATOL, RTOL, check
 
@@ -112,7 +113,8 @@ def test_reference_matches_torch():
     b = rng.normal(size=4).astype(np.float32)
     want = F.relu(F.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), padding=(1, 0)))
     for pool, expect in ((False, want), (True, F.max_pool2d(want, 2))):
-        y = WINOGRAD_CONV2D.reference(x, w, b, padding=(1, 0), size=(7, 7), relu=True, pool=pool, rows=1)
+        y = WINOGRAD_CONV2D.reference(x, w, b, padding=(1, 0), size=(7, 7), relu=True, pool=pool, rows=1,
+                                      flip=False)
         np.testing.assert_allclose(y, expect.numpy(), rtol=RTOL, atol=ATOL)
 
 
@@ -154,3 +156,29 @@ model m {{
 }}
 """, n, 16, h, w, lambda x, p: F.max_pool2d(F.relu(F.conv2d(x, p["c.weight"], p["c.bias"], padding=1)), 2),
         ["winograd_conv2d"])
+
+
+@pytest.mark.parametrize("padding,shape", [(1, (2, 16, 10, 9)), (0, (1, 16, 12, 12)), (2, (2, 17, 8, 9))])
+def test_input_gradient_is_a_flipped_winograd_convolution(padding, shape):
+    """The gradient reaching `pre` through c's input is winograd_conv2d
+    with the filters transposed and turned (flip), for every padding whose
+    input gradient reads a zero-padded output gradient: same numbers as
+    PyTorch."""
+    n, c, h, w = shape
+    art = driver.build(f"""
+model m {{
+    input x: f32[batch, {c}, {h}, {w}]
+    h = conv2d(x, {c}, 1, name="pre")
+    output y = conv2d(h, 20, 3, padding={padding}, name="c")
+}}
+train g {{
+    input x: f32[batch, {c}, {h}, {w}]
+    input t: i32[batch]
+    loss = cross_entropy(flatten(m(x)), t)
+    optimizer = sgd(lr=0.1)
+}}
+""")
+    flips = [nd for nd in art.graph.functions["g"].nodes if nd.op is WINOGRAD_CONV2D and nd.attrs["flip"]]
+    assert len(flips) == 1 and flips[0].out.type.shape[1] == c
+    check(f'conv2d(h, 20, 3, padding={padding}, name="c")',
+          lambda h, P: F.conv2d(h, P["c.weight"], P["c.bias"], padding=padding), shape)
