@@ -9,6 +9,22 @@ from dlc.codegen import compiler
 from dlc.ir import loops as L
 from dlc.lower import lower
 
+# A convolution and a dense layer, trained: kernels of every kind, named after
+# their layers.
+CONV_TRAIN_SRC = """
+model net {
+    input x: f32[batch, 3, 12, 20]
+    h = conv2d(x, 6, 3, padding=1, name="conv") |> relu |> flatten
+    output y = dense(h, 5, name="fc")
+}
+train fit {
+    input x: f32[batch, 3, 12, 20]
+    input t: i32[batch]
+    loss = cross_entropy(net(x), t)
+    optimizer = sgd(lr=0.1, momentum=0.9)
+}
+"""
+
 
 def loops_after(src: str, upto: str, target: str = "cpu") -> L.LoopProgram:
     """The loop IR after pass `upto` of `target`'s pipeline (verified)."""

@@ -1,7 +1,10 @@
 """The loop IR printer (`--dump-ir-after`): no parentheses that precedence
 makes redundant, the ones it needs kept, and an index's remainder as the
 passes write it (a - (a / c) * c) printed as a % c."""
+from dlc import driver
 from dlc.ir import loops as L
+
+from .helpers import CONV_TRAIN_SRC
 
 I = lambda v: L.Const(v, L.INDEX)
 p, t = L.Var("p"), L.Var("time")
@@ -28,26 +31,10 @@ def test_collapsed_loops_index_folds_back():
     assert L.print_expr((p / I(4096)) * I(4096) + (p - (p / I(4096)) * I(4096))) == "p"
 
 
-NET = """
-model m {
-    input x: f32[batch, 3, 8, 8]
-    h = conv2d(x, 4, 3, padding=1, name="conv") |> relu |> flatten
-    output y = dense(h, 5, name="fc")
-}
-train fit {
-    input x: f32[batch, 3, 8, 8]
-    input t: i32[batch]
-    loss = cross_entropy(m(x), t)
-    optimizer = sgd(lr=0.1, momentum=0.9)
-}
-"""
-
-
 def test_kernels_are_named_after_their_layers():
     """A kernel that reads or writes one layer's parameters or their
     gradients carries the layer's name, printed and in its symbol."""
-    from dlc import driver
-    art = driver.build(NET)
+    art = driver.build(CONV_TRAIN_SRC)
     fit = next(e for e in art.loops.entries if e.name == "fit")
     layers = {k.name.rsplit("_", 1)[0]: k.layer for k in fit.kernels if k.layer}
     assert layers["conv2d_weight_grad"] == "conv" and layers["gemm"] == "fc"
@@ -55,4 +42,4 @@ def test_kernels_are_named_after_their_layers():
     text = L.print_program(art.loops)
     assert "kernel relu_1 (conv):" in text
     symbols = str(art.llvm_modules[1]) + "".join(str(m) for m in art.llvm_modules[2:])
-    assert "dlc.kernel.m.relu_1.conv" in symbols
+    assert "dlc.kernel.net.relu_1.conv" in symbols

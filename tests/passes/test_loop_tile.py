@@ -8,7 +8,7 @@ import pytest
 from dlc.ir import loops as L
 from dlc.passes import loop_tile
 
-from .helpers import assert_tiled_like_untiled, compile_without, kernels, loops_after, loops_of
+from .helpers import CONV_TRAIN_SRC, assert_tiled_like_untiled, compile_without, kernels, loops_after, loops_of
 
 SRC = """
 model net {
@@ -105,21 +105,6 @@ def test_long_reductions_run_in_blocks_that_add_into_the_output(monkeypatch):
         x = rng.normal(size=(batch, 37)).astype(np.float32)
         t = rng.integers(0, 13, size=batch).astype(np.int32)
         assert_tiled_like_untiled(tiled, plain, "net", x, t)
-
-
-CONV_TRAIN_SRC = """
-model net {
-    input x: f32[batch, 3, 12, 20]
-    h = conv2d(x, 6, 3, padding=1, name="conv") |> relu |> flatten
-    output y = dense(h, 5, name="fc")
-}
-train fit {
-    input x: f32[batch, 3, 12, 20]
-    input t: i32[batch]
-    loss = cross_entropy(net(x), t)
-    optimizer = sgd(lr=0.1, momentum=0.9)
-}
-"""
 
 
 def test_dot_form_weight_gradients_run_in_blocks_too(monkeypatch):
