@@ -51,7 +51,7 @@ def test_replaces_eligible_convolutions_and_absorbs_bias_and_relu():
     program = winograd(graph_before_winograd(SRC))
     for name in ("cnn", "fit"):
         fn = program.functions[name]
-        convs = [n for n in fn.nodes if n.op is WINOGRAD_CONV2D]
+        convs = [n for n in fn.nodes if n.op is WINOGRAD_CONV2D and not n.attrs["flip"]]
         # c1 has 3 input channels (< MIN_CHANNELS), c4's output is 6x5
         # (< MIN_CHUNK_TILES tiles): they stay conv2d.
         assert [n.inputs[1].name for n in fn.nodes if n.op is CONV2D] == ["c1.weight", "c4.weight"]
@@ -71,9 +71,14 @@ def test_replaces_eligible_convolutions_and_absorbs_bias_and_relu():
         assert c3.out.type.shape[2:] == ((8, 7) if pooled else (16, 14))
         assert (MAXPOOL in ops(fn)) == (not pooled)
         assert ops(fn).count(RELU) == 1   # c1's
-    # The gradients are conv2d's: its input and weight gradient ops remain.
-    names = {n.op.name for n in program.functions["fit"].nodes}
-    assert {"conv2d_input_grad", "conv2d_weight_grad"} <= names
+    # The gradients are conv2d's: its weight gradient ops remain; the input
+    # gradients of c2, c3 and c4 (3x3, stride 1, 16+ channels each way) are
+    # Winograd convolutions over the flipped filters.
+    fit = program.functions["fit"]
+    assert "conv2d_weight_grad" in {n.op.name for n in fit.nodes}
+    assert "conv2d_input_grad" not in {n.op.name for n in fit.nodes}
+    flips = [n for n in fit.nodes if n.op is WINOGRAD_CONV2D and n.attrs["flip"]]
+    assert sorted(n.inputs[1].name for n in flips) == ["c2.weight", "c3.weight", "c4.weight"]
 
 
 def test_keeps_values_other_readers_need():
@@ -109,7 +114,8 @@ def test_products_are_register_blocked():
     loops = loops_after(SRC, "tile")
     for entry in ("cnn", "fit"):
         ks = [k for name, k in kernels(loops, entry).items() if name.startswith("winograd_conv2d")]
-        assert len(ks) == 2
+        # fit: also the input gradients of c2, c3 and c4
+        assert len(ks) == (2 if entry == "cnn" else 5)
         for k in ks:
             accs = [s.buf.name for s in L.stmts_of(k.body) if isinstance(s, L.Allocate)]
             assert "acc_outer" in accs
