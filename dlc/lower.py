@@ -228,15 +228,16 @@ class FunctionLowering:
             self.kernels.append(self.store_kernel(f"copy_{len(self.kernels)}", v.type.shape,
                                                   [(self.tensor_buffer(slot, v), self.access(v))]))
         self.kernels += self.assign_kernels()
-        self.kernels = [self.after_layer(k) for k in self.kernels]
+        # A train step's gradients are workspace buffers: name them by param.
+        grads = {self.buffers[id(v)]: name for name, v in fn.gradients.items() if id(v) in self.buffers}
+        self.kernels = [self.after_layer(k, grads) for k in self.kernels]
         entry = L.LoopEntry(fn.name, self.kernels, self.workspace,
                             list(range(len(self.workspace))))
         return entry, EntrySlots(fn.name, ENTRY_KIND[fn.kind], inputs, outputs)
 
-    def after_layer(self, k: L.Kernel) -> L.Kernel:
+    def after_layer(self, k: L.Kernel, grads: dict[L.Buffer, str]) -> L.Kernel:
         """k with the layer whose parameters (or their gradients) it reads
         or writes, where there is one (Kernel.layer)."""
-        grads = {self.buffers[id(v)]: name for name, v in self.fn.gradients.items() if id(v) in self.buffers}
         names = [grads.get(buf) or (buf.name if buf.kind == "tensor"   # a grads entry's outputs: by param
                                     and self.tensors[buf.index].role in ("param", "output") else "")
                  for buf in L.buffers_of(k.body)]
