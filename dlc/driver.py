@@ -41,6 +41,7 @@ from .passes.graph_pooling import lower_pooling
 from .passes.graph_phase_split import phase_split
 from .passes.graph_pack_dense import pack_dense
 from .passes.graph_winograd import winograd
+from .passes.kernel_sharing import share, unshare
 from .passes.loop_memory import plan_memory
 from .passes.loop_gpu import map_to_gpu, tile_matmuls
 from .passes.loop_parallel import parallelize
@@ -69,6 +70,9 @@ LOOP_PASSES: dict[str, list[LoopPass]] = {
              ("tile_gpu", tile_matmuls), ("map_gpu", map_to_gpu)],
 }
 TARGETS = tuple(LOOP_PASSES)
+# Loop passes that transform each kernel on its own, one for one: they run
+# once per kernel structure (passes/kernel_sharing.py).
+PER_KERNEL_PASSES = {"tile", "lower_reductions", "parallelize", "vectorize"}
 
 
 def graph_passes(target: str) -> list[tuple[str, Callable[[G.Program], G.Program]]]:
@@ -161,20 +165,29 @@ def _build(source, file, dump_after, verify, time_passes, out, target, arch, ski
         L.verify(loops, "lower", allow_reduce=True)
     _log(dump_after, "lower", lambda: L.print_program(loops), out)
     reduced = False  # Reduce expressions remain until lower_reductions
+    sharing = None   # while per-kernel passes run: kernel_sharing
+    copies = {}      # the kernels unshare made, for the renderer
+    whole = lambda: loops if sharing is None else unshare(loops, sharing)[0]
     for name, p in LOOP_PASSES[target]:
         if name in skip_passes:
             continue
+        if name in PER_KERNEL_PASSES and sharing is None:
+            loops, sharing = timed("share_kernels", share, loops)
+        elif name not in PER_KERNEL_PASSES and sharing is not None:
+            (loops, copies), sharing = timed("unshare_kernels", unshare, loops, sharing), None
         loops = timed(name, p, loops)
         reduced = reduced or p is lower_reductions
         if verify:
             L.verify(loops, name, allow_reduce=not reduced)
-        _log(dump_after, name, lambda: L.print_program(loops), out)
+        _log(dump_after, name, lambda: L.print_program(whole()), out)
+    if sharing is not None:
+        (loops, copies), sharing = unshare(loops, sharing), None
     ptx = None
     if target == "cuda":
         ptx, llvm_modules = timed("render", render_cuda, loops, entries, Path(file).stem,
                                   arch or DEFAULT_ARCH)
     else:
-        llvm_modules = timed("render", render, loops, entries, Path(file).stem, sink)
+        llvm_modules = timed("render", render, loops, entries, Path(file).stem, sink, copies)
     _log(dump_after, "render", lambda: "\n".join(llvm_modules), out)
     if time_passes:
         for name, t in timings:

@@ -20,6 +20,7 @@ from llvmlite import ir
 
 from ..errors import InternalError
 from ..ir import loops as L
+from ..ir.structure import Structure
 from ..passes.loop_memory import layout
 
 ABI_VERSION = 4
@@ -120,7 +121,7 @@ class ExprEmitter:
                 self.values[var] = I64(lane)
                 v = f()
                 if out is None:
-                    out = ir.Constant(ir.VectorType(v.type, w), None)
+                    out = _vector_constant(v.type, w, None)
                 out = self.b.insert_element(out, v, I32(lane))
         finally:
             self.lanes = (var, w)
@@ -134,10 +135,12 @@ class ExprEmitter:
         return L.fold(e, self.emit_node, _operands, memo)
 
     def emit_node(self, e: L.Expr, args: list[ir.Value]) -> ir.Value:
-        """e's value from its operands' values. Index arithmetic already
-        emitted in this basic block is reused (unrolled micro-kernels repeat
-        the same index terms): the same operation on the same values."""
-        if isinstance(e, (L.Bin, L.Call)) and e.dtype == L.INDEX:
+        """e's value from its operands' values. Index arithmetic (and its
+        comparisons) already emitted in this basic block is reused (unrolled
+        micro-kernels repeat the same index terms): the same operation on the
+        same values."""
+        if isinstance(e, (L.Bin, L.Call)) and e.dtype == L.INDEX or \
+                isinstance(e, L.Bin) and e.op in L.COMPARISONS and e.a.dtype == L.INDEX:
             if self.cache_block is not self.b.block:
                 self.index_cache, self.cache_block = {}, self.b.block
             key = (type(e), e.op if isinstance(e, L.Bin) else e.fn, *args)
@@ -178,7 +181,11 @@ class ExprEmitter:
             name = {"abs": "fabs"}.get(e.fn, e.fn)
             return b.call(self.intrinsic(name, t, len(args)), args)
         if isinstance(e, L.Select):
-            cond, x, y = self.matched(*args)
+            cond, x, y = args
+            if isinstance(cond.type, ir.VectorType):
+                cond, x, y = self.matched(cond, x, y)
+            else:   # one condition for all lanes: LLVM selects whole vectors
+                x, y = self.matched(x, y)
             return b.select(cond, x, y)
         if isinstance(e, L.Cast):
             return self.cast(args[0], e.value.dtype, e.dtype)
@@ -192,7 +199,7 @@ class ExprEmitter:
             p = self.address(e.buf, first)
             if self.masked(e.buf):
                 return self.b.call(self.masked_intrinsic("load", vt), [
-                    p, I32(L.DTYPE_BYTES[e.dtype]), self.mask, ir.Constant(vt, None)])
+                    p, I32(L.DTYPE_BYTES[e.dtype]), self.mask, _Splat(vt, None)])
             v = self.b.load(p, typ=vt)
             v.align = L.DTYPE_BYTES[e.dtype]
             return v
@@ -216,12 +223,12 @@ class ExprEmitter:
                 pick.append(j * w + k * lane - starts[j])
             while len(parts) > 1:
                 if len(parts) % 2:
-                    parts.append(ir.Constant(parts[0].type, None))
+                    parts.append(_Splat(parts[0].type, None))
                 n = parts[0].type.count
                 join = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
                 parts = [self.b.shuffle_vector(parts[i], parts[i + 1], join) for i in range(0, len(parts), 2)]
             wide = parts[0]
-            return self.b.shuffle_vector(wide, ir.Constant(wide.type, None),
+            return self.b.shuffle_vector(wide, _Splat(wide.type, None),
                                          ir.Constant(ir.VectorType(I32, w), pick))
         return self.per_lane(lambda: self.b.load(self.address(e.buf, e.index), typ=TYPES[e.dtype]))
 
@@ -313,10 +320,23 @@ def _lane_ids(w: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I64, w), list(range(w)))
 
 
+class _Splat(ir.Constant):
+    """A vector constant with every lane one value, in LLVM's short forms,
+    zeroinitializer or splat (t v): written out lane by lane, the vector
+    constants of unrolled kernels were a sixth of a program's IR text."""
+
+    def __init__(self, typ: ir.VectorType, value):
+        super().__init__(typ, None)
+        self.lane = None if value is None else ir.Constant(typ.element, value)
+
+    def _get_reference(self) -> str:
+        return "zeroinitializer" if self.lane is None else f"splat ({self.lane})"
+
+
 @functools.cache
 def _vector_constant(t: ir.Type, w: int, value) -> ir.Constant:
     """<w x t> with every lane `value`; None: zeroinitializer."""
-    return ir.Constant(ir.VectorType(t, w), None if value is None else [value] * w)
+    return _Splat(ir.VectorType(t, w), value)
 
 
 def _splat_constant(t: ir.Type, value, w: int) -> ir.Constant:
@@ -344,6 +364,10 @@ class StmtEmitter(ExprEmitter):
     def emit_stmt(self, s: L.Stmt) -> None:
         b = self.b
         if isinstance(s, L.Seq):
+            stores = L.plain_stores(s) if self.lanes is not None else None
+            if stores and L.interleaved_pair(stores, self.lanes[0]):
+                self.store_pair(stores)
+                return
             for x in s.body:
                 self.emit_stmt(x)
         elif isinstance(s, L.Store):
@@ -418,6 +442,23 @@ class StmtEmitter(ExprEmitter):
         if s.accumulate:
             v = self.arith("+", b.load(p, typ=t), v, s.buf.dtype, True)
         b.store(v, p)
+
+    def store_pair(self, stores: list[L.Store]) -> None:
+        """An interleaved pair (L.interleaved_pair) as one vector of 2W lanes,
+        lane 2l from the first store's value at lane l, 2l + 1 the second's."""
+        var, w = self.lanes
+        b = self.b
+        values = [self.splat(self.emit(st.value)) for st in stores]
+        zip_ = ir.Constant(ir.VectorType(I32, 2 * w), [j // 2 + (j % 2) * w for j in range(2 * w)])
+        both = b.shuffle_vector(values[0], values[1], zip_)
+        first = L.substitute(stores[0].index, {var: L.Const(0, L.INDEX)})
+        p = self.address(stores[0].buf, first)
+        align = L.DTYPE_BYTES[stores[0].buf.dtype]
+        if self.masked(stores[0].buf):
+            mask = b.shuffle_vector(self.mask, self.mask, zip_)
+            b.call(self.masked_intrinsic("store", both.type), [both, p, I32(align), mask])
+        else:
+            b.store(both, p).align = align
 
     def scatter(self, s: L.Store) -> None:
         var, w = self.lanes
@@ -581,65 +622,6 @@ class _LoopID(ir.values.MDValue):
     __eq__ = object.__eq__
 
 
-class _Shape:
-    """A kernel's structure as a hashable key: buffers and loop variables
-    numbered by first appearance (with their dtypes), symbols by identity.
-    Each expression node is interned in `table` (shared by the kernels
-    compared), so a key holds numbers, not tuples as deep as the expressions."""
-
-    def __init__(self, syms: set, table: dict[tuple, int]):
-        self.syms, self.table = syms, table
-        self.ids: dict[object, int] = {}
-
-    def ref(self, x) -> tuple:
-        if isinstance(x, L.Var) and x in self.syms:
-            return ("sym", x.name)
-        n = self.ids.setdefault(x, len(self.ids))
-        return ("buf", n, x.dtype) if isinstance(x, L.Buffer) else ("var", n)
-
-    def expr(self, e: L.Expr | None) -> int | None:
-        return None if e is None else L.fold(e, self.node)
-
-    def node(self, e: L.Expr, kids: list[int]) -> int:
-        if isinstance(e, L.Const):
-            key = ("c", repr(e.value), e.dtype)   # repr: -0.0 is not 0.0
-        elif isinstance(e, L.Var):
-            key = self.ref(e)
-        elif isinstance(e, L.LaneSum):
-            key = ("lanesum", self.ref(e.buf), e.lanes, *kids)
-        elif isinstance(e, L.Load):
-            key = ("load", self.ref(e.buf), *kids)
-        elif isinstance(e, L.Bin):
-            key = ("bin", e.op, e.dtype, *kids)
-        elif isinstance(e, L.Call):
-            key = ("call", e.fn, e.dtype, *kids)
-        elif isinstance(e, L.Select):
-            key = ("select", *kids)
-        elif isinstance(e, L.Cast):
-            key = ("cast", e.dtype, *kids)
-        else:
-            raise InternalError("render", f"cannot render {type(e).__name__}")
-        return self.table.setdefault(key, len(self.table))
-
-    def stmt(self, s: L.Stmt) -> int:
-        return L.fold(s, self.stmt_node, L.stmt_children)
-
-    def stmt_node(self, s: L.Stmt, kids: list[int]) -> int:
-        if isinstance(s, L.For):
-            key = ("for", self.ref(s.var), self.expr(s.extent), s.kind, self.expr(s.grain), *kids)
-        elif isinstance(s, L.Store):
-            key = ("store", self.ref(s.buf), self.expr(s.index), self.expr(s.value), s.accumulate)
-        elif isinstance(s, L.Allocate):
-            key = ("allocate", self.ref(s.buf), self.expr(s.buf.size), *kids)
-        elif isinstance(s, L.If):
-            key = ("if", self.expr(s.cond), *kids)
-        elif isinstance(s, L.Seq):
-            key = ("seq", *kids)
-        else:
-            raise InternalError("render", f"cannot render {type(s).__name__}")
-        return self.table.setdefault(key, len(self.table))
-
-
 def _unoptimized(fn: ir.Function) -> None:
     """fn is compiled without optimization: entry and workspace functions
     are a block of address arithmetic and calls that grows with the program,
@@ -665,18 +647,32 @@ def _global_buffers(s: L.Stmt) -> list[L.Buffer]:
 COLD_COST, COLD_SHARE, NOMINAL_SIZE = 16384, 1000, 64
 
 
-def cold_kernels(entry: L.LoopEntry, syms: list[L.Var]) -> set[int]:
-    """The ids of the entry's cold kernels (see COLD_COST)."""
-    from ..passes.loop_parallel import cost
-    nominal = {v.name: NOMINAL_SIZE for v in syms}
-    costs = {id(k): L.evaluate(cost(k.body), nominal) for k in entry.kernels}
+def cold_kernels(entry: L.LoopEntry, syms: list[L.Var],
+                 cost_of: Callable[[L.Stmt, list[L.Var]], int | None] | None = None) -> set[int]:
+    """The ids of the entry's cold kernels (see COLD_COST). `cost_of`: a
+    body's work units at NOMINAL_SIZE (nominal_cost), where a caller knows
+    them."""
+    costs = {id(k): (cost_of or nominal_cost)(k.body, syms) for k in entry.kernels}
     total = sum(c for c in costs.values() if c is not None)
     return {k for k, c in costs.items() if c is not None and c < COLD_COST and c * COLD_SHARE < total}
 
 
+def nominal_cost(body: L.Stmt, syms: list[L.Var]) -> int | None:
+    """A kernel body's work units with every symbol NOMINAL_SIZE."""
+    from ..passes.loop_parallel import cost
+    return L.evaluate(cost(body), {v.name: NOMINAL_SIZE for v in syms})
+
+
 class Renderer:
-    def __init__(self, prog: L.LoopProgram, entries, name: str, sink: Callable[[str], None] | None = None):
+    def __init__(self, prog: L.LoopProgram, entries, name: str, sink: Callable[[str], None] | None = None,
+                 copies: dict | None = None):
         self.prog, self.entries = prog, entries
+        # Kernel bodies that are others' on other buffers (kernel_sharing.
+        # unshare), by id: they call the other's function, with no key to
+        # compute.
+        self.copies = copies or {}
+        self.made: dict[int, tuple[ir.Function, list[L.Buffer]]] = {}   # by id of the body
+        self.costs: dict[int, int | None] = {}   # nominal_cost, by id of the body
         self.module = ir.Module(name=name)
         self.kernel_modules: list[ir.Module] = []
         # Hears of each kernel module's text as soon as the module is done
@@ -685,7 +681,7 @@ class Renderer:
         self.texts: dict[int, str] = {}   # id(kernel module) -> its text, once made
         self.strings: dict[str, ir.GlobalVariable] = {}
         self.kernel_fns: dict[int, ir.Function] = {}
-        self.shapes: dict[tuple, int] = {}      # _Shape's table
+        self.shapes: dict[tuple, int] = {}      # Structure's table
         self.entry: L.LoopEntry | None = None   # the entry being rendered
         self.cold: dict[int, set[int]] = {}     # cold kernels by entry
 
@@ -711,9 +707,14 @@ class Renderer:
         its declaration in the main module. Kernels that differ only in their
         buffers (a model's forward pass inside its train and grads entries)
         share one function."""
+        copy = self.copies.get(id(k.body))
+        if copy is not None and copy.body is k.body and id(copy.of) in self.made:
+            fn, bufs = self.made[id(copy.of)]
+            return fn, [copy.buffers.get(b, b) for b in bufs]
         bufs = _global_buffers(k.body)
-        key = _Shape(set(self.prog.syms), self.shapes).stmt(k.body)
+        key = Structure(set(self.prog.syms), self.shapes).stmt(k.body)
         if key in self.kernel_fns:
+            self.made[id(k.body)] = self.kernel_fns[key], bufs
             return self.kernel_fns[key], bufs
         module = ir.Module(name=f"{self.module.name}.{name}")
         self.kernel_modules.append(module)
@@ -731,7 +732,7 @@ class Renderer:
         # A kernel is a loop nest called once per run: inlining it into the
         # entry saves nothing and makes O3 several times slower on big programs.
         if id(self.entry) not in self.cold:
-            self.cold[id(self.entry)] = cold_kernels(self.entry, self.prog.syms)
+            self.cold[id(self.entry)] = cold_kernels(self.entry, self.prog.syms, self.nominal_cost)
         em.cold = id(k) in self.cold[id(self.entry)]
         em.mark(fn)
         for buf, arg in zip(bufs, fn.args):
@@ -742,7 +743,16 @@ class Renderer:
             self.texts[id(module)] = str(module)
             self.sink(self.texts[id(module)])
         self.kernel_fns[key] = declared
+        self.made[id(k.body)] = declared, bufs
         return declared, bufs
+
+    def nominal_cost(self, body: L.Stmt, syms: list[L.Var]) -> int | None:
+        """nominal_cost, once for a body and its copies."""
+        copy = self.copies.get(id(body))
+        of = copy.of if copy is not None and copy.body is body else body
+        if id(of) not in self.costs:
+            self.costs[id(of)] = nominal_cost(of, syms)
+        return self.costs[id(of)]
 
     def entry_function(self, entry: L.LoopEntry, kernels, offsets: list[L.Expr]) -> ir.Function:
         """Runs the kernels on the tensors and on workspace buffers at
@@ -853,9 +863,10 @@ class Renderer:
         ir.IRBuilder(fn.append_basic_block("entry")).ret(g)
 
 
-def render(prog: L.LoopProgram, entries, name: str = "dlc", sink: Callable[[str], None] | None = None) -> list[str]:
+def render(prog: L.LoopProgram, entries, name: str = "dlc", sink: Callable[[str], None] | None = None,
+           copies: dict | None = None) -> list[str]:
     """LLVM IR text of the program's modules (Renderer.render; triple and
     layout set by the compiler); `sink` hears of each kernel module's as it
-    is made."""
-    r = Renderer(prog, entries, name, sink)
+    is made; `copies`: kernel_sharing.unshare's."""
+    r = Renderer(prog, entries, name, sink, copies)
     return [r.texts.get(id(m)) or str(m) for m in r.render()]

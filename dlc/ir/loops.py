@@ -27,7 +27,7 @@ kernels in run order plus the buffers they use.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, TypeVar
 
 from ..errors import InternalError
@@ -481,11 +481,12 @@ def with_children(e: Expr, kids: list[Expr]) -> Expr:
     return e
 
 
-def subexprs(e: Expr) -> Iterator[Expr]:
+def subexprs(e: Expr, seen: set[int] | None = None) -> Iterator[Expr]:
     """e and every expression inside it, each node once (see fold), in
     preorder (with a stack: nested generators would cost the depth for
-    every node)."""
-    seen: set[int] = set()   # ids of nodes e keeps
+    every node). `seen`: ids of nodes not to visit (again), kept across
+    calls by a caller that walks several expressions."""
+    seen = set() if seen is None else seen   # ids of nodes e keeps
     stack = [e]
     while stack:
         x = stack.pop()
@@ -500,8 +501,9 @@ def buffers_of(s: Stmt) -> Iterator[Buffer]:
     for st in stmts_of(s):
         if isinstance(st, Store):
             yield st.buf
+    seen: set[int] = set()   # the statements' expressions share nodes
     for e in exprs_of(s):
-        for x in subexprs(e):
+        for x in subexprs(e, seen):
             if isinstance(x, Load):
                 yield x.buf
 
@@ -533,23 +535,46 @@ def stride_of(e: Expr, var: Var) -> int | None:
     return fold(e, step)[1]
 
 
-def substitute(e: Expr, env: dict) -> Expr:
+def substitute(e: Expr, env: dict, memo: dict | None = None) -> Expr:
     """e with variables replaced by expressions (env: Var -> Expr); index
-    arithmetic is rebuilt through binop so constants fold."""
-    return fold(e, lambda x, kids: env.get(x, x) if isinstance(x, Var) else with_children(x, kids))
+    arithmetic is rebuilt through binop so constants fold. `memo`: fold's,
+    kept across calls with the same env."""
+    return fold(e, lambda x, kids: env.get(x, x) if isinstance(x, Var) else with_children(x, kids),
+                memo=memo)
 
 
 def substitute_stmt(s: Stmt, env: dict) -> Stmt:
-    """s with variables replaced (see substitute); statements are copied."""
+    """s with variables replaced (see substitute); statements are copied,
+    expressions its statements share substituted once."""
+    memo: dict = {}
+    return map_stmt(s, lambda e: substitute(e, env, memo))
+
+
+def on_buffers(s: Stmt, buffers: dict) -> Stmt:
+    """s on other buffers (buffers: Buffer -> Buffer; the others stay);
+    expressions that read none of them are kept."""
+    def node(x: Expr, kids: list[Expr]) -> Expr:
+        if isinstance(x, Load):   # and LaneSum
+            buf = buffers.get(x.buf, x.buf)
+            return x if buf is x.buf and kids[0] is x.index else replace(x, buf=buf, index=kids[0])
+        return x if all(a is b for a, b in zip(kids, children(x))) else with_children(x, kids)
+    memo: dict = {}
+    return map_stmt(s, lambda e: fold(e, node, memo=memo), lambda b: buffers.get(b, b))
+
+
+def map_stmt(s: Stmt, expr: Callable[[Expr], Expr], buffer: Callable[[Buffer], Buffer] = lambda b: b) -> Stmt:
+    """A copy of s with `expr` applied to each expression its statements
+    hold and `buffer` to each buffer they store to or allocate."""
     def copy(x: Stmt, kids: list[Stmt]) -> Stmt:
         if isinstance(x, For):
-            return For(x.var, substitute(x.extent, env), kids[0], x.kind,
-                       None if x.grain is None else substitute(x.grain, env))
+            return For(x.var, expr(x.extent), kids[0], x.kind, None if x.grain is None else expr(x.grain))
         if isinstance(x, Store):
-            return Store(x.buf, substitute(x.index, env), substitute(x.value, env), x.accumulate)
+            return Store(buffer(x.buf), expr(x.index), expr(x.value), x.accumulate)
         if isinstance(x, If):
-            return If(substitute(x.cond, env), kids[0])
-        if isinstance(x, (Allocate, Seq, Barrier)):
+            return If(expr(x.cond), kids[0])
+        if isinstance(x, Allocate):
+            return Allocate(buffer(x.buf), kids[0])
+        if isinstance(x, (Seq, Barrier)):
             return with_stmt_children(x, kids)
         raise TypeError(x)
     return fold(s, copy, stmt_children)
@@ -578,6 +603,34 @@ def vector_lanes(extent: Expr) -> tuple[int, Expr | None] | None:
     if isinstance(extent, Bin) and extent.op == "min" and isinstance(extent.a, Const):
         return extent.a.value, extent.b
     return None
+
+
+def interleaved_pair(stores: list[Store], var: Var) -> bool:
+    """The two stores write one buffer's elements 2i and 2i + 1 at i = var
+    (stride 2 in var, the second one element after the first): a Winograd
+    tile's two output columns. A vectorized loop stores both streams as one
+    vector (the renderer interleaves them)."""
+    if len(stores) != 2 or stores[0].buf is not stores[1].buf \
+            or any(stride_of(st.index, var) != 2 for st in stores):
+        return False
+    first = [substitute(st.index, {var: Const(0, INDEX)}) for st in stores]
+    return _offset(first[1], first[0]) == 1
+
+
+def _offset(a: Expr, b: Expr) -> int | None:
+    """c where a is b + c in the same index arithmetic (c the constant
+    terms down the right of the sums), else None."""
+    def split(e: Expr) -> tuple[Expr | None, int]:
+        if isinstance(e, Const) and e.dtype == INDEX:
+            return None, e.value
+        if isinstance(e, Bin) and e.op == "+":
+            rest, c = split(e.b)
+            if c:
+                return (e.a if rest is None else Bin("+", e.a, rest, INDEX)), c
+        return e, 0
+    (ra, ca), (rb, cb) = split(a), split(b)
+    same = ra is rb if ra is None or rb is None else _same_index(ra, rb)
+    return ca - cb if same else None
 
 
 def plain_stores(s: Stmt) -> list[Store] | None:

@@ -255,27 +255,31 @@ class WinogradConv2d(Op):
         k3, r3, tx3 = ctx.var("k"), ctx.var("r"), ctx.var("tx")
         at = lambda i, j, txe: L.Load(M, m0 + (i * 4 + j) * sm + k3 * T + r3 * tw + txe)
 
-        def value(a, b, txe):
-            e = _sandwich(AT, AT, lambda i, j: at(i, j, txe))[a][b]
-            if bias is not None:
-                e = e + bias([k3])
-            return L.maximum(e, 0.0) if node.attrs["relu"] else e
+        def values(rows_, txe):
+            """The tile's outputs in the rows asked (of 0, 1), both columns
+            of each: one expression DAG (the column sums are shared)."""
+            def finish(e):
+                if bias is not None:
+                    e = e + bias([k3])
+                return L.maximum(e, 0.0) if node.attrs["relu"] else e
+            return [[finish(e) for e in row_] for row_ in
+                    _sandwich([AT[a] for a in rows_], AT, lambda i, j: at(i, j, txe))]
 
         def row(a):
             oy = (ty0 + r3) * 2 + a
             y_at = lambda col: flat_index(ctx, [n, k3, oy, col], node.out.type.shape)
-            pairs = L.loop(tx3, I(OW // 2), L.Seq([L.Store(out, y_at(tx3 * 2 + b), value(a, b, tx3))
-                                                   for b in (0, 1)]))
+            pair = values([a], tx3)[0]
+            pairs = L.loop(tx3, I(OW // 2), L.Seq([L.Store(out, y_at(tx3 * 2 + b), pair[b]) for b in (0, 1)]))
             stmts = [pairs]
             if OW % 2:
-                stmts.append(L.Store(out, y_at(I(OW - 1)), value(a, 0, I(tw - 1))))
+                stmts.append(L.Store(out, y_at(I(OW - 1)), values([a], I(tw - 1))[0][0]))
             body = L.Seq(stmts)
             return L.If(L.cmp("<", oy, OH), body) if OH % 2 and a == 1 else body
 
         def pooled():
             py = ty0 + r3
-            tile_max = L.maximum(L.maximum(value(0, 0, tx3), value(0, 1, tx3)),
-                                 L.maximum(value(1, 0, tx3), value(1, 1, tx3)))
+            v = values([0, 1], tx3)
+            tile_max = L.maximum(L.maximum(v[0][0], v[0][1]), L.maximum(v[1][0], v[1][1]))
             body = L.loop(tx3, I(OW // 2), L.Store(out, flat_index(ctx, [n, k3, py, tx3], node.out.type.shape),
                                                    tile_max))
             return L.If(L.cmp("<", py, OH // 2), body) if OH % 2 else body

@@ -25,6 +25,8 @@ def _stmt(s: L.Stmt, counter) -> L.Stmt:
 
 
 def _store(s: L.Store, counter) -> L.Stmt:
+    if not any(isinstance(x, L.Reduce) for e in (s.index, s.value) for x in L.subexprs(e)):
+        return s
     pre: list[L.Stmt] = []
     accs: list[L.Buffer] = []
     index = _hoist(s.index, pre, accs, counter)

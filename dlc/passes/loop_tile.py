@@ -303,6 +303,12 @@ class Tiler:
             edge = self.micro(i0, j0, p0, mr, ragged_i, ragged_j, ragged_p)
         if (m is not None and m < mr) or (n is not None and n < nj) or np_ < npr:
             return edge   # no full block fits
+        if self.mt.form == "dot" and m is not None:
+            # The edge block of a dot product differs from the full one only
+            # in its clamped addresses (invariant in its reduction loops) and
+            # guarded stores: it serves every tile, in half the code (the
+            # convolutions' weight gradients: CIFAR CNN compile 2.6 -> 2.4 s).
+            return edge
         size = L.Const(1, L.INDEX)
         for ragged, block, extent, start in ((ragged_i, mr, self.m, i0), (ragged_j, nj, self.n, j0),
                                              (ragged_p, npr, self.np, p0)):

@@ -40,11 +40,15 @@ def _stmt(s: L.Stmt, vbytes: int) -> L.Stmt:
 
 
 def _strip_mine(loop: L.For, vbytes: int) -> L.Stmt | None:
-    """The loop over vectors of its stores, all contiguous in its var and
-    of one element size, then the rest; None when they are not."""
+    """The loop over vectors of its stores, all contiguous in its var (or
+    an interleaved pair: L.interleaved_pair) and of one element size, then
+    the rest; None when they are not."""
     stores = L.plain_stores(loop.body)
     sizes = {L.DTYPE_BYTES.get(st.buf.dtype) for st in stores}
-    if None in sizes or len(sizes) > 1 or any(L.stride_of(st.index, loop.var) != 1 for st in stores):
+    if None in sizes or len(sizes) > 1:
+        return None
+    pair = L.interleaved_pair(stores, loop.var)
+    if not pair and any(L.stride_of(st.index, loop.var) != 1 for st in stores):
         return None
     loads = [x for st in stores for x in L.subexprs(st.value) if isinstance(x, (L.Load, L.Reduce))]
     if any(isinstance(x, L.Reduce) for x in loads):
@@ -66,7 +70,15 @@ def _strip_mine(loop: L.For, vbytes: int) -> L.Stmt | None:
     iv, lane, it = L.Var(f"{loop.var.name}v"), L.Var("l"), L.Var(f"{loop.var.name}t")
     full = n / L.Const(w, L.INDEX) if not isinstance(n, L.Const) else L.Const(n.value // w, L.INDEX)
     start = full * w
-    main = L.loop(iv, full, L.For(lane, L.Const(w, L.INDEX),
-                                  L.substitute_stmt(st, {loop.var: iv * w + lane}), "vectorized"))
-    tail = L.loop(it, n - start, L.substitute_stmt(st, {loop.var: start + it}))
-    return L.Seq([main, tail]) if not (isinstance(tail, L.Seq) and not tail.body) else main
+    rest = n - start
+    # Each body substituted once (bodies are big: an unrolled Winograd
+    # transform): one vector needs no loop over vectors, no rest no tail.
+    one = isinstance(full, L.Const) and full.value == 1
+    body = L.substitute_stmt(st, {loop.var: lane if one else iv * w + lane})
+    if pair and not L.interleaved_pair(L.plain_stores(body), lane):
+        return None   # as the renderer would see it
+    vector = L.For(lane, L.Const(w, L.INDEX), body, "vectorized")
+    main = vector if one else L.loop(iv, full, vector)
+    if isinstance(rest, L.Const) and rest.value <= 0:
+        return main
+    return L.Seq([main, L.loop(it, rest, L.substitute_stmt(st, {loop.var: start + it}))])

@@ -63,3 +63,41 @@ model pools {
         w = 101 // k
         want = x[..., :w * k].reshape(2, 3, 5, w, k).max(-1)
         np.testing.assert_array_equal(out[f"y{k}"], want, err_msg=f"stride {k}")
+
+
+def test_interleaved_pairs_are_recognized_by_their_indices():
+    i, n = L.Var("i"), L.Var("n")
+    out, x = L.Buffer("out", "f32", "tensor", 0, n * 2), L.Buffer("x", "f32", "tensor", 1, n)
+    at = lambda index: L.Store(out, index, L.Load(x, i))
+    base = n * 3
+    assert L.interleaved_pair([at(base + i * 2), at(base + (i * 2 + 1))], i)
+    assert not L.interleaved_pair([at(base + i * 2), at(base + (i * 2 + 2))], i)   # a gap
+    assert not L.interleaved_pair([at(base + (i * 2 + 1)), at(base + i * 2)], i)   # the wrong order
+    assert not L.interleaved_pair([at(base + i), at(base + (i + 1))], i)           # stride 1
+
+
+def test_winograd_output_columns_are_stored_as_interleaved_vectors():
+    # A 3x3 convolution's Winograd kernel stores each tile's two output
+    # columns by one loop over the tiles: vectorized as one vector of both
+    # (widths 14: 7 tiles, a vector of 4 and a tail; 32: whole vectors).
+    src = """
+model net {
+    input x: f32[batch, 16, 12, 14]
+    input z: f32[batch, 16, 6, 32]
+    output y = conv2d(x, 16, 3, padding=1, name="a") |> relu
+    output w = conv2d(z, 16, 3, padding=1, name="b")
+}
+"""
+    prog = loops_after(src, "vectorize")
+    pairs = [lp for k in kernels(prog, "net").values() if k.name.startswith("winograd")
+             for lp in loops_of(k.body) if lp.kind == "vectorized"
+             and L.interleaved_pair(L.plain_stores(lp.body) or [], lp.var)]
+    assert len(pairs) >= 4, len(pairs)   # two output rows per tile, in each kernel
+    vec = compile_without(src)
+    plain = compile_without(src, skip=("vectorize",))
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3, 16, 12, 14)).astype(np.float32)
+    z = rng.normal(size=(3, 16, 6, 32)).astype(np.float32)
+    a, b = vec.run("net", x=x, z=z), plain.run("net", x=x, z=z)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6, err_msg=k)
