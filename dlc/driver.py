@@ -166,7 +166,7 @@ def _build(source, file, dump_after, verify, time_passes, out, target, arch, ski
     _log(dump_after, "lower", lambda: L.print_program(loops), out)
     reduced = False  # Reduce expressions remain until lower_reductions
     sharing = None   # while per-kernel passes run: kernel_sharing
-    copies = {}      # the kernels unshare made, for the renderer
+    copies = None    # the kernels unshare made, for the renderer
     whole = lambda: loops if sharing is None else unshare(loops, sharing)[0]
     for name, p in LOOP_PASSES[target]:
         if name in skip_passes:

@@ -668,8 +668,10 @@ class Renderer:
                  copies: dict | None = None):
         self.prog, self.entries = prog, entries
         # Kernel bodies that are others' on other buffers (kernel_sharing.
-        # unshare), by id: they call the other's function, with no key to
-        # compute.
+        # unshare), by id: they call the other's function. Given them, the
+        # other kernels are of different structures; else (no per-kernel
+        # passes ran) equal structures are found here (Structure).
+        self.shared = copies is not None
         self.copies = copies or {}
         self.made: dict[int, tuple[ir.Function, list[L.Buffer]]] = {}   # by id of the body
         self.costs: dict[int, int | None] = {}   # nominal_cost, by id of the body
@@ -680,7 +682,7 @@ class Renderer:
         self.sink = sink
         self.texts: dict[int, str] = {}   # id(kernel module) -> its text, once made
         self.strings: dict[str, ir.GlobalVariable] = {}
-        self.kernel_fns: dict[int, ir.Function] = {}
+        self.kernel_fns: dict[int, ir.Function] = {}   # by structure (or body: `shared`)
         self.shapes: dict[tuple, int] = {}      # Structure's table
         self.entry: L.LoopEntry | None = None   # the entry being rendered
         self.cold: dict[int, set[int]] = {}     # cold kernels by entry
@@ -712,7 +714,7 @@ class Renderer:
             fn, bufs = self.made[id(copy.of)]
             return fn, [copy.buffers.get(b, b) for b in bufs]
         bufs = _global_buffers(k.body)
-        key = Structure(set(self.prog.syms), self.shapes).stmt(k.body)
+        key = id(k.body) if self.shared else Structure(set(self.prog.syms), self.shapes).stmt(k.body)
         if key in self.kernel_fns:
             self.made[id(k.body)] = self.kernel_fns[key], bufs
             return self.kernel_fns[key], bufs
