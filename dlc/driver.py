@@ -180,8 +180,8 @@ def _build(source, file, dump_after, verify, time_passes, out, target, arch, ski
         if verify:
             L.verify(loops, name, allow_reduce=not reduced)
         _log(dump_after, name, lambda: L.print_program(whole()), out)
-    if sharing is not None:
-        (loops, copies), sharing = unshare(loops, sharing), None
+    if sharing is not None:   # the per-kernel passes ran last
+        (loops, copies), sharing = timed("unshare_kernels", unshare, loops, sharing), None
     ptx = None
     if target == "cuda":
         ptx, llvm_modules = timed("render", render_cuda, loops, entries, Path(file).stem,

@@ -668,12 +668,12 @@ class Renderer:
                  copies: dict | None = None):
         self.prog, self.entries = prog, entries
         # Kernel bodies that are others' on other buffers (kernel_sharing.
-        # unshare), by id: they call the other's function. Given them, the
-        # other kernels are of different structures; else (no per-kernel
-        # passes ran) equal structures are found here (Structure).
+        # unshare), by id (a Copy holds its body: the ids stay theirs): they
+        # call the other's function. Given them, the other kernels are of
+        # different structures; else (no per-kernel passes ran) equal
+        # structures are found here (Structure).
         self.shared = copies is not None
         self.copies = copies or {}
-        self.made: dict[int, tuple[ir.Function, list[L.Buffer]]] = {}   # by id of the body
         self.costs: dict[int, int | None] = {}   # nominal_cost, by id of the body
         self.module = ir.Module(name=name)
         self.kernel_modules: list[ir.Module] = []
@@ -682,7 +682,9 @@ class Renderer:
         self.sink = sink
         self.texts: dict[int, str] = {}   # id(kernel module) -> its text, once made
         self.strings: dict[str, ir.GlobalVariable] = {}
-        self.kernel_fns: dict[int, ir.Function] = {}   # by structure (or body: `shared`)
+        # By structure (by id of the body when `shared`): the function and
+        # the buffers of the kernel it was made for.
+        self.kernel_fns: dict[int, tuple[ir.Function, list[L.Buffer]]] = {}
         self.shapes: dict[tuple, int] = {}      # Structure's table
         self.entry: L.LoopEntry | None = None   # the entry being rendered
         self.cold: dict[int, set[int]] = {}     # cold kernels by entry
@@ -710,14 +712,13 @@ class Renderer:
         buffers (a model's forward pass inside its train and grads entries)
         share one function."""
         copy = self.copies.get(id(k.body))
-        if copy is not None and copy.body is k.body and id(copy.of) in self.made:
-            fn, bufs = self.made[id(copy.of)]
+        if copy is not None and id(copy.of) in self.kernel_fns:
+            fn, bufs = self.kernel_fns[id(copy.of)]
             return fn, [copy.buffers.get(b, b) for b in bufs]
         bufs = _global_buffers(k.body)
         key = id(k.body) if self.shared else Structure(set(self.prog.syms), self.shapes).stmt(k.body)
         if key in self.kernel_fns:
-            self.made[id(k.body)] = self.kernel_fns[key], bufs
-            return self.kernel_fns[key], bufs
+            return self.kernel_fns[key][0], bufs
         module = ir.Module(name=f"{self.module.name}.{name}")
         self.kernel_modules.append(module)
         ftype = ir.FunctionType(ir.VoidType(), [PTR] * (len(bufs) + 2))
@@ -744,14 +745,13 @@ class Renderer:
         if self.sink is not None:
             self.texts[id(module)] = str(module)
             self.sink(self.texts[id(module)])
-        self.kernel_fns[key] = declared
-        self.made[id(k.body)] = declared, bufs
+        self.kernel_fns[key] = declared, bufs
         return declared, bufs
 
     def nominal_cost(self, body: L.Stmt, syms: list[L.Var]) -> int | None:
         """nominal_cost, once for a body and its copies."""
         copy = self.copies.get(id(body))
-        of = copy.of if copy is not None and copy.body is body else body
+        of = body if copy is None else copy.of
         if id(of) not in self.costs:
             self.costs[id(of)] = nominal_cost(of, syms)
         return self.costs[id(of)]
