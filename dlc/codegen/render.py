@@ -68,7 +68,11 @@ class ExprEmitter:
         # structure: unrolled micro-kernels repeat the same index terms.
         self.index_cache: dict[tuple, ir.Value] = {}
         self.cache_block = None
-        self.vary_cache: dict[int, tuple[L.Expr, bool]] = {}
+        # fold's memos of what is asked of nodes in a vectorized loop, by its
+        # variable (an unrolled loop renders the same vectorized loop again):
+        # whether they vary, their stride, their value at lane 0.
+        self.lane_memos: dict[L.Var, tuple[dict, dict, dict]] = {}
+        self.vary_cache = self.stride_cache = self.first_cache = {}
 
     def intrinsic(self, name: str, t: ir.Type, n: int = 1) -> ir.Function:
         if isinstance(t, ir.VectorType):
@@ -91,6 +95,14 @@ class ExprEmitter:
             return False
         # From the children's answers, each cached: emit asks of every node.
         return L.fold(e, lambda x, kids: x is self.lanes[0] or any(kids), memo=self.vary_cache)
+
+    def lane_stride(self, index: L.Expr) -> int | None:
+        """index's stride along the enclosing vectorized loop (L.stride_of)."""
+        return L.stride_of(index, self.lanes[0], self.stride_cache)
+
+    def first_lane(self, index: L.Expr) -> L.Expr:
+        """index at lane 0 of the enclosing vectorized loop."""
+        return L.substitute(index, {self.lanes[0]: L.Const(0, L.INDEX)}, self.first_cache)
 
     def splat(self, v: ir.Value) -> ir.Value:
         if self.lanes is None or isinstance(v.type, ir.VectorType):
@@ -143,7 +155,7 @@ class ExprEmitter:
                 isinstance(e, L.Bin) and e.op in L.COMPARISONS and e.a.dtype == L.INDEX:
             if self.cache_block is not self.b.block:
                 self.index_cache, self.cache_block = {}, self.b.block
-            key = (type(e), e.op if isinstance(e, L.Bin) else e.fn, *args)
+            key = (type(e), e.op if isinstance(e, L.Bin) else e.fn, *map(_cache_key, args))
             v = self.index_cache.get(key)
             if v is None:
                 v = self.index_cache[key] = self.emit_uncached(e, args)
@@ -192,9 +204,10 @@ class ExprEmitter:
         raise InternalError("render", f"cannot render {type(e).__name__}")
 
     def vector_load(self, e: L.Load) -> ir.Value:
-        var, w = self.lanes
-        if L.stride_of(e.index, var) == 1:
-            first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
+        w = self.lanes[1]
+        k = self.lane_stride(e.index)
+        if k == 1:
+            first = self.first_lane(e.index)
             vt = ir.VectorType(TYPES[e.dtype], w)
             p = self.address(e.buf, first)
             if self.masked(e.buf):
@@ -203,13 +216,12 @@ class ExprEmitter:
             v = self.b.load(p, typ=vt)
             v.align = L.DTYPE_BYTES[e.dtype]
             return v
-        k = L.stride_of(e.index, var)
         if k is not None and 2 <= k <= MAX_SHUFFLED_STRIDE and self.mask is None and w > 1:
             # Every k-th element (a stride-2 window, a split by parity, both
             # of a pooling window's columns): k vector loads, the last ending
             # at the last lane's element (none reads past it), joined into
             # one wide vector and the lanes picked from it by a shuffle.
-            first = L.substitute(e.index, {var: L.Const(0, L.INDEX)})
+            first = self.first_lane(e.index)
             vt = ir.VectorType(TYPES[e.dtype], w)
             starts = [j * w for j in range(k - 1)] + [(k - 1) * (w - 1)]
             parts = []
@@ -306,6 +318,14 @@ def _fold(op: str, x: ir.Constant, y: ir.Constant) -> ir.Value:
 
 
 _SUFFIX = {"f32": "f32", "f64": "f64", "i64": "i64", "i32": "i32"}
+
+
+def _cache_key(v: ir.Value):
+    """v in a key of ExprEmitter.index_cache: an index constant as its
+    number (index arithmetic has one type), anything else as itself:
+    llvmlite hashes a constant by printing it, and unrolled loops make a
+    new constant per index term (a twentieth of the renderer's time)."""
+    return v.constant if type(v) is ir.Constant and type(v.constant) is int else v
 
 
 def _operands(e: L.Expr) -> tuple[L.Expr, ...]:
@@ -420,12 +440,11 @@ class StmtEmitter(ExprEmitter):
         b = self.b
         t = TYPES[s.buf.dtype]
         if self.varies(s.index):
-            var, w = self.lanes
-            if L.stride_of(s.index, var) != 1:
+            if self.lane_stride(s.index) != 1:
                 self.scatter(s)
                 return
             v = self.splat(self.emit(s.value))
-            first = L.substitute(s.index, {var: L.Const(0, L.INDEX)})
+            first = self.first_lane(s.index)
             if s.accumulate:
                 v = self.arith("+", self.vector_load(L.Load(s.buf, s.index)), v, s.buf.dtype, True)
             p = self.address(s.buf, first)
@@ -446,12 +465,12 @@ class StmtEmitter(ExprEmitter):
     def store_pair(self, stores: list[L.Store]) -> None:
         """An interleaved pair (L.interleaved_pair) as one vector of 2W lanes,
         lane 2l from the first store's value at lane l, 2l + 1 the second's."""
-        var, w = self.lanes
+        w = self.lanes[1]
         b = self.b
         values = [self.splat(self.emit(st.value)) for st in stores]
         zip_ = ir.Constant(ir.VectorType(I32, 2 * w), [j // 2 + (j % 2) * w for j in range(2 * w)])
         both = b.shuffle_vector(values[0], values[1], zip_)
-        first = L.substitute(stores[0].index, {var: L.Const(0, L.INDEX)})
+        first = self.first_lane(stores[0].index)
         p = self.address(stores[0].buf, first)
         align = L.DTYPE_BYTES[stores[0].buf.dtype]
         if self.masked(stores[0].buf):
@@ -487,7 +506,7 @@ class StmtEmitter(ExprEmitter):
             self.mask = self.b.icmp_signed("<", _lane_ids(w), self.splat_to(n, w))
         self.lanes = (s.var, w)
         self.values[s.var] = _lane_ids(w)
-        self.vary_cache = {}
+        self.vary_cache, self.stride_cache, self.first_cache = self.lane_memos.setdefault(s.var, ({}, {}, {}))
         try:
             self.emit_stmt(s.body)
         finally:

@@ -512,9 +512,10 @@ def depends_on(e: Expr, var: Var) -> bool:
     return any(x is var for x in subexprs(e))
 
 
-def stride_of(e: Expr, var: Var) -> int | None:
+def stride_of(e: Expr, var: Var, memo: dict | None = None) -> int | None:
     """d e / d var when e is affine in var with a constant coefficient
-    (0 when e does not use var); None otherwise."""
+    (0 when e does not use var); None otherwise. `memo`: fold's, kept
+    across calls for the same var."""
     def step(x: Expr, args: list[tuple[bool, int | None]]) -> tuple[bool, int | None]:
         """(x uses var, its stride)"""
         if x is var:
@@ -532,7 +533,7 @@ def stride_of(e: Expr, var: Var) -> int | None:
                 if isinstance(c, Const):
                     return True, None if k is None else k * c.value
         return True, None
-    return fold(e, step)[1]
+    return fold(e, step, memo=memo)[1]
 
 
 def substitute(e: Expr, env: dict, memo: dict | None = None) -> Expr:
