@@ -20,7 +20,11 @@ def when_changed(source, seen: L.Buffer, base: L.Expr, n: int, update: L.Stmt) -
     (an accessor of a flat index) from `base` differs from `seen`'s. The
     comparison counts differences in CHAINS vectors of per-lane counts (not
     ==, so a NaN counts as a change; each count is at most n / W, exact in
-    f32), read only: when nothing changed, no cache line is written."""
+    f32), read only: when nothing changed, no cache line is written. The
+    last n % (CHAINS * W) elements count in the first lanes, contiguous so
+    that `vectorize` makes vectors of them, and the chains are summed as
+    vectors then across lanes: as scalar loops, LLVM unrolled them into a
+    third of a Winograd kernel's code (and of its compile time)."""
     W = vector_registers()[0] // L.DTYPE_BYTES[seen.dtype]
     I = lambda v: L.Const(v, L.INDEX)
     zero, one = L.const_like(0, seen.dtype), L.const_like(1, seen.dtype)
@@ -37,7 +41,8 @@ def when_changed(source, seen: L.Buffer, base: L.Expr, n: int, update: L.Stmt) -
         L.For(u, I(CHAINS), L.For(lane, I(W), L.Store(flags, u * W + lane, zero), "vectorized"), "unrolled"),
         L.loop(iv, I(n // step), L.For(u, I(CHAINS), L.For(
             lane, I(W), note(u * W + lane, iv * step + u * W + lane), "vectorized"), "unrolled")),
-        L.loop(it, I(n - head), note(I(0), it + head)),
-        L.loop(lane, I(step - 1), L.Store(flags, I(0), L.Load(flags, I(0)) + L.Load(flags, lane + 1))),
-        L.If(L.cmp(">", L.Load(flags, I(0)), zero),
+        L.loop(it, I(n - head), note(it, it + head)),
+        L.For(u, I(CHAINS - 1), L.For(lane, I(W), L.Store(
+            flags, lane, L.Load(flags, lane) + L.Load(flags, (u + 1) * W + lane)), "vectorized"), "unrolled"),
+        L.If(L.cmp(">", L.LaneSum(flags, I(0), W), zero),
              L.Seq([update, L.For(i, I(n), L.Store(seen, base + i, source(base + i)))]))]))
