@@ -23,7 +23,6 @@ from .ir.graph import Program as GraphProgram
 from .ir.loops import LoopEntry, LoopProgram, evaluate
 from .passes.loop_memory import layout
 from .progress import CompileProgress
-from .runtime import load_program
 
 
 class CompiledProgram:
@@ -33,6 +32,9 @@ class CompiledProgram:
 
     def __init__(self, graph: GraphProgram, library: Path, seed: int, num_threads: int,
                  target: str = "cpu", loops: LoopProgram | None = None):
+        # Here, not at module level: the command line's compile needs no
+        # runtime (cffi parses its C declarations at import, 40 ms).
+        from .runtime import load_program
         self.graph, self.library, self.target, self.loops = graph, library, target, loops
         self._runtime = load_program(str(library))
         self._session = self._runtime.session(seed=seed, num_threads=num_threads)
