@@ -40,6 +40,7 @@ from .progress import QUIET, CompileProgress
 from .passes.graph_pooling import lower_pooling
 from .passes.graph_phase_split import phase_split
 from .passes.graph_pack_dense import pack_dense
+from .passes.graph_trim_recurrences import trim_recurrences
 from .passes.graph_winograd import winograd
 from .passes.kernel_sharing import share, unshare
 from .passes.loop_memory import plan_memory
@@ -53,6 +54,7 @@ GRAPH_PASSES: list[tuple[str, Callable[[G.Program], G.Program]]] = [
     ("autodiff", differentiate),
     ("cse", eliminate_common_subexpressions),
     ("dce", eliminate_dead_code),
+    ("trim_recurrences", trim_recurrences),
     ("lower_pooling", lower_pooling),
     ("phase_split", phase_split),
     ("winograd", winograd),

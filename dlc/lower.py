@@ -119,17 +119,13 @@ class KernelCtx(LowerCtx):
     scratch workspace that lives for its kernel only; a cache, a buffer the
     session keeps from call to call (zeroed when it starts), shared by every
     entry that asks for the same name, for values derived from params (it
-    is the op's to check that they still match); and the nodes that read
-    its output (None when the entry also returns or assigns it), so an op
-    may leave out parts that no reader uses."""
+    is the op's to check that they still match)."""
 
     def __init__(self, syms: dict[str, L.Var], scratch: Callable[[str, L.Expr], L.Buffer],
-                 cache: Callable[[str, str, int], L.Buffer], target: str = "cpu",
-                 readers: list[Node] | None = None):
+                 cache: Callable[[str, str, int], L.Buffer], target: str = "cpu"):
         super().__init__(syms, target)
         self.scratch = scratch   # (dtype, number of elements) -> a workspace buffer
         self.cache = cache       # (name, dtype, number of elements) -> a session buffer
-        self.readers = readers
 
 
 def flat_index(ctx: LowerCtx, idx: list[L.Expr], shape: tuple[Dim, ...]) -> L.Expr:
@@ -188,7 +184,7 @@ class FunctionLowering:
 
     def run(self) -> tuple[L.LoopEntry, EntrySlots]:
         fn = self.fn
-        readers, escaping = fn.readers(), fn.escaping()
+        readers = fn.readers()
         inputs = []
         for v in fn.inputs:
             valid = input_range(v, readers) if v.type.dtype == "i32" else None
@@ -213,9 +209,7 @@ class FunctionLowering:
             buf = self.buffers.get(id(n.out)) or self.workspace_buffer(n.out)
             name = f"{n.op.name}_{len(self.kernels)}"
             if n.op.lower_kernel is not None:
-                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.cache_buffer,
-                                self.ctx.target,
-                                None if id(n.out) in escaping else readers.get(id(n.out), []))
+                ctx = KernelCtx(self.ctx.syms, self.scratch_buffer, self.cache_buffer, self.ctx.target)
                 body = n.op.lower_kernel(ctx, buf, [self.access(i) for i in n.inputs], n)
                 self.kernels.append(L.Kernel(name, body))
             elif n.op.same_order_as_input:

@@ -711,13 +711,15 @@ class Recurrence(Op):
     scratch [batch, 2*hidden], from h0 and c0 (or zero) at t = 0.
     On the CPU a batch of one block splits each step by units over the
     thread pool instead (at batch 1, 0.18 -> 0.14 ms for the benchmark's
-    LSTM on 2 threads). When every reader takes only h (an inference
-    entry), only h is stored."""
+    LSTM on 2 threads). With attr h_only (every reader takes only h: an
+    inference entry; passes/graph_trim_recurrences.py) the output is h
+    alone, [batch, time, hidden]."""
     name = "recurrence"
 
     def infer(self, ins, attrs) -> TensorType:
         xp = ins[0]
-        return TensorType(xp.dtype, xp.shape[:2] + (CELLS[attrs["cell"]].packed * attrs["hidden"],))
+        width = 1 if attrs.get("h_only") else CELLS[attrs["cell"]].packed
+        return TensorType(xp.dtype, xp.shape[:2] + (width * attrs["hidden"],))
 
     def grad(self, b, node, g):
         xp, w_hh, b_ih, b_hh, *rest = node.inputs
@@ -753,9 +755,9 @@ class Recurrence(Op):
         w_t, transpose, PW, w_at = _panels(ctx, out.dtype, lambda k, r: w_hh([r, k]), H, G * H)
         pre = ctx.scratch(out.dtype, B_ * (G * H))
         zero = L.const_like(0, out.dtype)
-        # Readers that take only h (inference) leave c and the gates unstored.
-        keep_all = ctx.readers is None or not all(
-            r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H for r in ctx.readers)
+        # h alone (passes/graph_trim_recurrences.py: readers that take only
+        # h, in inference) leaves c and the gates unstored.
+        keep_all = not node.attrs.get("h_only", False)
 
         def product(t, b, bi, rows, columns, h_prev):
             """The pre-activations of step t, examples b = b0 + bi (bi < rows):
