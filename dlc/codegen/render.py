@@ -72,7 +72,7 @@ class ExprEmitter:
         # variable (an unrolled loop renders the same vectorized loop again):
         # whether they vary, their stride, their value at lane 0.
         self.lane_memos: dict[L.Var, tuple[dict, dict, dict]] = {}
-        self.vary_cache = self.stride_cache = self.first_cache = {}
+        self.vary_cache, self.stride_cache, self.first_cache = {}, {}, {}
 
     def intrinsic(self, name: str, t: ir.Type, n: int = 1) -> ir.Function:
         if isinstance(t, ir.VectorType):

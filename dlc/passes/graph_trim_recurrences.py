@@ -1,7 +1,8 @@
-"""Recurrences that give h alone: a `recurrence` whose every reader takes h
-(a `slice_last` of its first `hidden` columns), and that is not itself
-returned or assigned, gets attr h_only: its output is then h, [batch,
-time, hidden], which those readers read in place of their slices.
+"""Recurrences that give h alone: a `recurrence` read only for h (by a
+`slice_last` of its first `hidden` columns, one after cse) and not itself
+returned or assigned gets attr h_only: its output is then h, [batch, time,
+hidden], which the slice's readers read in its place (the two nodes are a
+chain for graph_chains.rewrite_chains).
 
 Why: the output packs, per step, what the backward pass needs (for the
 LSTM [h | c | i f g o], ops/sequence.py). A model (inference) entry needs
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir.graph import Function, Node, Program, Value
+from ..ir.graph import Function, Node, Program
 from ..ops.sequence import RECURRENCE, SLICE_LAST
+from .graph_chains import rewrite_chains
 
 
 def trim_recurrences(program: Program) -> Program:
@@ -23,29 +25,29 @@ def trim_recurrences(program: Program) -> Program:
     return replace(program, functions={name: _function(fn) for name, fn in program.functions.items()})
 
 
-def _h_only(n: Node, readers: list[Node], escaping: set[int]) -> bool:
+def _h_slice(n: Node, readers: list[Node], escaping: set[int]) -> Node | None:
+    """The one reader of recurrence n, if it takes h and n is not returned
+    (cse leaves one slice of h)."""
     H = n.attrs["hidden"]
-    return n.out.type.shape[-1] != H and id(n.out) not in escaping and bool(readers) and all(
-        r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H for r in readers)
+    if n.out.type.shape[-1] == H or id(n.out) in escaping or len(readers) != 1:
+        return None
+    r = readers[0]
+    return r if r.op is SLICE_LAST and r.attrs["start"] == 0 and r.attrs["size"] == H else None
 
 
 def _function(fn: Function) -> Function:
+    """The recurrence and its slice of h, a chain (graph_chains), become the
+    recurrence with h_only."""
     readers, escaping = fn.readers(), fn.escaping()
-    vmap: dict[int, Value] = {}   # id of an old value -> the value replacing it
-    m = lambda v: vmap.get(id(v), v)
-    nodes: list[Node] = []
+    plans, absorbed = {}, set()
     for n in fn.nodes:
-        if id(n.out) in vmap:   # a slice of h, now the recurrence's output itself
-            continue
-        ins = tuple(m(v) for v in n.inputs)
-        if n.op is RECURRENCE and _h_only(n, readers.get(id(n.out), []), escaping):
-            attrs = {**n.attrs, "h_only": True}
-            new = Node(RECURRENCE, ins, attrs, RECURRENCE.infer([v.type for v in ins], attrs), n.span)
-            for r in readers[id(n.out)]:
-                vmap[id(r.out)] = new.out
-        else:
-            new = n if ins == n.inputs else Node(n.op, ins, n.attrs, n.out.type, n.span)
-        if new is not n:
-            vmap[id(n.out)] = new.out
-        nodes.append(new)
-    return fn.with_nodes(nodes, m)
+        h = _h_slice(n, readers.get(id(n.out), []), escaping) if n.op is RECURRENCE else None
+        if h is not None:
+            plans[id(h)] = lambda m, n=n: _trimmed(n, tuple(m(v) for v in n.inputs))
+            absorbed.add(id(n))
+    return rewrite_chains(fn, plans, absorbed)
+
+
+def _trimmed(n: Node, ins: tuple) -> Node:
+    attrs = {**n.attrs, "h_only": True}
+    return Node(RECURRENCE, ins, attrs, RECURRENCE.infer([v.type for v in ins], attrs), n.span)
