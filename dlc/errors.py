@@ -47,6 +47,16 @@ class DlcError(Exception):
     """Base of every error dlc raises on purpose."""
 
 
+class OpError(DlcError):
+    """A user error found by an op's rules (or a type the IR refuses); the
+    frontend adds the source span. `arg` names the argument at fault, so
+    the caret can point at it."""
+
+    def __init__(self, message: str, arg: str | None = None):
+        super().__init__(message)
+        self.message, self.arg = message, arg
+
+
 class CompileError(DlcError):
     """One or more errors in a .dl program. `line`, `col` and `message` are the
     first one's; `diagnostics` holds all of them, in source order."""

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
-from ..errors import InternalError, Span
+from ..errors import InternalError, OpError, Span
 from .loops import DTYPE_BYTES
 
-if TYPE_CHECKING:
-    from ..ops.base import Op
+
+class Op(Protocol):
+    """What the IR asks of an op (dlc/ops/base.py defines them): a name to
+    print and a shape rule to verify nodes against. The IR knows no op."""
+    name: str
+
+    def infer(self, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType: ...
 
 DTYPES = ("f32", "f64", "i32")
 # A fixed size, a symbol bound at run time, or a product of symbols (and a
@@ -253,7 +258,6 @@ class Builder:
     def param(self, name: str, type: TensorType, init: Init, layer: str = "") -> Value:
         """The value of parameter `name` in this function, declaring it on
         first use. A second declaration must agree (that is weight sharing)."""
-        from ..ops.base import OpError
         _check_type(type)
         decl = self.program.params.get(name)
         if decl is None:
@@ -307,7 +311,6 @@ def rewrite(fn: Function, replace: Callable[[Node, tuple[Value, ...]], list[Node
 
 
 def _check_type(t: TensorType) -> None:
-    from ..ops.base import OpError   # ops import this module
     message = type_error(t)
     if message is not None:
         raise OpError(message)

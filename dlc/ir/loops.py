@@ -170,6 +170,16 @@ def binop(op: str, a, b) -> Expr:
     if isinstance(a, Const) and isinstance(b, Const) and a.dtype == INDEX and op in "+-*":
         return Const({"+": a.value + b.value, "-": a.value - b.value,
                       "*": a.value * b.value}[op], INDEX)
+    if a.dtype == INDEX and op == "/":
+        # 0 / b (a chunk loop's first iteration: the grain's p = 0; a zero b
+        # would be undefined anyway), c / c' and a / 1
+        if isinstance(a, Const) and a.value == 0:
+            return a
+        if isinstance(b, Const) and b.value != 0:
+            if isinstance(a, Const):
+                return Const(trunc_div(a.value, b.value), INDEX)
+            if b.value == 1:
+                return a
     if a.dtype == INDEX and op in "+-" and isinstance(b, Const) and b.value == 0:
         return a
     if a.dtype == INDEX and op == "+" and isinstance(a, Const) and a.value == 0:

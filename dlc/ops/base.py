@@ -13,20 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..errors import DlcError
+from ..errors import OpError
 from ..ir.graph import Builder, Dim, TensorType, Value, format_shape
 
 if TYPE_CHECKING:
     from ..ir.graph import Node
-
-
-class OpError(DlcError):
-    """A user error found by an op's rules; the frontend adds the source span.
-    `arg` names the argument at fault, so the caret can point at it."""
-
-    def __init__(self, message: str, arg: str | None = None):
-        super().__init__(message)
-        self.message, self.arg = message, arg
 
 
 REQUIRED = object()

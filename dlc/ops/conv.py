@@ -38,8 +38,8 @@ from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value
 from ..lower import flat_index
 from .base import Arg, Op, OpError, need_float, need_image, register, same_dtype
-from .elementwise import add, broadcast
-from .shape import reshape
+from .elementwise import add
+from .shape import broadcast, reshape
 
 
 def pair(v) -> tuple[int, int]:

@@ -14,6 +14,7 @@ import numpy as np
 from ..ir import loops as L
 from ..ir.graph import Builder, TensorType, Value, format_shape
 from .base import Arg, Op, OpError, broadcast_shapes, need_float, register, same_dtype
+from .shape import broadcast
 
 
 class Constant(Op):
@@ -425,11 +426,6 @@ SIGMOID, TANH = register(Sigmoid()), register(Tanh())
 
 
 # ------------------------------------------------ helpers for gradient rules
-
-def broadcast(b: Builder, x: Value, shape: tuple) -> Value:
-    from .shape import BROADCAST_TO
-    return x if x.type.shape == tuple(shape) else b.node(BROADCAST_TO, [x], shape=tuple(shape))
-
 
 def scalar_like(b: Builder, value: float, like: Value) -> Value:
     """`value` broadcast to `like`'s type."""

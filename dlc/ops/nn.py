@@ -13,9 +13,9 @@ import numpy as np
 from ..ir import loops as L
 from ..ir.graph import Builder, Init, TensorType, Value, dim_product, format_shape
 from .base import Arg, Op, OpError, broadcast_shapes, need_float, register, same_dtype
-from .elementwise import EXP, LOG, add, broadcast, div, sub
+from .elementwise import EXP, LOG, add, div, sub
 from .reduce import MAX_LAST, SUM_LAST
-from .shape import STOP_GRADIENT, reshape, sum_to
+from .shape import STOP_GRADIENT, broadcast, reshape, sum_to
 
 
 class Gemm(Op):

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from ..ir.graph import Builder, Init, TensorType, Value
 from .base import Arg, Op, OpError, need_float, need_image, register
-from .elementwise import NUMEL, SQRT, add, broadcast, div, mul, scalar_like, sub
-from .shape import reshape, sum_to
+from .elementwise import NUMEL, SQRT, add, div, mul, scalar_like, sub
+from .shape import broadcast, reshape, sum_to
 
 
 class BatchNorm(Op):

@@ -22,7 +22,8 @@ from typing import Callable
 
 from ..ir.graph import Builder, Init, OptimizerSpec, TensorType, Value
 from .base import Arg
-from .elementwise import EXP_BASE, RELU, SQRT, add, broadcast, div, mul, scalar_like, sub
+from .elementwise import EXP_BASE, RELU, SQRT, add, div, mul, scalar_like, sub
+from .shape import broadcast
 from .reduce import SUM_ALL
 
 _CLIP = Arg("clip", "float", None)

@@ -8,8 +8,8 @@ import numpy as np
 from ..ir import loops as L
 from ..ir.graph import TensorType
 from .base import Arg, Op, OpError, need_float, register
-from .elementwise import NUMEL, Elementwise, broadcast, div, mul
-from .shape import reshape
+from .elementwise import NUMEL, Elementwise, div, mul
+from .shape import broadcast, reshape
 
 
 class ReduceAxes(Op):

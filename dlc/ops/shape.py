@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ..ir import loops as L
-from ..ir.graph import TensorType, dim_factors, dim_product, format_shape
+from ..ir.graph import Builder, TensorType, Value, dim_factors, dim_product, format_shape
 from .base import Arg, Op, OpError, register
 
 
@@ -51,7 +51,6 @@ class SumTo(Op):
         return TensorType(x.dtype, shape)
 
     def grad(self, b, node, g):
-        from .elementwise import broadcast
         return [broadcast(b, g, node.inputs[0].type.shape)]
 
     def lower(self, ctx, idx, ins, node) -> L.Expr:
@@ -97,6 +96,11 @@ class StopGradient(Op):
 
 
 BROADCAST_TO, SUM_TO = register(BroadcastTo()), register(SumTo())
+
+
+def broadcast(b: Builder, x: Value, shape: tuple) -> Value:
+    """x broadcast to `shape` (x itself when it has that shape): for gradient rules."""
+    return x if x.type.shape == tuple(shape) else b.node(BROADCAST_TO, [x], shape=tuple(shape))
 STOP_GRADIENT = register(StopGradient())
 
 

@@ -1,10 +1,20 @@
 """The loop IR printer (`--dump-ir-after`): no parentheses that precedence
 makes redundant, the ones it needs kept, and an index's remainder as the
 passes write it (a - (a / c) * c) printed as a % c."""
+import re
+
 from dlc import driver
 from dlc.ir import loops as L
 
 from .helpers import CONV_TRAIN_SRC
+
+MLP_SRC = """
+model mlp {
+    input x: f32[batch, 784]
+    h = dense(x, 256, name="fc1") |> relu
+    output y = dense(h, 10, name="out")
+}
+"""
 
 I = lambda v: L.Const(v, L.INDEX)
 p, t = L.Var("p"), L.Var("time")
@@ -29,6 +39,19 @@ def test_collapsed_loops_index_folds_back():
     """A fused loop's (p / c) * c + p % c is p: the optimizer's update over
     a weight matrix indexes it flat, and vectorizes."""
     assert L.print_expr((p / I(4096)) * I(4096) + (p - (p / I(4096)) * I(4096))) == "p"
+
+
+def test_index_division_folds():
+    """0 / x, c / c' (truncated, as sdiv) and x / 1 fold when built: a chunk
+    loop's grain, the body at p = 0, printed `0 % (...)` before."""
+    assert L.print_expr(I(0) / (t + 7)) == "0"
+    assert L.print_expr(I(-7) / I(2)) == "-3"
+    assert L.print_expr(t / I(1)) == "time"
+    assert L.print_expr(t - (I(0) - (I(0) / t) * t)) == "time"
+    assert L.print_expr(I(6) / t) == "6 / time"   # a symbolic divisor may be anything
+    art = driver.build(MLP_SRC)
+    text = L.print_program(art.loops)
+    assert "parallel" in text and not re.search(r"\b0 [/%]", text)
 
 
 def test_kernels_are_named_after_their_layers():
