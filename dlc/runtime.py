@@ -374,6 +374,19 @@ class _EntryPlan:
                 for dims in self.output_dims]
 
 
+class _Scratch:
+    """One entry's tensor arrays in a session, reused by its runs, and the
+    shapes they were last filled with."""
+    __slots__ = ("plan", "tin", "tout", "in_shapes", "out_shapes")
+
+    def __init__(self, plan: _EntryPlan):
+        self.plan = plan
+        self.tin = ffi.new("dlc_tensor[]", max(len(plan.inputs), 1))
+        self.tout = ffi.new("dlc_tensor[]", max(plan.n_outputs, 1))
+        self.in_shapes: list[tuple | None] = [None] * len(plan.inputs)
+        self.out_shapes: list[tuple] | None = None   # after the last run from in_shapes
+
+
 class Program:
     """A loaded program library. Immutable; sessions may be made from any thread."""
 
@@ -531,10 +544,10 @@ class Session:
         scratch = self._scratch.get(entry)
         if scratch is None:
             scratch = self._make_scratch(entry)
-        plan, tin, tout = scratch
+        plan, tin, tout = scratch.plan, scratch.tin, scratch.tout
         if len(inputs) != len(plan.inputs):
             return self._run_unmatched(plan, inputs)
-        keep = []
+        keep, same_shapes = [], True
         for i, (name, dtype, what) in enumerate(plan.inputs):
             try:
                 value = inputs[name]
@@ -542,7 +555,17 @@ class Session:
                 return self._run_unmatched(plan, inputs)
             a = _as_input(what, value, dtype)
             keep.append(a)
-            _fill(tin[i], a, what)
+            # A tensor's dtype, rank and dims stay from the last call when
+            # its shape does (batch-1 inference: ~0.4 us of ~3 per call).
+            if a.shape == scratch.in_shapes[i]:
+                tin[i].data = ffi.from_buffer(a)
+            else:
+                same_shapes = False
+                scratch.in_shapes[i] = None   # in case _fill refuses it
+                _fill(tin[i], a, what)
+                scratch.in_shapes[i] = a.shape
+        if not same_shapes:
+            scratch.out_shapes = None
         shapes = plan.output_shapes(keep) if self._into and entry in self._large_outputs else None
         if shapes is not None:
             # Into arrays of our own: no copy out of session memory.
@@ -560,12 +583,16 @@ class Session:
                                       plan.c_input_names[1], tin, plan.n_outputs, tout)
         if status:
             _raise(status)
+        # The outputs' shapes follow from the inputs': read once per shape.
+        out_shapes = scratch.out_shapes
+        if out_shapes is None:
+            out_shapes = scratch.out_shapes = [tuple(tout[k].dims[0:tout[k].rank])
+                                               for k in range(plan.n_outputs)]
         result, total = {}, 0
         for k, (name, dtype) in enumerate(plan.outputs):
-            t = tout[k]
-            out = np.empty(tuple(t.dims[0:t.rank]), dtype)
+            out = np.empty(out_shapes[k], dtype)
             if out.nbytes:
-                ffi.memmove(ffi.from_buffer(out), t.data, out.nbytes)
+                ffi.memmove(ffi.from_buffer(out), tout[k].data, out.nbytes)
             result[name] = out
             total += out.nbytes
         if total >= INTO_MIN_BYTES:
@@ -574,14 +601,12 @@ class Session:
             self._large_outputs.discard(entry)
         return result
 
-    def _make_scratch(self, entry: str):
+    def _make_scratch(self, entry: str) -> _Scratch:
         plan = self.program._plans.get(entry)
         if plan is None:  # let the runtime list the entries in its message
             _check(_lib.dlc_session_run(self._ptr, entry.encode(), 0, ffi.NULL, ffi.NULL,
                                         0, ffi.NULL))
-        scratch = (plan, ffi.new("dlc_tensor[]", max(len(plan.inputs), 1)),
-                   ffi.new("dlc_tensor[]", max(plan.n_outputs, 1)))
-        self._scratch[entry] = scratch
+        scratch = self._scratch[entry] = _Scratch(plan)
         return scratch
 
     def _run_unmatched(self, plan: _EntryPlan, inputs: dict):

@@ -63,6 +63,27 @@ def test_any_batch_size_and_params_are_live_views():
     assert np.allclose(prog.run("net", x=np.ones((1, 3), np.float32))["y"], [[5, -5]])
 
 
+def test_runs_that_change_shapes_and_fail_between_keep_the_right_shapes():
+    """A run reuses the last call's tensor shapes while they hold: a batch
+    that changes back and forth, a failed call, and a new array each time
+    (or the same one, written in between) give the reference's numbers."""
+    prog = dlc.compile(SRC)
+    w1, b1, w2, b2 = (prog.params[k] for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"))
+    ref = lambda x: np.maximum(x @ w1.T + b1, 0) @ w2.T + b2
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(2, 3)).astype(np.float32)
+    for batch in (2, 2, 5, 2, 1, 1, 5, "bad", 5, 2):
+        if batch == "bad":
+            with pytest.raises(dlc.DlcError, match="dim 1"):
+                prog.run("net", x=np.ones((5, 4), np.float32))
+            continue
+        x = same if batch == 2 else rng.normal(size=(batch, 3)).astype(np.float32)
+        y = prog.run("net", x=x)["y"]
+        assert y.shape == (batch, 2)
+        np.testing.assert_allclose(y, ref(x), rtol=1e-5, atol=1e-5)
+        same[:] = rng.normal(size=(2, 3))
+
+
 def test_bad_calls_raise_dlc_errors():
     prog = dlc.compile(SRC)
     with pytest.raises(NotFoundError, match="fit"):
