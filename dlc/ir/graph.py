@@ -22,6 +22,7 @@ class Op(Protocol):
 
     def infer(self, ins: list[TensorType], attrs: dict[str, Any]) -> TensorType: ...
 
+
 DTYPES = ("f32", "f64", "i32")
 # A fixed size, a symbol bound at run time, or a product of symbols (and a
 # factor) written "2*batch*time", symbols sorted so equal products are equal

@@ -23,8 +23,8 @@ from typing import Callable
 from ..ir.graph import Builder, Init, OptimizerSpec, TensorType, Value
 from .base import Arg
 from .elementwise import EXP_BASE, RELU, SQRT, add, div, mul, scalar_like, sub
-from .shape import broadcast
 from .reduce import SUM_ALL
+from .shape import broadcast
 
 _CLIP = Arg("clip", "float", None)
 _ADAM = (Arg("lr", "float"), Arg("beta1", "float", 0.9), Arg("beta2", "float", 0.999),

@@ -96,12 +96,12 @@ class StopGradient(Op):
 
 
 BROADCAST_TO, SUM_TO = register(BroadcastTo()), register(SumTo())
+STOP_GRADIENT = register(StopGradient())
 
 
 def broadcast(b: Builder, x: Value, shape: tuple) -> Value:
     """x broadcast to `shape` (x itself when it has that shape): for gradient rules."""
     return x if x.type.shape == tuple(shape) else b.node(BROADCAST_TO, [x], shape=tuple(shape))
-STOP_GRADIENT = register(StopGradient())
 
 
 def sum_to(b, x, shape):
