@@ -32,11 +32,12 @@ BLOCKS = 8          # interleaved blocks per function
 SETTLE_S = 0.05     # idle time before each block
 
 
-def medians_ms(*fs, budget_s: float = 2.0, blocks: int = BLOCKS, least: int = 3) -> list[float]:
+def medians_ms(*fs, budget_s: float = 2.0, blocks: int = BLOCKS, least: int = 3,
+               settle_s: float = SETTLE_S) -> list[float]:
     """Median time of each of fs over runs in `blocks` interleaved blocks (a
     load change on a shared machine hits all of them alike), as many runs as
     fit budget_s per function (at least `least` per block), after a warm-up. Each block
-    starts after SETTLE_S idle: ONNX Runtime's and PyTorch's thread pools
+    starts after settle_s idle: ONNX Runtime's and PyTorch's thread pools
     spin for milliseconds after a run and would hold a core during the next
     framework's runs."""
     firsts = []
@@ -48,7 +49,7 @@ def medians_ms(*fs, budget_s: float = 2.0, blocks: int = BLOCKS, least: int = 3)
     times: list[list[float]] = [[] for _ in fs]
     for _ in range(blocks):
         for f, n, ts in zip(fs, per_block, times):
-            time.sleep(SETTLE_S)
+            time.sleep(settle_s)
             f()   # warm: caches and the pool's threads
             for _ in range(n):
                 t0 = time.perf_counter()
