@@ -136,6 +136,22 @@ def flat_index(ctx: LowerCtx, idx: list[L.Expr], shape: tuple[Dim, ...]) -> L.Ex
     return out
 
 
+def _readers_first(stores: list, values: list[L.Expr], reads: list[set]) -> tuple[list, list, list]:
+    """stores, values and reads reordered so that no value reads the buffer
+    of a store before it, keeping the given order where nothing constrains
+    it; unchanged if reads go round in a cycle."""
+    pending, order = list(range(len(stores))), []
+    while pending:
+        # The first store whose buffer no other pending value reads.
+        free = next((j for j in pending
+                     if not any(stores[j][0] in reads[k] for k in pending if k != j)), None)
+        if free is None:
+            return stores, values, reads
+        order.append(free)
+        pending.remove(free)
+    return [stores[k] for k in order], [values[k] for k in order], [reads[k] for k in order]
+
+
 def size_of(ctx: LowerCtx, shape: tuple[Dim, ...]) -> L.Expr:
     n: L.Expr = L.Const(1, L.INDEX)
     for d in shape:
@@ -275,13 +291,16 @@ class FunctionLowering:
                      stores: list[tuple[L.Buffer, Accessor]]) -> L.Kernel:
         """Loops over `shape` storing each value into its buffer. With several
         stores, every value is computed before any is written, so an update
-        may read the old value of a buffer it overwrites: where no value reads
-        a buffer stored before it, the stores follow each other (a body of
-        plain stores, which vectorizes); else through scalar temporaries."""
+        may read the old value of a buffer it overwrites: where the stores can
+        be ordered so that no value reads a buffer stored before it (SGD's
+        weight before its momentum, which the weight's value reads), they
+        follow each other (a body of plain stores, which vectorizes); else
+        through scalar temporaries."""
         idx = [L.Var(f"i{k}") for k in range(len(shape))]
         flat = flat_index(self.ctx, idx, shape)
         values = [f(idx) for _, f in stores]
         reads = [{x.buf for x in L.subexprs(v) if isinstance(x, L.Load)} for v in values]
+        stores, values, reads = _readers_first(stores, values, reads)
         if not any(buf in reads[k] for j, (buf, _) in enumerate(stores) for k in range(j + 1, len(stores))):
             body: L.Stmt = L.Seq([L.Store(buf, flat, v) for (buf, _), v in zip(stores, values)]) \
                 if len(stores) > 1 else L.Store(stores[0][0], flat, values[0])
