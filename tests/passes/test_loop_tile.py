@@ -136,6 +136,21 @@ def test_register_model_fits_the_register_file():
     assert loop_tile.choose_blocks("dot", None, 3, 1, 32)[1] <= 3
 
 
+def test_register_model_avoids_row_by_row_edges_of_symbolic_rows():
+    """With symbolic rows, a ragged edge runs row by row: on AVX2 (8 lanes,
+    16 registers) the LSTM's 64-column panels take blocks of 16 columns, not
+    the 24 that would run a third of the tiles row by row (input projection
+    3.7x slower), and its recurrent product, over blocks of min(8, ...)
+    examples, rows in blocks that divide 8. AVX-512's choices stay."""
+    mr, nr = loop_tile.choose_blocks("outer", None, 64, 8, 16)
+    assert 64 % (nr * 8) == 0 and mr * nr >= 8
+    mr, nr = loop_tile.choose_blocks("outer", 8, 64, 8, 16, symbolic_rows=True)
+    assert 8 % mr == 0 and 64 % (nr * 8) == 0
+    assert loop_tile.choose_blocks("outer", 8, 64, 16, 32, symbolic_rows=True) == (4, 4)
+    # constant rows: an edge block runs clamped at full cost, as before
+    assert loop_tile.choose_blocks("outer", None, 64, 16, 32) == (4, 4)
+
+
 def masked_loops(k: L.Kernel) -> list[L.For]:
     return [lp for lp in loops_of(k.body) if lp.kind == "vectorized" and not isinstance(lp.extent, L.Const)]
 
