@@ -29,6 +29,10 @@ def blas_threads() -> int:
 
 
 BLOCKS = 8          # interleaved blocks per function
+# Enough runs per block that a fast call's block lasts tens of milliseconds:
+# with 500, a batch-1 MLP block was 4 ms of runs, and its median moved by
+# 30% between runs of the script with the machine's load.
+MAX_RUNS_PER_BLOCK = 5000
 SETTLE_S = 0.05     # idle time before each block
 
 
@@ -45,7 +49,7 @@ def medians_ms(*fs, budget_s: float = 2.0, blocks: int = BLOCKS, least: int = 3,
         t0 = time.perf_counter()
         f()
         firsts.append(time.perf_counter() - t0)
-    per_block = [int(min(500, max(least, budget_s / blocks / max(t, 1e-6)))) for t in firsts]
+    per_block = [int(min(MAX_RUNS_PER_BLOCK, max(least, budget_s / blocks / max(t, 1e-6)))) for t in firsts]
     times: list[list[float]] = [[] for _ in fs]
     for _ in range(blocks):
         for f, n, ts in zip(fs, per_block, times):
