@@ -182,6 +182,15 @@ def binop(op: str, a, b) -> Expr:
                 return a
     if a.dtype == INDEX and op in "+-" and isinstance(b, Const) and b.value == 0:
         return a
+    # Constants gather: (x * c) * c' -> x * cc', (x +- c) +- c' -> x + (+-c +- c'),
+    # exact in the index's modular arithmetic: a flat index reads
+    # (k * 32 + c) * 9 + 2, not (k * 32 + c) * 3 * 3 + 1 + 1.
+    if a.dtype == INDEX and isinstance(b, Const) and isinstance(a, Bin) and isinstance(a.b, Const):
+        if op == "*" and a.op == "*":
+            return binop("*", a.a, a.b.value * b.value)
+        if op in ("+", "-") and a.op in ("+", "-"):
+            c = (a.b.value if a.op == "+" else -a.b.value) + (b.value if op == "+" else -b.value)
+            return binop("+", a.a, c) if c >= 0 else binop("-", a.a, -c)
     if a.dtype == INDEX and op == "+" and isinstance(a, Const) and a.value == 0:
         return b
     # x + (y - x) -> y: a collapsed loop's (p / c) * c + p % c is p again.
