@@ -136,20 +136,21 @@ def flat_index(ctx: LowerCtx, idx: list[L.Expr], shape: tuple[Dim, ...]) -> L.Ex
     return out
 
 
-def _readers_first(stores: list, values: list[L.Expr], reads: list[set]) -> tuple[list, list, list]:
-    """stores, values and reads reordered so that no value reads the buffer
-    of a store before it, keeping the given order where nothing constrains
-    it; unchanged if reads go round in a cycle."""
-    pending, order = list(range(len(stores))), []
+def _readers_first(buffers: list[L.Buffer], reads: list[set]) -> list[int] | None:
+    """An order of stores into `buffers` (store k's value reads the buffers
+    reads[k]) in which no value reads the buffer of a store before it,
+    keeping the given order where nothing constrains it; None if reads go
+    round in a cycle."""
+    pending, order = list(range(len(buffers))), []
     while pending:
         # The first store whose buffer no other pending value reads.
         free = next((j for j in pending
-                     if not any(stores[j][0] in reads[k] for k in pending if k != j)), None)
+                     if not any(buffers[j] in reads[k] for k in pending if k != j)), None)
         if free is None:
-            return stores, values, reads
+            return None
         order.append(free)
         pending.remove(free)
-    return [stores[k] for k in order], [values[k] for k in order], [reads[k] for k in order]
+    return order
 
 
 def size_of(ctx: LowerCtx, shape: tuple[Dim, ...]) -> L.Expr:
@@ -300,10 +301,10 @@ class FunctionLowering:
         flat = flat_index(self.ctx, idx, shape)
         values = [f(idx) for _, f in stores]
         reads = [{x.buf for x in L.subexprs(v) if isinstance(x, L.Load)} for v in values]
-        stores, values, reads = _readers_first(stores, values, reads)
-        if not any(buf in reads[k] for j, (buf, _) in enumerate(stores) for k in range(j + 1, len(stores))):
-            body: L.Stmt = L.Seq([L.Store(buf, flat, v) for (buf, _), v in zip(stores, values)]) \
-                if len(stores) > 1 else L.Store(stores[0][0], flat, values[0])
+        order = _readers_first([buf for buf, _ in stores], reads)
+        if order is not None:
+            plain = [L.Store(stores[k][0], flat, values[k]) for k in order]
+            body: L.Stmt = L.Seq(plain) if len(plain) > 1 else plain[0]
         else:
             temps = [L.Buffer(f"new{k}", v.dtype, "local", -1, L.Const(1, L.INDEX))
                      for k, v in enumerate(values)]
